@@ -1,0 +1,1033 @@
+#!/usr/bin/env python
+"""Benchmark of samplewt_ops against eager PyTorch, torch.compile and memory floors.
+
+`make bench` runs this script. Every timed call is forward plus backward of the
+*mean* loss with sample weights and class weights given (for focal_loss the class
+weights are its alpha tensor, for BCE the pos_weight; sigmoid_focal_loss has its
+scalar alpha=0.25), unless the row's mode says "fwd" (torch.no_grad forward only).
+
+Variants per row:
+  ours      samplewt_ops.<fn>(..., sample_weight=sw)
+  eager     the same loss written with torch ops and autograd, e.g.
+            (F.cross_entropy(x, y, weight=cw, reduction="none") * sw).sum() / (sw * cw[y]).sum()
+  compiled  torch.compile(eager function, dynamic=False); compiled once, warmed up, then timed
+  liger     (CUDA, cross_entropy only) LigerCrossEntropyLoss(reduction="none") times the weights
+Floors, on the logits tensor x: copy_ = buf.copy_(x) into an existing buffer,
+clone = x.clone(), read = x.sum().
+
+Honesty: before anything is timed, one call of every variant is checked against a
+reference (the eager loss, evaluated in float32 for bf16/fp16 inputs): the loss value
+and the whole gradient must match within a dtype tolerance. A variant that does
+not match is not timed and is shown as MISMATCH; the script then exits non-zero.
+
+Run `python benchmarks/bench.py --help` for the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import functools
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NTHREADS = os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------
+# Eager baselines: the same losses written with torch ops (autograd does the backward).
+# Arguments are always (x, target, cw, sw, **params); cw is the class-weight-like tensor
+# of the op (class weights, focal alpha, BCE pos_weight) or None.
+# ----------------------------------------------------------------------------------------
+
+def eager_cross_entropy(x, y, cw, sw):
+    per = F.cross_entropy(x, y, weight=cw, reduction="none")  # already includes cw[y]
+    return (per * sw).sum() / (sw * cw[y]).sum()
+
+
+def eager_focal_loss(x, y, cw, sw, gamma=2.0):
+    logp = F.log_softmax(x, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+    p = logp.exp()
+    per = -cw[y] * (1.0 - p).pow(gamma) * logp
+    return (per * sw).sum() / sw.sum()
+
+
+def eager_sigmoid_focal_loss(x, t, cw, sw, alpha=0.25, gamma=2.0):
+    # torchvision.ops.sigmoid_focal_loss formula, times the sample weight of each row.
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return (loss * sw.unsqueeze(1)).sum() / (sw.sum() * x.shape[1])
+
+
+def eager_bce_with_logits(x, t, pw, sw):
+    per = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
+    return (per * sw.unsqueeze(1)).sum() / (sw.sum() * x.shape[1])
+
+
+def eager_mse_loss(x, t, cw, sw):
+    per = F.mse_loss(x, t, reduction="none")
+    return (per * sw.unsqueeze(1)).sum() / (sw.sum() * x.shape[1])
+
+
+def eager_huber_loss(x, t, cw, sw, delta=1.0):
+    per = F.huber_loss(x, t, reduction="none", delta=delta)
+    return (per * sw.unsqueeze(1)).sum() / (sw.sum() * x.shape[1])
+
+
+# ----------------------------------------------------------------------------------------
+# samplewt_ops calls. `inplace` is only forwarded when True (cross_entropy, focal_loss).
+# ----------------------------------------------------------------------------------------
+
+def make_ours(swo):
+    def ce(x, y, cw, sw, inplace=False):
+        kw = {"inplace_grad": True} if inplace else {}
+        return swo.cross_entropy(x, y, cw, sample_weight=sw, **kw)
+
+    def focal(x, y, cw, sw, gamma=2.0, inplace=False):
+        kw = {"inplace_grad": True} if inplace else {}
+        return swo.focal_loss(x, y, gamma=gamma, alpha=cw, sample_weight=sw, **kw)
+
+    def sfl(x, t, cw, sw, alpha=0.25, gamma=2.0):
+        return swo.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, sample_weight=sw,
+                                      reduction="mean")
+
+    def bce(x, t, pw, sw):
+        return swo.binary_cross_entropy_with_logits(x, t, pos_weight=pw, sample_weight=sw)
+
+    def mse(x, t, cw, sw):
+        return swo.mse_loss(x, t, sample_weight=sw)
+
+    def huber(x, t, cw, sw, delta=1.0):
+        return swo.huber_loss(x, t, delta=delta, sample_weight=sw)
+
+    return {"cross_entropy": ce, "focal_loss": focal, "sigmoid_focal_loss": sfl,
+            "binary_cross_entropy_with_logits": bce, "mse_loss": mse, "huber_loss": huber}
+
+
+def make_self_test_ours():
+    """--self-test: 'ours' is the eager function itself (speedups ~1x). Only checks the flow."""
+    def wrap(fn):
+        def call(*a, inplace=False, **k):
+            return fn(*a, **k)
+        return call
+    return {k: wrap(v) for k, v in EAGER.items()}
+
+
+EAGER = {
+    "cross_entropy": eager_cross_entropy,
+    "focal_loss": eager_focal_loss,
+    "sigmoid_focal_loss": eager_sigmoid_focal_loss,
+    "binary_cross_entropy_with_logits": eager_bce_with_logits,
+    "mse_loss": eager_mse_loss,
+    "huber_loss": eager_huber_loss,
+}
+OPS = list(EAGER)
+ROW_OPS = {"cross_entropy", "focal_loss"}  # index targets, (N, C) logits, class weights
+
+
+# ----------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    op: str
+    n: int
+    c: int
+    dtype: torch.dtype
+    device: str
+    modes: tuple  # of "default", "inplace", "fwd"
+    params: dict = field(default_factory=dict)
+    quick: bool = False          # part of --quick
+    quick_compile: bool = False  # compiled column also measured in --quick
+    liger: bool = False          # Liger-Kernel column (CUDA cross_entropy)
+
+    @property
+    def variant(self):
+        return " ".join(f"{k}={v}" for k, v in self.params.items())
+
+    def name(self, mode=None):
+        dt = str(self.dtype).replace("torch.", "")
+        s = f"{self.op} {self.n}x{self.c} {dt}"
+        if self.variant:
+            s += f" {self.variant}"
+        if mode:
+            s += f" {mode}"
+        return f"[{self.device}] {s}"
+
+
+def cpu_cases():
+    f32, bf16 = torch.float32, torch.bfloat16
+    both = ("default", "inplace")
+    return [
+        Case("cross_entropy", 4096, 1000, f32, "cpu", both, quick=True, quick_compile=True),
+        Case("focal_loss", 4096, 1000, f32, "cpu", both, {"gamma": 2.0}, quick=True),
+        Case("cross_entropy", 8192, 32000, f32, "cpu", both + ("fwd",)),
+        Case("focal_loss", 8192, 32000, f32, "cpu", both, {"gamma": 2.0}),
+        Case("cross_entropy", 8192, 32000, bf16, "cpu", both),
+        Case("sigmoid_focal_loss", 65536, 80, f32, "cpu", ("default",), {"gamma": 2.0},
+             quick=True, quick_compile=True),
+        Case("sigmoid_focal_loss", 65536, 80, f32, "cpu", ("default",), {"gamma": 1.5}),
+        Case("binary_cross_entropy_with_logits", 65536, 80, f32, "cpu", ("default",), quick=True),
+        Case("mse_loss", 1_000_000, 16, f32, "cpu", ("default",), quick=True),
+        Case("huber_loss", 1_000_000, 16, f32, "cpu", ("default",), {"delta": 1.0}, quick=True),
+    ]
+
+
+def cuda_cases():
+    f32, bf16 = torch.float32, torch.bfloat16
+    both = ("default", "inplace")
+    return [
+        Case("cross_entropy", 16384, 128256, bf16, "cuda", both, quick=True, quick_compile=True,
+             liger=True),
+        Case("focal_loss", 16384, 128256, bf16, "cuda", both, {"gamma": 2.0}),
+        Case("sigmoid_focal_loss", 262144, 80, bf16, "cuda", ("default",), {"gamma": 2.0},
+             quick=True),
+        Case("sigmoid_focal_loss", 262144, 80, f32, "cuda", ("default",), {"gamma": 2.0}),
+        Case("cross_entropy", 4096, 1000, f32, "cuda", both, quick=True, liger=True),
+    ]
+
+
+def make_inputs(case: Case, gen_seed=0):
+    dev, dt, n, c = case.device, case.dtype, case.n, case.c
+    g = torch.Generator(device=dev)
+    g.manual_seed(gen_seed)
+    x = (torch.randn(n, c, generator=g, device=dev, dtype=torch.float32) * 2).to(dt)
+    sw = (torch.rand(n, generator=g, device=dev) + 0.5).to(dt)
+    if case.op in ROW_OPS:
+        t = torch.randint(0, c, (n,), generator=g, device=dev)
+        cw = (torch.rand(c, generator=g, device=dev) + 0.5).to(dt)
+    elif case.op in ("sigmoid_focal_loss", "binary_cross_entropy_with_logits"):
+        t = (torch.rand(n, c, generator=g, device=dev) < 0.1).to(dt)
+        cw = ((torch.rand(c, generator=g, device=dev) + 0.5).to(dt)
+              if case.op == "binary_cross_entropy_with_logits" else None)
+    else:  # regression
+        t = torch.randn(n, c, generator=g, device=dev, dtype=torch.float32).to(dt)
+        cw = None
+    return x.requires_grad_(), t, cw, sw
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------
+
+MIN_RUNS = 5
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_cpu(call, setup=None, min_time=1.0, warmup=2):
+    """Median seconds of >= MIN_RUNS timed runs after warm-up, with torch.utils.benchmark.
+
+    Without setup: Timer.blocked_autorange (blocks of calls; more blocks until min_time
+    and at least MIN_RUNS measurements).
+    With setup (inplace mode, the call consumes its input): every run is Timer.timeit(1)
+    whose untimed `setup` statement restores fresh logits first, so the copy is not in
+    the time and every timed call sees real logits.
+    """
+    glb = {"call": call, "setup": setup}
+    if setup is None:
+        t = benchmark.Timer(stmt="call()", globals=glb, num_threads=NTHREADS)
+        est = max(t.timeit(1).median for _ in range(max(1, warmup)))
+        times = []
+        while len(times) < MIN_RUNS:
+            m = t.blocked_autorange(min_run_time=max(min_time, (MIN_RUNS + 1) * est))
+            times.extend(m.times)
+        return statistics.median(times), len(times)
+    t = benchmark.Timer(stmt="call()", setup="setup()", globals=glb, num_threads=NTHREADS)
+    for _ in range(max(1, warmup)):
+        t.timeit(1)
+    times, spent = [], 0.0
+    while len(times) < MIN_RUNS or (spent < min_time and len(times) < 500):
+        dt = t.timeit(1).median
+        times.append(dt)
+        spent += dt
+    return statistics.median(times), len(times)
+
+
+def time_cuda(call, setup=None, min_time=1.0, warmup=3):
+    """Median seconds from CUDA events around each call (setup, if any, runs before the
+    start event on the same stream, so it is excluded)."""
+    for _ in range(max(1, warmup)):
+        if setup:
+            setup()
+        call()
+    torch.cuda.synchronize()
+    times, spent = [], 0.0
+    while len(times) < max(MIN_RUNS, 10) or (spent < min_time and len(times) < 1000):
+        if setup:
+            setup()
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
+        s.record()
+        call()
+        e.record()
+        e.synchronize()
+        dt = s.elapsed_time(e) / 1e3
+        times.append(dt)
+        spent += dt
+    return statistics.median(times), len(times)
+
+
+# ----------------------------------------------------------------------------------------
+# Peak memory
+# ----------------------------------------------------------------------------------------
+# CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus what was
+#       allocated before the call.
+# CPU:  torch has no CPU max_memory_allocated, so one call runs under
+#       torch.profiler.profile(profile_memory=True). Every allocation and free made through
+#       PyTorch's CPU allocator (ours' kernels, eager ATen ops, autograd, and the buffers
+#       of inductor-generated code, which all allocate via at::empty*) is recorded as a
+#       "[memory]" event with a signed byte count; summing them in time order gives the
+#       exact running total of live bytes, and its maximum is the peak extra bytes of the
+#       call (it includes the returned gradient). This is byte-exact and independent of
+#       page-fault or glibc caching behaviour.
+#       Memory obtained outside that allocator (e.g. a kernel that mmaps its own buffer)
+#       would be invisible to it, so as a cross-check the same call is also measured by
+#       the resident-set high-water mark: writing "5" to /proc/self/clear_refs resets
+#       VmHWM to the current RSS (Linux >= 4.0), and VmHWM - RSS after the call is the
+#       peak of touched pages. For logits of >= 256 MB (where glibc mmaps and unmaps every
+#       such buffer, so RSS tracks live bytes) the table marks a figure with "†" when the
+#       RSS peak exceeds the allocator peak by more than half the logits' size; both numbers
+#       are in the JSON. (For small tensors glibc heap re-use makes RSS unreliable.)
+
+_libc = None
+
+
+def _malloc_trim():
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL("libc.so.6")
+        _libc.malloc_trim(0)
+    except Exception:
+        pass
+
+
+def _proc_status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_peak_bytes(call, setup=None):
+    if setup:
+        setup()
+    gc.collect()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        call()
+    evs = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    evs.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in evs:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def cpu_rss_peak_bytes(call, setup=None):
+    if setup:
+        setup()
+    gc.collect()
+    _malloc_trim()  # return freed heap pages so that re-used memory is faulted in again
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _proc_status("VmRSS")
+    call()
+    hwm = _proc_status("VmHWM")
+    if base is None or hwm is None:
+        return None
+    return max(0, hwm - base)
+
+
+def cuda_peak_bytes(call, setup=None):
+    if setup:
+        setup()
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+# ----------------------------------------------------------------------------------------
+# Correctness checks
+# ----------------------------------------------------------------------------------------
+
+# (loss rtol, grad rtol, grad atol as a fraction of max |reference grad|)
+TOL = {
+    torch.float64: (1e-6, 1e-5, 1e-8),
+    torch.float32: (2e-4, 2e-3, 1e-5),
+    torch.bfloat16: (2e-2, 4e-2, 1e-2),
+    torch.float16: (5e-3, 1e-2, 2e-3),
+}
+
+
+def check_against(loss, grad, ref_loss, ref_grad, dtype, loose=False):
+    """None if (loss, grad) match the reference, else a short reason."""
+    lrt, grt, gat = TOL[dtype]
+    if loose:
+        lrt, grt, gat = lrt * 4, grt * 4, gat * 4
+    lv, rv = float(loss.detach().float()), float(ref_loss)
+    if not abs(lv - rv) <= lrt * abs(rv) + 1e-7:
+        return f"loss {lv:.7g} vs reference {rv:.7g}"
+    if ref_grad is None:
+        return None
+    if grad is None:
+        return "no gradient"
+    if tuple(grad.shape) != tuple(ref_grad.shape):
+        return f"grad shape {tuple(grad.shape)} vs {tuple(ref_grad.shape)}"
+    g2 = grad.detach().reshape(grad.shape[0], -1)
+    r2 = ref_grad.reshape(ref_grad.shape[0], -1)
+    rows = max(1, (1 << 22) // max(1, r2.shape[1]))
+    scale = 0.0
+    for i in range(0, r2.shape[0], rows):
+        scale = max(scale, float(r2[i:i + rows].abs().max()))
+    atol = gat * scale
+    bad, worst = 0, 0.0
+    for i in range(0, r2.shape[0], rows):
+        a = g2[i:i + rows].float()
+        r = r2[i:i + rows]
+        d = (a - r).abs()
+        ok = d <= atol + grt * r.abs()  # NaN compares False, so NaNs count as bad
+        nb = int((~ok).sum())
+        if nb:
+            bad += nb
+            dm = d.nan_to_num(float("inf")).max()
+            worst = max(worst, float(dm))
+    if bad:
+        return f"gradient: {bad} of {g2.numel()} elements off (max |diff| {worst:.3g}, scale {scale:.3g})"
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# Environment
+# ----------------------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def slug(s):
+    s = s.lower()
+    s = re.sub(r"\((r|tm|c)\)", " ", s)
+    s = re.sub(r"\b(nvidia|processor|cpu|with|radeon graphics|\d+-core)\b", " ", s)
+    s = re.sub(r"@.*$", "", s)
+    s = re.sub(r"[^a-z0-9.]+", "-", s).strip("-")
+    return s or "unknown"
+
+
+def machine_tag(device):
+    if device == "cuda":
+        return "cuda-" + slug(torch.cuda.get_device_name(0))
+    return f"cpu-{slug(cpu_model())}-{NTHREADS}c"
+
+
+def env_info(device, swo_info):
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "samplewt_ops": swo_info,
+        "env_vars": {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS",
+                                                 "MALLOC_CONF", "LD_PRELOAD")
+                     if k in os.environ},
+    }
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            info["thp_enabled"] = f.read().strip()
+    except OSError:
+        pass
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+            text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        info["git_commit"] = None
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        info.update({"device_name": p.name, "cuda": torch.version.cuda,
+                     "device_memory_gb": round(p.total_memory / 2**30, 1),
+                     "sm": f"{p.major}.{p.minor}"})
+        try:
+            import liger_kernel  # noqa: F401
+            from importlib.metadata import version
+            info["liger_kernel"] = version("liger-kernel")
+        except Exception:
+            info["liger_kernel"] = None
+    else:
+        info["device_name"] = cpu_model()
+    return info
+
+
+# ----------------------------------------------------------------------------------------
+# Running one case
+# ----------------------------------------------------------------------------------------
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.i, self.t0 = total, 0, time.perf_counter()
+
+    def start(self, what):
+        self.i += 1
+        self.cur = time.perf_counter()
+        print(f"[{self.i}/{self.total}] {what} ...", file=sys.stderr, flush=True)
+
+    def note(self, msg):
+        print(f"      {msg}", file=sys.stderr, flush=True)
+
+    def done(self, msg=""):
+        el = time.perf_counter() - self.cur
+        tot = time.perf_counter() - self.t0
+        print(f"      done in {el:.1f}s (total {tot:.0f}s) {msg}", file=sys.stderr, flush=True)
+
+
+def _liger_fn():
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except Exception as e:  # not installed or no triton
+        return None, f"liger_kernel not importable ({type(e).__name__})"
+    mod = LigerCrossEntropyLoss(reduction="none")
+
+    def liger(x, y, cw, sw):
+        # Liger's own kernel writes the gradient into x's memory in forward (it consumes x).
+        w = sw * cw[y]
+        return (mod(x, y) * w).sum() / w.sum()
+    return liger, None
+
+
+def run_case(case: Case, args, ours_impl, progress: Progress):
+    dev = case.device
+    is_cuda = dev == "cuda"
+    timer = time_cuda if is_cuda else time_cpu
+    min_time = args.min_time
+    warm = 1 if args.quick else 2
+    do_compile = not args.no_compile and (not args.quick or case.quick_compile)
+
+    torch._dynamo.reset()
+    x, t, cw, sw = make_inputs(case)
+    xd = x.detach()
+    lowp = case.dtype in (torch.bfloat16, torch.float16)
+    eager = functools.partial(EAGER[case.op], **case.params)
+    ours = functools.partial(ours_impl[case.op], **case.params)
+
+    def train_call(fn, xin):
+        def call():
+            loss = fn(xin, t, cw, sw)
+            (g,) = torch.autograd.grad(loss, xin)
+            return loss, g
+        return call
+
+    def fwd_call(fn, xin):
+        def call():
+            with torch.no_grad():
+                return fn(xin, t, cw, sw), None
+        return call
+
+    # Inputs consumed by in-place variants (ours inplace, Liger) get their own leaf, refilled
+    # from the untouched x before every call (untimed), so x stays valid for the others.
+    x_ip = None
+
+    def refill():
+        with torch.no_grad():
+            x_ip.copy_(xd)
+
+    kinds = sorted({"fwd" if m == "fwd" else "train" for m in case.modes})
+    res = {"kinds": {}, "floors": {}, "modes": {}, "errors": []}
+
+    # --- reference (gold) values per kind: eager in float32 for low-precision inputs -----
+    refs = {}
+    for kind in kinds:
+        if lowp:
+            xr = xd.float().requires_grad_()
+            cwr = cw.float() if cw is not None else None
+            swr = sw.float()
+            tr = t.float() if t.is_floating_point() else t
+            loss = EAGER[case.op](xr, tr, cwr, swr, **case.params)
+            g = torch.autograd.grad(loss, xr)[0] if kind == "train" else None
+            refs[kind] = (float(loss.detach()), g)
+            del xr, loss
+        else:
+            mk = train_call if kind == "train" else fwd_call
+            loss, g = mk(eager, x)()
+            refs[kind] = (float(loss.detach().float()), g.detach() if g is not None else None)
+            del loss, g
+
+    def measure(name, call, setup=None, kind="train", loose=False):
+        """check one call, then time it and measure its peak memory. Returns dict.
+        loose=True (eager PyTorch in bf16/fp16, which computes in the low precision): loss
+        checked with a wider tolerance and the gradient not checked."""
+        out = {}
+        try:
+            if setup:
+                setup()
+            loss, g = call()
+            _sync(dev)
+            ref_loss, ref_g = refs[kind]
+            if loose:
+                ref_g = None
+            why = check_against(loss, g, ref_loss, ref_g, case.dtype, loose=loose)
+            del loss, g
+            if why:
+                out["check"] = "MISMATCH: " + why
+                progress.note(f"{name}: MISMATCH ({why})")
+                return out
+            out["check"] = "ok"
+            sec, runs = timer(call, setup=setup, min_time=min_time, warmup=warm)
+            out["ms"], out["runs"] = sec * 1e3, runs
+            if is_cuda:
+                out["peak_bytes"] = cuda_peak_bytes(call, setup)
+            else:
+                out["peak_bytes"] = cpu_peak_bytes(call, setup)
+                out["rss_peak_bytes"] = cpu_rss_peak_bytes(call, setup)
+            progress.note(f"{name}: {out['ms']:.2f} ms ({runs} runs), "
+                          f"peak {out['peak_bytes'] / 2**20:.0f} MB")
+        except Exception as e:  # report, keep going
+            out["check"] = f"ERROR: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            progress.note(f"{name}: {out['check']}")
+            if args.verbose:
+                traceback.print_exc()
+        return out
+
+    # --- floors on the logits tensor -------------------------------------------------
+    buf = torch.empty_like(xd)
+    floors = {"copy_": lambda: buf.copy_(xd), "clone": lambda: xd.clone(),
+              "read": lambda: xd.sum()}
+    for fname, fcall in floors.items():
+        sec, _ = timer(fcall, min_time=min_time / 2, warmup=warm)
+        res["floors"][fname + "_ms"] = sec * 1e3
+    del buf
+
+    # --- eager and compiled, once per kind (shared by the default and inplace rows) ----
+    for kind in kinds:
+        mk = train_call if kind == "train" else fwd_call
+        k = res["kinds"].setdefault(kind, {})
+        k["eager"] = measure("eager", mk(eager, x), kind=kind, loose=lowp)
+        if do_compile:
+            cfn = torch.compile(eager, dynamic=False)
+            call = mk(cfn, x)
+            try:
+                t0 = time.perf_counter()  # informational only: compile + first call
+                call()
+                _sync(dev)
+                k["compile_s"] = time.perf_counter() - t0
+                progress.note(f"compiled ({kind}) in {k['compile_s']:.1f}s")
+                k["compiled"] = measure("compiled", call, kind=kind)
+            except Exception as e:
+                k["compiled"] = {"check": f"ERROR: {type(e).__name__}: "
+                                          f"{str(e).splitlines()[0][:200] if str(e) else ''}"}
+                progress.note(f"compiled: {k['compiled']['check']}")
+            del cfn, call
+        else:
+            k["compiled"] = {"check": "skipped"}
+        if is_cuda and case.liger and kind == "train":
+            lfn, why = _liger_fn()
+            if lfn is None:
+                k["liger"] = {"check": "n/a: " + why}
+            else:
+                if x_ip is None:
+                    x_ip = torch.empty_like(xd).requires_grad_()
+                k["liger"] = measure("liger", train_call(lfn, x_ip), setup=refill, kind=kind)
+        elif is_cuda and kind == "train":
+            k["liger"] = {"check": "n/a" + (": no focal loss in Liger" if case.op == "focal_loss"
+                                             else "")}
+
+    # --- ours, per mode ----------------------------------------------------------------
+    for mode in case.modes:
+        if mode == "fwd":
+            r = measure("ours fwd", fwd_call(ours, x), kind="fwd")
+        elif mode == "inplace":
+            if x_ip is None:
+                x_ip = torch.empty_like(xd).requires_grad_()
+            r = measure("ours inplace",
+                        train_call(functools.partial(ours, inplace=True), x_ip),
+                        setup=refill, kind="train")
+        else:
+            r = measure("ours", train_call(ours, x), kind="train")
+        res["modes"][mode] = r
+
+    del x, xd, t, cw, sw, x_ip, refs
+    torch._dynamo.reset()
+    gc.collect()
+    if is_cuda:
+        torch.cuda.empty_cache()
+    else:
+        _malloc_trim()
+    return res
+
+
+def rows_from(case: Case, res):
+    rows = []
+    for mode in case.modes:
+        kind = "fwd" if mode == "fwd" else "train"
+        k = res["kinds"].get(kind, {})
+        o = res["modes"].get(mode, {})
+        row = {
+            "device": case.device, "op": case.op, "shape": [case.n, case.c],
+            "dtype": str(case.dtype).replace("torch.", ""), "mode": mode,
+            "variant": case.variant, "params": case.params,
+            "input_mb": case.n * case.c * torch.empty((), dtype=case.dtype).element_size() / 2**20,
+            **res["floors"],
+        }
+        for name, m in (("ours", o), ("eager", k.get("eager", {})),
+                        ("compiled", k.get("compiled", {})), ("liger", k.get("liger"))):
+            if m is None:
+                continue
+            row[name + "_ms"] = m.get("ms")
+            row[name + "_runs"] = m.get("runs")
+            row[name + "_check"] = m.get("check")
+            if "peak_bytes" in m:
+                row[name + "_peak_mb"] = m["peak_bytes"] / 2**20
+            if m.get("rss_peak_bytes") is not None:
+                row[name + "_rss_peak_mb"] = m["rss_peak_bytes"] / 2**20
+        if "compile_s" in k:
+            row["compile_s"] = k["compile_s"]
+        if mode == "inplace":
+            row["timing_note"] = "fresh logits copied in an untimed setup before every call"
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# Table
+# ----------------------------------------------------------------------------------------
+
+def _ms(row, name):
+    v = row.get(name + "_ms")
+    if isinstance(v, (int, float)):
+        return f"{v:.2f}" if v < 100 else f"{v:.1f}"
+    chk = row.get(name + "_check") or "-"
+    if chk.startswith("MISMATCH"):
+        return "MISMATCH"
+    if chk.startswith("ERROR"):
+        return "ERROR"
+    if chk.startswith("n/a"):
+        return "n/a"
+    return "-" if chk == "skipped" else chk[:10]
+
+
+def _ratio(a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+        return f"{a / b:.2f}x"
+    return "-"
+
+
+def rss_exceeds(row, name):
+    """True when the RSS cross-check saw clearly more than the allocator did.
+
+    Only judged for logits of >= 256 MB: glibc serves every such buffer with its own mmap
+    and unmaps it on free, so RSS then tracks live bytes closely. For smaller tensors
+    glibc's heap re-use and fragmentation make RSS overshoot the live bytes by tens to
+    hundreds of MB, which says nothing about the op.
+    """
+    v, rss, inp = row.get(name + "_peak_mb"), row.get(name + "_rss_peak_mb"), row["input_mb"]
+    if not isinstance(v, (int, float)) or not isinstance(rss, (int, float)) or inp < 256:
+        return False
+    return rss - v > 0.5 * inp
+
+
+def _mb(row, name):
+    v = row.get(name + "_peak_mb")
+    if not isinstance(v, (int, float)):
+        return "-"
+    s = f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+    if rss_exceeds(row, name):
+        s += "†"
+    return s
+
+
+FLOOR_OF_MODE = {"default": "clone", "inplace": "copy_", "fwd": "read"}
+
+
+def table_rows(rows, with_liger):
+    head = ["op", "shape", "dtype", "mode", "ours ms", "eager ms", "compiled ms"]
+    if with_liger:
+        head += ["liger ms"]
+    head += ["vs eager", "vs compiled"]
+    if with_liger:
+        head += ["vs liger"]
+    head += ["% copy_", "vs floor", "in MB", "peak MB ours", "eager", "compiled"]
+    if with_liger:
+        head += ["liger"]
+    out = []
+    for r in rows:
+        ours = r.get("ours_ms")
+        op = r["op"] + (f" ({r['variant']})" if r.get("variant") else "")
+        line = [op, "x".join(map(str, r["shape"])), r["dtype"], r["mode"], _ms(r, "ours"),
+                _ms(r, "eager"), _ms(r, "compiled")]
+        if with_liger:
+            line += [_ms(r, "liger")]
+        line += [_ratio(r.get("eager_ms"), ours), _ratio(r.get("compiled_ms"), ours)]
+        if with_liger:
+            line += [_ratio(r.get("liger_ms"), ours)]
+        copy_pct = (f"{100 * r['copy__ms'] / ours:.0f}%"
+                    if isinstance(ours, (int, float)) and ours > 0 else "-")
+        fl = FLOOR_OF_MODE[r["mode"]]
+        vs_floor = (f"{ours / r[fl + '_ms']:.2f}x {fl}"
+                    if isinstance(ours, (int, float)) and r.get(fl + "_ms") else "-")
+        line += [copy_pct, vs_floor, f"{r['input_mb']:.0f}", _mb(r, "ours"), _mb(r, "eager"),
+                 _mb(r, "compiled")]
+        if with_liger:
+            line += [_mb(r, "liger")]
+        out.append(line)
+    return head, out
+
+
+def format_table(rows, markdown=False):
+    with_liger = any(r["device"] == "cuda" for r in rows)
+    head, body = table_rows(rows, with_liger)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |",
+                 "|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|"]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [fmt(head), "  ".join("-" * w for w in widths)]
+    lines += [fmt(b) for b in body]
+    return "\n".join(lines)
+
+
+def footnotes(device, env, self_test, quick):
+    timing = ("CUDA events around each call; median of >= 10 runs after warm-up"
+              if device == "cuda" else
+              f"torch.utils.benchmark.Timer (blocked_autorange), median of >= {MIN_RUNS} timed runs "
+              f"after warm-up, {env['threads']} threads")
+    peak = ("torch.cuda.max_memory_allocated" if device == "cuda" else
+            "allocator bytes from torch.profiler memory events (running peak); "
+            "† = the RSS high-water mark exceeded it by > half the logits (memory from outside "
+            "the allocator)")
+    notes = [
+        f"Device: {env['device_name']} | torch {env['torch']} | {timing}.",
+        "Each time is forward + backward of the mean loss (torch.autograd.grad w.r.t. the logits), "
+        "with sample weights and class weights (focal: alpha tensor; BCE: pos_weight).",
+        "inplace: inplace_grad=True consumes the logits; before every timed call an untimed setup "
+        "copy_ puts fresh logits into the input, so times exclude that copy. eager/compiled columns "
+        "are the (non-in-place) functions of the default row.",
+        "fwd: torch.no_grad forward only. vs eager/compiled/liger = baseline ms / ours ms.",
+        "% copy_ = copy_ time / ours * 100 (buf.copy_(x): one read + one write of the logits). "
+        "vs floor = ours / floor: default vs x.clone(), inplace vs copy_, fwd vs x.sum().",
+        f"peak MB = peak extra memory during one call incl. the returned gradient, measured by {peak}; "
+        "in MB = size of the logits.",
+        "Every variant's loss and gradient were checked against a reference before timing "
+        "(MISMATCH/ERROR = not timed).",
+    ]
+    if device == "cuda":
+        notes.append("liger = LigerCrossEntropyLoss(reduction='none') times the weights; it also "
+                     "writes its gradient into the logits, so it gets the same untimed fresh-logits "
+                     "setup as inplace.")
+    if quick:
+        notes.append("--quick: subset of cases, fewer runs, torch.compile only on some rows.")
+    if self_test:
+        notes.append("SELF-TEST: 'ours' is the eager function, not samplewt_ops. Figures are "
+                     "meaningless except as a check of this script.")
+    sw = env.get("samplewt_ops") or {}
+    if sw.get("implementation") == "reference":
+        notes.append("WARNING: samplewt_ops runs its pure-PyTorch reference, not compiled kernels.")
+    return "\n".join("  * " + n for n in notes)
+
+
+# ----------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------
+
+def _show(path):
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Benchmark samplewt_ops vs eager PyTorch, torch.compile (and Liger on CUDA).")
+    p.add_argument("--quick", action="store_true",
+                   help="small subset and fewer runs (< 2 minutes on a 2-core CPU, compile included)")
+    p.add_argument("--ops", default=None,
+                   help="comma-separated ops to run (" + ", ".join(OPS) + ")")
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                   help="cpu, cuda, or all (= cpu, plus cuda when available). Default all.")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--out", default=os.path.join(HERE, "results"),
+                   help="directory for <machine-tag>.json and .png (default benchmarks/results)")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="minimum seconds of timed runs per variant (default 1.0, --quick 0.2)")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks of failing variants")
+    # hidden: 'ours' = the eager function, to test this script without samplewt_ops
+    p.add_argument("--self-test", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.min_time is None:
+        a.min_time = 0.2 if a.quick else 1.0
+    if a.ops:
+        a.ops = [s.strip() for s in a.ops.split(",") if s.strip()]
+        unknown = [o for o in a.ops if o not in OPS]
+        if unknown:
+            p.error(f"--ops: unknown {unknown}; choose from {OPS}")
+    return a
+
+
+def select_cases(args):
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append("cpu")
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append("cuda")
+    cases = []
+    for d in devices:
+        for c in (cpu_cases() if d == "cpu" else cuda_cases()):
+            if args.quick and not c.quick:
+                continue
+            if args.ops and c.op not in args.ops:
+                continue
+            cases.append(c)
+    return devices, cases
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench.py: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    devices, cases = select_cases(args)
+    if args.list:
+        for c in cases:
+            print(c.name(",".join(c.modes)))
+        return 0
+    if not cases:
+        print("bench.py: no case selected", file=sys.stderr)
+        return 2
+
+    if args.self_test:
+        ours_impl = make_self_test_ours()
+        swo_info = {"implementation": "self-test (eager stands in for ours)"}
+    else:
+        try:
+            import samplewt_ops as swo
+        except Exception as e:
+            print(f"bench.py: cannot import samplewt_ops ({type(e).__name__}: {e}).\n"
+                  "Build and install it first (make test, or pip install --no-build-isolation -e .),"
+                  " or run with --self-test to check this script alone.", file=sys.stderr)
+            return 2
+        try:
+            swo_info = dict(swo.backend())
+        except Exception as e:
+            swo_info = {"implementation": f"unknown ({type(e).__name__})"}
+        swo_info["version"] = getattr(swo, "__version__", None)
+        if swo_info.get("implementation") != "compiled":
+            print(f"bench.py: WARNING samplewt_ops backend is {swo_info.get('implementation')!r}, "
+                  "not the compiled kernels", file=sys.stderr)
+        if "cuda" in devices and "cuda" not in (swo_info.get("devices") or []):
+            print("bench.py: WARNING samplewt_ops reports no compiled CUDA kernels",
+                  file=sys.stderr)
+        ours_impl = make_ours(swo)
+
+    torch.set_num_threads(NTHREADS)
+    total = sum(len(c.modes) for c in cases)
+    progress = Progress(len(cases))
+    print(f"bench.py: {len(cases)} cases ({total} rows) on {', '.join(devices)}; "
+          f"{NTHREADS} threads{'; QUICK' if args.quick else ''}"
+          f"{'; SELF-TEST' if args.self_test else ''}", file=sys.stderr, flush=True)
+
+    all_rows = []
+    for case in cases:
+        progress.start(case.name(",".join(case.modes)))
+        res = run_case(case, args, ours_impl, progress)
+        rows = rows_from(case, res)
+        all_rows.extend(rows)
+        summary = "; ".join(f"{r['mode']}: ours {_ms(r, 'ours')}, eager {_ms(r, 'eager')} (ms)"
+                            for r in rows)
+        progress.done(summary)
+
+    failed = False
+    os.makedirs(args.out, exist_ok=True)
+    for d in devices:
+        rows = [r for r in all_rows if r["device"] == d]
+        if not rows:
+            continue
+        env = env_info(d, swo_info)
+        tag = machine_tag(d)
+        suffix = ("-selftest" if args.self_test else "") + ("-quick" if args.quick else "")
+        title = f"samplewt_ops {d.upper()} benchmark on {env['device_name']} ({tag}{suffix})"
+        print()
+        print(title + ("  [SELF-TEST]" if args.self_test else ""))
+        print(format_table(rows, markdown=args.markdown))
+        print(footnotes(d, env, args.self_test, args.quick))
+        for r in rows:
+            for name in ("ours", "eager", "compiled", "liger"):
+                chk = r.get(name + "_check") or ""
+                if chk.startswith(("MISMATCH", "ERROR")):
+                    print(f"  ! {r['op']} {r['shape']} {r['dtype']} {r['mode']} {name}: {chk}")
+                    if name == "ours":
+                        failed = True
+        out = {"machine_tag": tag + suffix, "device": d, "self_test": args.self_test,
+               "quick": args.quick, "argv": sys.argv[1:], "env": env, "rows": rows,
+               "units": {"*_ms": "median milliseconds", "*_peak_mb": "MiB",
+                         "*_rss_peak_mb": "MiB (RSS high-water mark cross-check)"}}
+        jpath = os.path.join(args.out, tag + suffix + ".json")
+        with open(jpath, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"\nwrote {_show(jpath)}", end="")
+        ppath = os.path.join(args.out, tag + suffix + ".png")
+        try:
+            sys.path.insert(0, HERE)
+            from _plot import plot_speedups
+            if plot_speedups(rows, ppath, title):
+                print(f" and {_show(ppath)}")
+            else:
+                print(" (no chart: no valid rows)")
+        except Exception as e:
+            print(f" (no chart: {type(e).__name__}: {e})")
+    if failed:
+        print("bench.py: some 'ours' variants failed their check or errored (see above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+// The CPU loss kernels, compiled once per instruction set.
+//
+// kernels_<isa>.cpp defines CPU_CAPABILITY (and its CPU_CAPABILITY_<ISA>
+// flag, which selects at::vec's implementation), SWT_ISA_NAMESPACE and the
+// compiler target, then includes this file. Row kernels follow ATen's
+// SoftMaxKernel: rows in parallel with at::parallel_for, each row swept with
+// at::vec::Vectorized, reduced-precision inputs accumulated in float.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "../samplewt_math.h"
+#include "kernel_args.h"
+
+namespace samplewt {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// The SIMD math policy of samplewt_math.h.
+template <typename acc_t>
+struct VecMath {
+  using V = Vectorized<acc_t>;
+  static V splat(double c) { return V(static_cast<acc_t>(c)); }
+  static V exp(V x) { return x.exp(); }
+  static V log(V x) { return x.log(); }
+  static V log1p(V x) { return x.log1p(); }
+  static V expm1(V x) { return x.expm1(); }
+  static V abs(V x) { return x.abs(); }
+  static V sqrt(V x) { return x.sqrt(); }
+  static V max(V a, V b) { return at::vec::maximum(a, b); }
+  static V min(V a, V b) { return at::vec::minimum(a, b); }
+  static V select(V mask, V a, V b) { return V::blendv(b, a, mask); }
+};
+
+// Loads n <= V::size() elements as an accumulation vector (zero padded).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline Vectorized<acc_t> vload(const scalar_t* p, int64_t n) {
+  using V = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return n == V::size() ? V::loadu(p) : V::loadu(p, n);
+  } else {
+    V out;
+    if (n == V::size()) {
+      at::vec::load_to_float(p, out);
+    } else {
+      scalar_t buf[V::size()];
+      std::memset(static_cast<void*>(buf), 0, sizeof(buf));
+      std::memcpy(static_cast<void*>(buf), p, n * sizeof(scalar_t));
+      at::vec::load_to_float(buf, out);
+    }
+    return out;
+  }
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline void vstore(scalar_t* p, Vectorized<acc_t> v, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
+  }
+}
+
+template <typename acc_t>
+inline acc_t hsum(const Vectorized<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>(
+      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
+}
+
+template <typename acc_t>
+inline acc_t hmax(const Vectorized<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>(
+      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) {
+        return at::vec::maximum(a, b);
+      },
+      v);
+}
+
+// Rows per parallel task: enough elements that a task outweighs its dispatch.
+inline int64_t grain_rows(int64_t cols) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+}
+
+// ---------------------------------------------------------------------------
+// Softmax rows: cross-entropy (index or probability targets) and focal loss.
+template <typename scalar_t>
+void row_kernel_typed(const RowArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vectorized<acc_t>;
+  using M = VecMath<acc_t>;
+  constexpr int64_t W = V::size();
+  const int64_t C = a.cols;
+  const auto* cw = static_cast<const acc_t*>(a.class_weight);
+  const auto* grad_scale = static_cast<const acc_t*>(a.grad_scale);
+  auto* row_loss = static_cast<acc_t*>(a.row_loss);
+  const bool prob = a.kind == kCrossEntropyProb;
+  const bool focal = a.kind == kFocal;
+  const acc_t eps = focal ? acc_t(0) : static_cast<acc_t>(a.label_smoothing);
+  const acc_t gamma = static_cast<acc_t>(a.gamma);
+  const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+
+  at::parallel_for(0, a.rows, grain_rows(C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
+      scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
+      float* st = a.stats ? a.stats + 3 * r : nullptr;
+      const scalar_t* q =
+          prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
+      int64_t y = -1;
+      if (!prob) {
+        y = a.target[r];
+        if (y == a.ignore_index) {
+          row_loss[r] = 0;
+          if (g) std::fill(g, g + C, scalar_t(0));
+          if (st) st[0] = st[1] = st[2] = 0.f;
+          continue;
+        }
+      }
+
+      // Coefficient a_c of class c, without the target's own term (see
+      // softmax_grad in samplewt_math.h): eps/C cw_c for index targets,
+      // cw_c ((1-eps) q_c + eps/C) for probability targets, 0 for focal.
+      auto coef = [&](int64_t j, int64_t n) -> V {
+        if (prob) {
+          V qa = vload(q + j, n) * V(q_scale) + V(q_shift);
+          return cw ? qa * V::loadu(cw + j, n) : qa;
+        }
+        if (cw) return V::loadu(cw + j, n) * V(q_shift);
+        return V(q_shift);
+      };
+      const bool linear = prob || eps != acc_t(0);
+
+      // Pass 1: the row max, and sum_c a_c x_c, sum_c a_c when the loss has them.
+      V vmax(neg_inf), vax(0), va(0);
+      for (int64_t j = 0; j < C; j += W) {
+        const int64_t n = std::min(W, C - j);
+        V xv = vload(x + j, n);
+        if (n < W) xv = V::set(V(neg_inf), xv, n);
+        vmax = M::max(vmax, xv);
+        if (linear) {
+          V av = V::set(V(0), coef(j, n), n);
+          vax = vax + V::set(V(0), av * xv, n);
+          va = va + av;
+        }
+      }
+      const acc_t mx = hmax(vmax);
+      // Pass 2: sum_c exp(x_c - max).
+      V vs(0);
+      const V vmx(mx);
+      for (int64_t j = 0; j < C; j += W) {
+        const int64_t n = std::min(W, C - j);
+        V e = M::exp(vload(x + j, n) - vmx);
+        vs = vs + (n < W ? V::set(V(0), e, n) : e);
+      }
+      const acc_t lse = lse_finish(mx, hsum(vs));
+
+      // The row's loss and gradient coefficients.
+      acc_t loss, A, a_target = 0, x_y = 0;
+      const acc_t a_smooth = prob ? acc_t(0) : q_shift;
+      if (prob) {
+        A = hsum(va);
+        loss = lse * A - hsum(vax);
+      } else {
+        x_y = static_cast<acc_t>(x[y]);
+        if (focal) {
+          const acc_t alpha_y = cw ? cw[y] : acc_t(1);
+          FocalRow<acc_t> fr = focal_row<acc_t>(x_y - lse, gamma, alpha_y);
+          loss = fr.loss;
+          A = a_target = alpha_y * fr.g;
+        } else {
+          const acc_t cw_y = cw ? cw[y] : acc_t(1);
+          const acc_t sum_cw = static_cast<acc_t>(a.sum_class_weight);
+          CERow<acc_t> cr = ce_index_row<acc_t>(lse, x_y, cw_y, eps, acc_t(C), sum_cw,
+                                                linear ? hsum(vax) : acc_t(0));
+          loss = cr.loss;
+          A = cr.A;
+          a_target = cr.a_target;
+        }
+      }
+      row_loss[r] = loss;
+
+      // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
+      if (g || st) {
+        const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
+        const V vA(A), vlse(lse), vscale(scale);
+        V vsq(0), vl1(0);
+        for (int64_t j = 0; j < C; j += W) {
+          const int64_t n = std::min(W, C - j);
+          const V xv = vload(x + j, n);
+          const V av = focal ? V(0) : coef(j, n);
+          V u = softmax_grad<M>(xv, vlse, vA, av);
+          if (n < W) u = V::set(V(0), u, n);
+          if (st) {
+            vsq = vsq + u * u;
+            // For probability targets |p_j - q_j| feeds the GHM magnitude.
+            if (prob) {
+              V d = (M::exp(xv - vlse) - vload(q + j, n)).abs();
+              vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
+            }
+          }
+          if (g) vstore(g + j, u * vscale, n);
+        }
+        acc_t sumsq = hsum(vsq);
+        if (!prob) {
+          // The target's own coefficient, applied once to element y.
+          const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
+          const acc_t u_old = A * std::exp(x_y - lse) - a_y;
+          const acc_t u_new = u_old - a_target;
+          if (g) g[y] = static_cast<scalar_t>(u_new * scale);
+          sumsq += u_new * u_new - u_old * u_old;
+        }
+        if (st) {
+          st[0] = static_cast<float>(loss);
+          st[1] = static_cast<float>(std::sqrt(std::max(sumsq, acc_t(0))));
+          st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1)
+                                          : ghm_g_softmax<acc_t>(x_y - lse));
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Element-wise losses.
+template <int64_t KIND, class M>
+inline LossGrad<M> elem_loss(typename M::V x, typename M::V t, typename M::V pw,
+                             const ElemArgs& a) {
+  using V = typename M::V;
+  if constexpr (KIND == kSigmoidFocal) {
+    return sigmoid_focal<M>(x, t, M::splat(a.gamma), M::splat(a.alpha), a.alpha >= 0);
+  } else if constexpr (KIND == kBCEWithLogits) {
+    return bce_with_logits<M>(x, t, pw);
+  } else if constexpr (KIND == kMSE) {
+    return mse<M>(x, t);
+  } else if constexpr (KIND == kL1) {
+    return l1<M>(x, t);
+  } else {
+    return huber<M>(x, t, V(static_cast<typename V::value_type>(a.delta)));
+  }
+}
+
+template <typename scalar_t, int64_t KIND>
+void elem_kernel_typed(const ElemArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vectorized<acc_t>;
+  using M = VecMath<acc_t>;
+  constexpr int64_t W = V::size();
+  constexpr bool kSigmoid = KIND == kSigmoidFocal || KIND == kBCEWithLogits;
+  const int64_t S = a.per_sample;
+  const auto* input = static_cast<const scalar_t*>(a.input);
+  const auto* target = static_cast<const scalar_t*>(a.target);
+  auto* grad = static_cast<scalar_t*>(a.grad);
+  auto* out_elem = static_cast<scalar_t*>(a.out_elem);
+  const auto* weight = static_cast<const acc_t*>(a.weight);
+  const auto* pos_weight = static_cast<const acc_t*>(a.pos_weight);
+  const auto* sample_weight = static_cast<const acc_t*>(a.sample_weight);
+  const auto* grad_scale = static_cast<const acc_t*>(a.grad_scale);
+  auto* sample_loss = static_cast<acc_t*>(a.sample_loss);
+
+  at::parallel_for(0, a.samples, grain_rows(S), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t off = i * S;
+      const acc_t* w = weight ? weight + (a.weight_full ? off : 0) : nullptr;
+      const acc_t* pw = pos_weight ? pos_weight + (a.pos_weight_full ? off : 0) : nullptr;
+      const V vsw(sample_weight ? sample_weight[i] : acc_t(1));
+      const V vgs(grad_scale ? grad_scale[i] : acc_t(1));
+      V vloss(0), vsq(0), vg(0);
+      for (int64_t j = 0; j < S; j += W) {
+        const int64_t n = std::min(W, S - j);
+        const V xv = vload(input + off + j, n);
+        const V tv = vload(target + off + j, n);
+        const V pwv = pw ? V::loadu(pw + j, n) : V(1);
+        LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, a);
+        if (w) {
+          const V wv = V::loadu(w + j, n);
+          lg.loss = lg.loss * wv;
+          lg.grad = lg.grad * wv;
+        }
+        if (n < W) {
+          lg.loss = V::set(V(0), lg.loss, n);
+          lg.grad = V::set(V(0), lg.grad, n);
+        }
+        vloss = vloss + lg.loss;
+        if (a.stats) {
+          vsq = vsq + lg.grad * lg.grad;
+          if constexpr (kSigmoid) {
+            V d = (sigmoid_parts<M>(xv).p - tv).abs();
+            vg = vg + (n < W ? V::set(V(0), d, n) : d);
+          }
+        }
+        if (grad) vstore(grad + off + j, lg.grad * vgs, n);
+        if (out_elem) vstore(out_elem + off + j, lg.loss * vsw, n);
+      }
+      const acc_t l = hsum(vloss);
+      if (sample_loss) sample_loss[i] = l;
+      if (a.stats) {
+        float* st = a.stats + 3 * i;
+        st[0] = static_cast<float>(l);
+        st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
+        st[2] = S > 0 ? static_cast<float>(hsum(vg) / acc_t(S)) : 0.f;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void elem_kernel_dispatch_kind(const ElemArgs& a) {
+  switch (a.kind) {
+    case kSigmoidFocal: return elem_kernel_typed<scalar_t, kSigmoidFocal>(a);
+    case kBCEWithLogits: return elem_kernel_typed<scalar_t, kBCEWithLogits>(a);
+    case kMSE: return elem_kernel_typed<scalar_t, kMSE>(a);
+    case kL1: return elem_kernel_typed<scalar_t, kL1>(a);
+    default: return elem_kernel_typed<scalar_t, kHuber>(a);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+
+namespace CPU_CAPABILITY {
+void row_loss_kernel(const RowArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "samplewt_row_loss",
+                                  [&] { row_kernel_typed<scalar_t>(a); });
+}
+
+void elem_loss_kernel(const ElemArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "samplewt_elem_loss",
+                                  [&] { elem_kernel_dispatch_kind<scalar_t>(a); });
+}
+}  // namespace CPU_CAPABILITY
+
+}  // namespace cpu
+}  // namespace samplewt

@@ -1,0 +1,281 @@
+// Per-element loss and gradient formulas, shared by the CPU and CUDA kernels.
+//
+// Torch-free on purpose: the CUDA kernels include it and must compile with a
+// plain `nvcc -c`, and the CPU kernels instantiate the same templates, so the
+// CPU tests exercise the exact formulas the GPU runs.
+//
+// Element-wise formulas are written once against a math policy `M`:
+//   M::V             value type (float, double, or a SIMD vector)
+//   M::splat(c)      broadcast a constant
+//   M::exp/log/log1p/expm1/abs/max/min/sqrt
+//   M::select(c,a,b) branch-free choice; comparisons of V give M's mask type
+// ScalarMath<T> below is the policy for scalars (host and device); the CPU
+// provides a SIMD policy over at::vec::Vectorized with the same members.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SWT_HD __host__ __device__ __forceinline__
+#else
+#define SWT_HD inline
+#endif
+
+// Each CPU instruction-set translation unit compiles these templates with its
+// own target flags; a distinct inline namespace per unit keeps the linker from
+// merging an AVX-512 instantiation into the portable path.
+#ifndef SWT_ISA_NAMESPACE
+#define SWT_ISA_NAMESPACE portable
+#endif
+
+namespace samplewt {
+inline namespace SWT_ISA_NAMESPACE {
+
+// Same values as at::Reduction so the Python layer can pass them through.
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// Loss kinds of the element-wise kernels.
+enum ElemLoss : int64_t {
+  kSigmoidFocal = 0,
+  kBCEWithLogits = 1,
+  kMSE = 2,
+  kL1 = 3,
+  kHuber = 4,
+};
+
+template <typename T>
+struct ScalarMath {
+  using V = T;
+  static SWT_HD V splat(double c) { return static_cast<T>(c); }
+  static SWT_HD V exp(V x) { return std::exp(x); }
+  static SWT_HD V log(V x) { return std::log(x); }
+  static SWT_HD V log1p(V x) { return std::log1p(x); }
+  static SWT_HD V expm1(V x) { return std::expm1(x); }
+  static SWT_HD V abs(V x) { return std::fabs(x); }
+  static SWT_HD V sqrt(V x) { return std::sqrt(x); }
+  // NaN-propagating max/min, like torch.clamp: fmax would drop the NaN.
+  static SWT_HD V max(V a, V b) { return (a != a || a > b) ? a : b; }
+  static SWT_HD V min(V a, V b) { return (a != a || a < b) ? a : b; }
+  static SWT_HD V select(bool c, V a, V b) { return c ? a : b; }
+};
+
+// ---------------------------------------------------------------------------
+// Building blocks
+
+// e = exp(-|x|) is the one transcendental shared by every sigmoid-based loss:
+// sigmoid, softplus and log-sigmoid all follow from it without overflow.
+template <class M>
+struct SigmoidParts {
+  typename M::V p;         // sigmoid(x)
+  typename M::V q;         // sigmoid(-x) = 1 - p, without cancellation
+  typename M::V sp_pos;    // softplus(x)  = log(1 + e^x)
+  typename M::V sp_neg;    // softplus(-x) = -log sigmoid(x)
+};
+
+template <class M>
+SWT_HD SigmoidParts<M> sigmoid_parts(typename M::V x) {
+  using V = typename M::V;
+  const V zero = M::splat(0.0), one = M::splat(1.0);
+  const V e = M::exp(-M::abs(x));
+  const V inv = one / (one + e);
+  const V l1pe = M::log1p(e);
+  const auto pos = x >= zero;
+  SigmoidParts<M> s;
+  s.p = M::select(pos, inv, e * inv);
+  s.q = M::select(pos, e * inv, inv);
+  s.sp_pos = M::max(x, zero) + l1pe;
+  s.sp_neg = M::max(-x, zero) + l1pe;
+  return s;
+}
+
+// b^gamma for b in [0, 1], with 0^0 = 1 as torch.pow has it.
+template <class M>
+SWT_HD typename M::V pow_unit(typename M::V b, typename M::V gamma) {
+  using V = typename M::V;
+  const V zero = M::splat(0.0), one = M::splat(1.0);
+  return M::select(gamma == zero, one, M::exp(gamma * M::log(b)));
+}
+
+// d/db b^gamma = gamma * b^(gamma-1), given b^gamma; 0 where b == 0 so that a
+// saturated element contributes no NaN (its other factor is 0 there).
+template <class M>
+SWT_HD typename M::V dpow_unit(typename M::V b, typename M::V b_pow_gamma,
+                               typename M::V gamma) {
+  using V = typename M::V;
+  const V zero = M::splat(0.0);
+  return M::select(b > zero, gamma * b_pow_gamma / b, zero);
+}
+
+// ---------------------------------------------------------------------------
+// Element-wise losses: loss and d(loss)/d(input) of one element.
+
+template <class M>
+struct LossGrad {
+  typename M::V loss;
+  typename M::V grad;
+};
+
+// Scalar parameters of the element-wise losses (unused ones are ignored).
+struct ElemParams {
+  double gamma = 2.0;   // sigmoid focal
+  double alpha = 0.25;  // sigmoid focal; < 0 disables the class balance term
+  double delta = 1.0;   // huber
+};
+
+// torchvision.ops.sigmoid_focal_loss:
+//   ce = BCE(x, t); 1 - p_t = t (1-p) + (1-t) p; loss = a_t ce (1-p_t)^gamma
+template <class M>
+SWT_HD LossGrad<M> sigmoid_focal(typename M::V x, typename M::V t,
+                                 typename M::V gamma, typename M::V alpha,
+                                 bool use_alpha) {
+  using V = typename M::V;
+  const V one = M::splat(1.0), two = M::splat(2.0);
+  const SigmoidParts<M> s = sigmoid_parts<M>(x);
+  const V ce = s.sp_pos - x * t;
+  const V b = t * s.q + (one - t) * s.p;            // 1 - p_t
+  const V mod = pow_unit<M>(b, gamma);
+  const V db_dx = s.p * s.q * (one - two * t);
+  const V dmod = dpow_unit<M>(b, mod, gamma) * db_dx;
+  V loss = ce * mod;
+  V grad = (s.p - t) * mod + ce * dmod;
+  if (use_alpha) {
+    const V alpha_t = alpha * t + (one - alpha) * (one - t);
+    loss = alpha_t * loss;
+    grad = alpha_t * grad;
+  }
+  return {loss, grad};
+}
+
+// F.binary_cross_entropy_with_logits with pos_weight pw:
+//   loss = (1-t) x + (1 + (pw-1) t) softplus(-x)
+template <class M>
+SWT_HD LossGrad<M> bce_with_logits(typename M::V x, typename M::V t,
+                                   typename M::V pos_weight) {
+  using V = typename M::V;
+  const V one = M::splat(1.0);
+  const SigmoidParts<M> s = sigmoid_parts<M>(x);
+  const V lw = one + (pos_weight - one) * t;
+  return {(one - t) * x + lw * s.sp_neg, (one - t) - lw * s.q};
+}
+
+template <class M>
+SWT_HD typename M::V sign(typename M::V d) {
+  using V = typename M::V;
+  const V zero = M::splat(0.0), one = M::splat(1.0);
+  return M::select(d > zero, one, M::select(d < zero, -one, d * zero));
+}
+
+template <class M>
+SWT_HD LossGrad<M> mse(typename M::V x, typename M::V t) {
+  const typename M::V d = x - t;
+  return {d * d, M::splat(2.0) * d};
+}
+
+template <class M>
+SWT_HD LossGrad<M> l1(typename M::V x, typename M::V t) {
+  const typename M::V d = x - t;
+  return {M::abs(d), sign<M>(d)};
+}
+
+// F.huber_loss: quadratic inside |d| < delta, linear outside.
+template <class M>
+SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) {
+  using V = typename M::V;
+  const V half = M::splat(0.5);
+  const V d = x - t;
+  const V ad = M::abs(d);
+  const auto quad = ad < delta;
+  return {M::select(quad, half * d * d, delta * (ad - half * delta)),
+          M::select(quad, d, delta * sign<M>(d))};
+}
+
+// ---------------------------------------------------------------------------
+// Row losses (softmax over C classes). The kernels find m = max_j x_j and
+// s = sum_j exp(x_j - m) in one online pass; lse = m + log s.
+
+// Merge two partial (max, sum) pairs of an online log-sum-exp.
+template <typename T>
+SWT_HD void lse_merge(T& m, T& s, T m2, T s2) {
+  if (m2 > m) {
+    s = s * std::exp(m - m2) + s2;
+    m = m2;
+  } else if (m2 == m || m2 != m2 || m != m) {
+    s = s + s2;
+    m = (m2 != m2) ? m2 : m;
+  } else {
+    s = s + s2 * std::exp(m2 - m);
+  }
+}
+
+template <typename T>
+SWT_HD T lse_finish(T m, T s) {
+  // A row of -inf logits has no defined softmax; keep NaN like PyTorch.
+  return m + std::log(s);
+}
+
+// Every softmax-based loss here is l = sum_c a_c (lse - x_c) for per-class
+// coefficients a_c >= 0, so its gradient is (sum_c a_c) softmax_j - a_j.
+// The kernels pass A = sum_c a_c and the element's own a_j.
+template <class M>
+SWT_HD typename M::V softmax_grad(typename M::V x, typename M::V lse,
+                                  typename M::V A, typename M::V a) {
+  return A * M::exp(x - lse) - a;
+}
+
+// Cross-entropy with an index target y, class weights cw and label smoothing
+// eps, as PyTorch defines it:
+//   l = (1-eps) cw_y (lse - x_y) + eps/C sum_c cw_c (lse - x_c)
+// so a_c = (1-eps) cw_y [c==y] + eps/C cw_c.
+template <typename T>
+struct CERow {
+  T loss;
+  T A;         // sum_c a_c
+  T a_target;  // (1-eps) cw_y, the target's extra coefficient
+  T a_smooth;  // eps / C, multiplied by cw_c per class
+};
+
+template <typename T>
+SWT_HD CERow<T> ce_index_row(T lse, T x_y, T cw_y, T eps, T num_classes,
+                             T sum_cw, T sum_cw_x) {
+  CERow<T> r;
+  r.a_target = (T(1) - eps) * cw_y;
+  r.a_smooth = eps / num_classes;
+  r.A = r.a_target + r.a_smooth * sum_cw;
+  r.loss = r.a_target * (lse - x_y);
+  if (eps != T(0)) r.loss += r.a_smooth * (lse * sum_cw - sum_cw_x);
+  return r;
+}
+
+// Softmax focal loss of one row with log p_y = logp (Lin et al. 2017):
+//   l = -alpha (1-p)^gamma log p
+//   dl/dx_j = alpha g (softmax_j - [j==y]),
+//   g = (1-p)^gamma - gamma p (1-p)^(gamma-1) log p
+// 1-p comes from expm1 so that confident rows keep their precision.
+template <typename T>
+struct FocalRow {
+  T loss;
+  T g;  // gradient factor, without alpha
+};
+
+template <typename T>
+SWT_HD FocalRow<T> focal_row(T logp, T gamma, T alpha) {
+  using M = ScalarMath<T>;
+  const T one_minus_p = -std::expm1(logp);
+  const T p = std::exp(logp);
+  const T mod = pow_unit<M>(one_minus_p, gamma);
+  const T dmod = dpow_unit<M>(one_minus_p, mod, gamma);
+  FocalRow<T> r;
+  r.loss = -alpha * mod * logp;
+  r.g = mod - dmod * p * logp;
+  return r;
+}
+
+// 1 - p_y, the GHM gradient magnitude of a softmax row.
+template <typename T>
+SWT_HD T ghm_g_softmax(T logp) {
+  return -std::expm1(logp);
+}
+
+}  // namespace SWT_ISA_NAMESPACE
+}  // namespace samplewt

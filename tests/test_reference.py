@@ -1,0 +1,826 @@
+"""The pure-PyTorch reference (samplewt_ops.reference) against PyTorch itself.
+
+The reference is the specification the compiled kernels are tested against,
+so here it is pinned to independent ground truth:
+
+* ``torch.nn.functional`` for every argument PyTorch has (sample_weight=None
+  and sample_weight=ones must both reproduce it),
+* torchvision's ``sigmoid_focal_loss`` formula, written out inline below,
+* the focal-loss formula written naively with softmax,
+* the sample-weight "mean" rule, written by hand, and the equivalent
+  statement that an integer sample weight k repeats a sample k times.
+"""
+
+import doctest
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from samplewt_ops import reference as ref
+
+REDUCTIONS = ["none", "mean", "sum"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def assert_close(actual, expected, **kw):
+    torch.testing.assert_close(actual, expected, equal_nan=True, **kw)
+
+
+def run(fn, x, *args, grad_out=None, **kwargs):
+    """Forward and d/dx of ``fn(x, *args, **kwargs)``; grad_out random for "none"."""
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x, *args, **kwargs)
+    if grad_out is None:
+        grad_out = torch.ones_like(out)
+    (gx,) = torch.autograd.grad(out, x, grad_out, allow_unused=False)
+    return out.detach(), gx
+
+
+def grad_out_for(fn_out_shape, dtype):
+    return torch.randn(fn_out_shape, dtype=dtype)
+
+
+def compare_fwd_bwd(ours, theirs, x, dtype, **tol):
+    """Run both callables on x and compare outputs and input gradients."""
+    out_t = theirs(x.detach().clone().requires_grad_(True))
+    g = torch.randn(out_t.shape, dtype=out_t.dtype)
+    o1, g1 = run(ours, x, grad_out=g)
+    o2, g2 = run(theirs, x, grad_out=g)
+    assert o1.dtype == dtype and o1.shape == o2.shape
+    assert g1.dtype == dtype
+    assert_close(o1, o2, **tol)
+    assert_close(g1, g2, **tol)
+
+
+def index_target(shape, C, ignore_index=None, frac=0.25):
+    t = torch.randint(0, C, shape)
+    if ignore_index is not None and t.numel() > 1:
+        mask = torch.rand(shape) < frac
+        mask.view(-1)[0] = False  # keep at least one sample that counts
+        t[mask] = ignore_index
+    return t
+
+
+def prob_target(shape, class_dim):
+    return torch.softmax(torch.randn(shape) * 2, dim=class_dim)
+
+
+def per_sample(w, ndim):
+    return w.reshape((w.shape[0],) + (1,) * (ndim - 1)) if ndim else w.reshape(())
+
+
+# Softmax input shapes: (N,C), (N,C,d1), (N,C,d1,d2), unbatched (C,).
+SOFTMAX_SHAPES = [(7, 5), (4, 5, 3), (3, 5, 2, 3), (5,)]
+
+
+def class_dim(shape):
+    return 0 if len(shape) == 1 else 1
+
+
+def index_shape(shape):
+    return () if len(shape) == 1 else (shape[0],) + tuple(shape[2:])
+
+
+def sample_weight_for(kind, shape, dtype):
+    if kind is None:
+        return None
+    n = 1 if len(shape) <= 1 and kind != "ones_elem" else shape[0]
+    return torch.ones(n, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# cross_entropy == F.cross_entropy
+
+
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
+@pytest.mark.parametrize("use_weight", [False, True], ids=["noW", "W"])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("sw", [None, "ones"])
+def test_cross_entropy_index_matches_torch(shape, use_weight, ignore_index, label_smoothing,
+                                           reduction, dtype, sw):
+    C = shape[class_dim(shape)]
+    x = torch.randn(shape, dtype=dtype) * 3
+    t = index_target(index_shape(shape), C, ignore_index)
+    if len(shape) == 1 and ignore_index == 2:
+        t = torch.tensor(2)  # unbatched sample that is ignored
+    w = torch.rand(C, dtype=dtype) + 0.1 if use_weight else None
+    sample_weight = None if sw is None else torch.ones(1 if len(shape) == 1 else shape[0], dtype=dtype)
+    kw = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    compare_fwd_bwd(
+        lambda z: ref.cross_entropy(z, t, w, sample_weight=sample_weight, **kw),
+        lambda z: F.cross_entropy(z, t, w, **kw),
+        x, dtype)
+
+
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
+@pytest.mark.parametrize("use_weight", [False, True], ids=["noW", "W"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("sw", [None, "ones"])
+def test_cross_entropy_prob_matches_torch(shape, use_weight, label_smoothing, reduction, dtype, sw):
+    cd = class_dim(shape)
+    C = shape[cd]
+    x = torch.randn(shape, dtype=dtype) * 3
+    q = prob_target(shape, cd).to(dtype)
+    w = torch.rand(C, dtype=dtype) + 0.1 if use_weight else None
+    sample_weight = None if sw is None else torch.ones(1 if len(shape) == 1 else shape[0], dtype=dtype)
+    kw = dict(reduction=reduction, label_smoothing=label_smoothing)
+    compare_fwd_bwd(
+        lambda z: ref.cross_entropy(z, q, w, sample_weight=sample_weight, **kw),
+        lambda z: F.cross_entropy(z, q, w, **kw),
+        x, dtype)
+
+
+def test_cross_entropy_one_class_and_two_classes():
+    for C in (1, 2):
+        x = torch.randn(6, C, dtype=torch.float64)
+        t = torch.randint(0, C, (6,))
+        for red in REDUCTIONS:
+            compare_fwd_bwd(lambda z: ref.cross_entropy(z, t, reduction=red, label_smoothing=0.1),
+                            lambda z: F.cross_entropy(z, t, reduction=red, label_smoothing=0.1),
+                            x, torch.float64)
+
+
+def test_cross_entropy_all_ignored_is_nan_like_torch():
+    x = torch.randn(4, 3)
+    t = torch.full((4,), -100)
+    for ls in (0.0, 0.1):
+        out = ref.cross_entropy(x, t, label_smoothing=ls)
+        assert torch.isnan(out)
+        assert_close(out, F.cross_entropy(x, t, label_smoothing=ls))
+        assert ref.cross_entropy(x, t, reduction="sum").item() == 0.0
+    sw = torch.rand(4)
+    assert torch.isnan(ref.cross_entropy(x, t, sample_weight=sw))
+
+
+@pytest.mark.parametrize("tdtype", [torch.int32, torch.uint8, torch.int16])
+def test_cross_entropy_accepts_other_integer_target_dtypes(tdtype):
+    x = torch.randn(5, 4)
+    t = torch.randint(0, 4, (5,))
+    assert_close(ref.cross_entropy(x, t.to(tdtype)), F.cross_entropy(x, t))
+    assert_close(ref.focal_loss(x, t.to(tdtype), gamma=0.0), F.cross_entropy(x, t))
+
+
+def test_large_class_count_matches_torch():
+    x = torch.randn(3, 70000) * 4
+    t = torch.randint(0, 70000, (3,))
+    w = torch.rand(70000) + 0.5
+    compare_fwd_bwd(lambda z: ref.cross_entropy(z, t, w, label_smoothing=0.1),
+                    lambda z: F.cross_entropy(z, t, w, label_smoothing=0.1),
+                    x, torch.float32)
+
+
+# ---------------------------------------------------------------------------
+# the sample-weight rules
+
+
+def test_sample_weight_mean_rule_cross_entropy_index_by_hand():
+    """sum_i w_i l_i / sum_{i not ignored} w_i cw[y_i], positions of (N,C,d1,d2)
+    each weighted by their sample's w."""
+    N, C = 4, 5
+    x = torch.randn(N, C, 2, 3, dtype=torch.float64)
+    t = index_target((N, 2, 3), C, ignore_index=-100)
+    cw = torch.rand(C, dtype=torch.float64) + 0.2
+    w = torch.tensor([0.5, 2.0, 0.0, 1.25], dtype=torch.float64)
+    for ls in (0.0, 0.25):
+        per = F.cross_entropy(x, t, cw, reduction="none", label_smoothing=ls)  # (N,2,3)
+        valid = t != -100
+        cw_y = torch.where(valid, cw[t.clamp(min=0)], torch.zeros((), dtype=torch.float64))
+        wb = w.view(N, 1, 1)
+        expected_none = per * wb
+        expected_mean = (per * wb).sum() / (cw_y * wb).sum()
+        got_none = ref.cross_entropy(x, t, cw, sample_weight=w, reduction="none", label_smoothing=ls)
+        got_sum = ref.cross_entropy(x, t, cw, sample_weight=w, reduction="sum", label_smoothing=ls)
+        got_mean = ref.cross_entropy(x, t, cw, sample_weight=w, reduction="mean", label_smoothing=ls)
+        assert_close(got_none, expected_none)
+        assert_close(got_sum, expected_none.sum())
+        assert_close(got_mean, expected_mean)
+        # and it really differs from the unweighted mean
+        assert not torch.allclose(got_mean, F.cross_entropy(x, t, cw, label_smoothing=ls))
+
+
+def test_sample_weight_mean_rule_by_hand_loops():
+    """The mean rule from scalar Python arithmetic, one sample at a time."""
+    N, C = 5, 4
+    x = torch.randn(N, C, dtype=torch.float64)
+    t = torch.tensor([0, 3, -100, 1, 3])
+    cw = [0.5, 1.0, 2.0, 1.5]
+    w = [1.0, 0.25, 3.0, 2.0, 0.0]
+    num = den = 0.0
+    for i in range(N):
+        if int(t[i]) == -100:
+            continue
+        lse = math.log(sum(math.exp(float(v)) for v in x[i]))
+        li = cw[int(t[i])] * (lse - float(x[i, int(t[i])]))
+        num += w[i] * li
+        den += w[i] * cw[int(t[i])]
+    got = ref.cross_entropy(x, t, torch.tensor(cw, dtype=torch.float64),
+                            sample_weight=torch.tensor(w, dtype=torch.float64))
+    assert got.item() == pytest.approx(num / den, rel=1e-12)
+
+    # focal: sum w_i l_i / sum_{not ignored} w_i, alpha not in the denominator
+    gamma, alpha = 1.5, 0.3
+    num = den = 0.0
+    for i in range(N):
+        if int(t[i]) == -100:
+            continue
+        row = [math.exp(float(v)) for v in x[i]]
+        p = row[int(t[i])] / sum(row)
+        num += w[i] * (-alpha * (1 - p) ** gamma * math.log(p))
+        den += w[i]
+    got = ref.focal_loss(x, t, gamma=gamma, alpha=alpha, sample_weight=torch.tensor(w, dtype=torch.float64))
+    assert got.item() == pytest.approx(num / den, rel=1e-12)
+
+
+def test_sample_weight_mean_rule_prob_targets_by_hand():
+    N, C = 4, 3
+    x = torch.randn(N, C, 2, dtype=torch.float64)
+    q = prob_target((N, C, 2), 1).double()
+    w = torch.tensor([1.0, 0.0, 2.5, 0.5], dtype=torch.float64)
+    per = F.cross_entropy(x, q, reduction="none", label_smoothing=0.1)  # (N,2)
+    expected = (per * w.view(N, 1)).sum() / (w.sum() * 2)
+    assert_close(ref.cross_entropy(x, q, sample_weight=w, label_smoothing=0.1), expected)
+
+
+ELEMENTWISE = {
+    "mse": (ref.mse_loss, F.mse_loss),
+    "l1": (ref.l1_loss, F.l1_loss),
+    "huber": (ref.huber_loss, F.huber_loss),
+}
+
+
+@pytest.mark.parametrize("name", ["mse", "l1", "huber", "bce", "sigmoid_focal"])
+@pytest.mark.parametrize("use_weight", [False, True], ids=["noW", "W"])
+def test_sample_weight_mean_rule_elementwise_by_hand(name, use_weight):
+    N = 4
+    x = torch.randn(N, 3, 2, dtype=torch.float64) * 2
+    tgt = torch.rand(N, 3, 2, dtype=torch.float64)
+    v = torch.rand(N, 3, 2, dtype=torch.float64) + 0.1 if use_weight else None
+    w = torch.tensor([0.0, 1.5, 3.0, 0.25], dtype=torch.float64)
+    wb = w.view(N, 1, 1)
+    if name == "bce":
+        per = F.binary_cross_entropy_with_logits(x, tgt, v, reduction="none")
+        got = ref.binary_cross_entropy_with_logits(x, tgt, v, sample_weight=w)
+        denom = w.sum() * 6
+    elif name == "sigmoid_focal":
+        if use_weight:
+            pytest.skip("sigmoid_focal_loss has no weight argument")
+        per = torchvision_sigmoid_focal(x, tgt, 0.25, 2.0, "none")
+        got = ref.sigmoid_focal_loss(x, tgt, sample_weight=w, reduction="mean")
+        denom = w.sum() * 6
+    else:
+        ours, theirs = ELEMENTWISE[name]
+        per = theirs(x, tgt, reduction="none", weight=v)
+        got = ours(x, tgt, weight=v, sample_weight=w)
+        if use_weight and name != "huber":
+            denom = (v * wb).sum()  # PyTorch divides mse/l1 by weight.sum()
+        else:
+            denom = w.sum() * 6
+    assert_close(got, (per * wb).sum() / denom)
+
+
+def _repeat_case(name):
+    """(ours(x, t, sample_weight), theirs(x, t)) for the repetition property."""
+    N = 6
+    cw = torch.rand(5, dtype=torch.float64) + 0.2
+    if name == "ce_index":
+        x = torch.randn(N, 5, 3, dtype=torch.float64)
+        t = index_target((N, 3), 5, ignore_index=-100)
+        return x, t, (lambda x, t, sw, red: ref.cross_entropy(x, t, cw, sample_weight=sw, reduction=red,
+                                                              label_smoothing=0.1)), \
+            (lambda x, t, red: F.cross_entropy(x, t, cw, reduction=red, label_smoothing=0.1))
+    if name == "ce_prob":
+        x = torch.randn(N, 5, dtype=torch.float64)
+        t = prob_target((N, 5), 1).double()
+        return x, t, (lambda x, t, sw, red: ref.cross_entropy(x, t, cw, sample_weight=sw, reduction=red)), \
+            (lambda x, t, red: F.cross_entropy(x, t, cw, reduction=red))
+    x = torch.randn(N, 4, dtype=torch.float64)
+    t = torch.rand(N, 4, dtype=torch.float64)
+    if name == "bce":
+        pw = torch.rand(4, dtype=torch.float64) + 0.5
+        return x, t, (lambda x, t, sw, red: ref.binary_cross_entropy_with_logits(
+            x, t, pos_weight=pw, sample_weight=sw, reduction=red)), \
+            (lambda x, t, red: F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=red))
+    if name == "sigmoid_focal":
+        return x, t, (lambda x, t, sw, red: ref.sigmoid_focal_loss(x, t, sample_weight=sw, reduction=red)), \
+            (lambda x, t, red: torchvision_sigmoid_focal(x, t, 0.25, 2.0, red))
+    ours, theirs = ELEMENTWISE[name]
+    return x, t, (lambda x, t, sw, red: ours(x, t, sample_weight=sw, reduction=red)), \
+        (lambda x, t, red: theirs(x, t, reduction=red))
+
+
+@pytest.mark.parametrize("name", ["ce_index", "ce_prob", "bce", "sigmoid_focal", "mse", "l1", "huber"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_integer_sample_weight_equals_repeating_samples(name, reduction):
+    x, t, ours, theirs = _repeat_case(name)
+    reps = torch.tensor([2, 0, 1, 3, 1, 2])
+    sw = reps.to(torch.float64)
+    got_o, got_g = run(lambda z: ours(z, t, sw, reduction), x)
+    x_rep = x.repeat_interleave(reps, dim=0).detach().requires_grad_(True)
+    exp = theirs(x_rep, t.repeat_interleave(reps, dim=0), reduction)
+    (g_rep,) = torch.autograd.grad(exp, x_rep)
+    # gradient of a repeated sample accumulates over its copies
+    idx = torch.arange(x.shape[0]).repeat_interleave(reps)
+    exp_g = torch.zeros_like(x).index_add_(0, idx, g_rep)
+    assert_close(got_o, exp.detach())
+    assert_close(got_g, exp_g)
+
+
+def test_focal_sample_weight_equals_repeating_samples():
+    x = torch.randn(6, 4, dtype=torch.float64)
+    t = torch.tensor([0, 3, -100, 1, 2, 2])
+    reps = torch.tensor([1, 3, 2, 0, 2, 1])
+    alpha = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)
+    got = ref.focal_loss(x, t, gamma=2.0, alpha=alpha, sample_weight=reps.double())
+    exp = ref.focal_loss(x.repeat_interleave(reps, 0), t.repeat_interleave(reps, 0), gamma=2.0, alpha=alpha)
+    assert_close(got, exp)
+
+
+@pytest.mark.parametrize("shape_w", [(), (1,)])
+def test_unbatched_sample_weight(shape_w):
+    x = torch.randn(6, dtype=torch.float64)
+    t = torch.tensor(4)
+    w = torch.full(shape_w, 2.5, dtype=torch.float64)
+    base = F.cross_entropy(x, t, reduction="none")
+    assert ref.cross_entropy(x, t, sample_weight=w, reduction="none").shape == ()
+    assert_close(ref.cross_entropy(x, t, sample_weight=w, reduction="none"), 2.5 * base)
+    assert_close(ref.cross_entropy(x, t, sample_weight=w, reduction="sum"), 2.5 * base)
+    assert_close(ref.cross_entropy(x, t, sample_weight=w, reduction="mean"), base)
+    q = torch.softmax(torch.randn(6, dtype=torch.float64), 0)
+    assert_close(ref.cross_entropy(x, q, sample_weight=w, reduction="sum"),
+                 2.5 * F.cross_entropy(x, q, reduction="sum"))
+    assert_close(ref.focal_loss(x, t, sample_weight=w, reduction="none", gamma=0.0), 2.5 * base)
+
+
+def test_zero_dim_elementwise_input():
+    x = torch.tensor(0.7, dtype=torch.float64)
+    t = torch.tensor(0.2, dtype=torch.float64)
+    for w in (None, torch.tensor(3.0, dtype=torch.float64), torch.tensor([3.0], dtype=torch.float64)):
+        s = 1.0 if w is None else 3.0
+        assert_close(ref.mse_loss(x, t, sample_weight=w, reduction="sum"), s * F.mse_loss(x, t, reduction="sum"))
+        assert_close(ref.mse_loss(x, t, sample_weight=w), F.mse_loss(x, t))
+        out = ref.l1_loss(x, t, sample_weight=w, reduction="none")
+        assert out.shape == ()
+        assert_close(out, s * F.l1_loss(x, t, reduction="none"))
+
+
+# ---------------------------------------------------------------------------
+# focal_loss
+
+
+def naive_focal(x, t, gamma, alpha, ignore_index, reduction):
+    """-alpha_y (1-p_y)^gamma log p_y written with softmax directly (x: (N,C))."""
+    p = torch.softmax(x, 1)
+    valid = t != ignore_index
+    ts = torch.where(valid, t, 0)
+    p_y = p.gather(1, ts[:, None])[:, 0]
+    a = 1.0 if alpha is None else (alpha[ts] if torch.is_tensor(alpha) else alpha)
+    loss = -a * (1 - p_y) ** gamma * torch.log(p_y)
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.5])
+@pytest.mark.parametrize("alpha", [None, 0.25, "tensor"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 1])
+def test_focal_matches_formula(gamma, alpha, reduction, ignore_index):
+    x = torch.randn(9, 5, dtype=torch.float64) * 2
+    t = index_target((9,), 5, ignore_index)
+    a = torch.rand(5, dtype=torch.float64) if alpha == "tensor" else alpha
+    compare_fwd_bwd(lambda z: ref.focal_loss(z, t, gamma=gamma, alpha=a, ignore_index=ignore_index,
+                                             reduction=reduction),
+                    lambda z: naive_focal(z, t, gamma, a, ignore_index, reduction),
+                    x, torch.float64)
+
+
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_focal_gamma0_equals_cross_entropy(shape, reduction, dtype):
+    C = shape[class_dim(shape)]
+    x = torch.randn(shape, dtype=dtype) * 2
+    t = index_target(index_shape(shape), C, -100) if len(shape) > 1 else torch.tensor(3)
+    sw = None if len(shape) == 1 else torch.rand(shape[0], dtype=dtype)
+    compare_fwd_bwd(lambda z: ref.focal_loss(z, t, gamma=0.0, sample_weight=sw, reduction=reduction),
+                    lambda z: ref.cross_entropy(z, t, sample_weight=sw, reduction=reduction),
+                    x, dtype)
+    # and (no sample weight) equals PyTorch
+    compare_fwd_bwd(lambda z: ref.focal_loss(z, t, gamma=0.0, reduction=reduction),
+                    lambda z: F.cross_entropy(z, t, reduction=reduction),
+                    x, dtype)
+
+
+def test_focal_nd_matches_flattened():
+    x = torch.randn(3, 4, 2, 5, dtype=torch.float64)
+    t = index_target((3, 2, 5), 4, -100)
+    alpha = torch.rand(4, dtype=torch.float64)
+    got = ref.focal_loss(x, t, gamma=2.0, alpha=alpha, reduction="none")
+    flat_x = x.permute(0, 2, 3, 1).reshape(-1, 4)
+    exp = naive_focal(flat_x, t.reshape(-1), 2.0, alpha, -100, "none").reshape(3, 2, 5)
+    assert_close(got, exp)
+    assert_close(ref.focal_loss(x, t, gamma=2.0, alpha=alpha),
+                 naive_focal(flat_x, t.reshape(-1), 2.0, alpha, -100, "mean"))
+
+
+def test_focal_down_weights_easy_examples():
+    x = torch.tensor([[6.0, 0.0, 0.0], [0.0, 0.1, 0.0]])
+    t = torch.tensor([0, 1])
+    ce = F.cross_entropy(x, t, reduction="none")
+    fl = ref.focal_loss(x, t, gamma=2.0, reduction="none")
+    ratio = fl / ce
+    assert ratio[0] < 1e-4 and ratio[1] > 0.3
+
+
+# ---------------------------------------------------------------------------
+# sigmoid_focal_loss == torchvision.ops.sigmoid_focal_loss (formula inline)
+
+
+def torchvision_sigmoid_focal(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (3, 4, 5), (6,), ()], ids=str)
+@pytest.mark.parametrize("alpha", [0.25, -1.0, 0.9])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+def test_sigmoid_focal_matches_torchvision_formula(shape, alpha, gamma, reduction, soft):
+    x = torch.randn(shape, dtype=torch.float64) * 3
+    t = torch.rand(shape, dtype=torch.float64) if soft else (torch.rand(shape) < 0.3).double()
+    compare_fwd_bwd(lambda z: ref.sigmoid_focal_loss(z, t, alpha=alpha, gamma=gamma, reduction=reduction),
+                    lambda z: torchvision_sigmoid_focal(z, t, alpha, gamma, reduction),
+                    x, torch.float64)
+
+
+def test_sigmoid_focal_defaults_and_float32():
+    x = torch.randn(16, 3) * 4
+    t = (torch.rand(16, 3) < 0.5).float()
+    out = ref.sigmoid_focal_loss(x, t)
+    assert out.shape == (16, 3)  # default reduction "none"
+    assert_close(out, torchvision_sigmoid_focal(x.double(), t.double()).float())
+    ones = torch.ones(16)
+    assert_close(ref.sigmoid_focal_loss(x, t, sample_weight=ones, reduction="mean"),
+                 torchvision_sigmoid_focal(x.double(), t.double(), reduction="mean").float())
+    # alpha=None also disables the balance term
+    assert_close(ref.sigmoid_focal_loss(x, t, alpha=None), ref.sigmoid_focal_loss(x, t, alpha=-1.0))
+
+
+# ---------------------------------------------------------------------------
+# binary_cross_entropy_with_logits
+
+
+@pytest.mark.parametrize("weight", [None, "full", "row", "col"])
+@pytest.mark.parametrize("pos_weight", [None, "row", "full"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("sw", [None, "ones"])
+def test_bce_with_logits_matches_torch(weight, pos_weight, reduction, dtype, sw):
+    N, C = 6, 4
+    x = torch.randn(N, C, dtype=dtype) * 3
+    t = torch.rand(N, C, dtype=dtype)
+    shapes = {"full": (N, C), "row": (C,), "col": (N, 1)}
+    w = None if weight is None else torch.rand(shapes[weight], dtype=dtype) + 0.1
+    pw = None if pos_weight is None else torch.rand(shapes[pos_weight], dtype=dtype) * 3
+    s = None if sw is None else torch.ones(N, dtype=dtype)
+    compare_fwd_bwd(
+        lambda z: ref.binary_cross_entropy_with_logits(z, t, w, pos_weight=pw, sample_weight=s,
+                                                       reduction=reduction),
+        lambda z: F.binary_cross_entropy_with_logits(z, t, w, pos_weight=pw, reduction=reduction),
+        x, dtype)
+
+
+def test_bce_nd_and_1d():
+    for shape in [(3, 2, 4), (7,)]:
+        x = torch.randn(shape, dtype=torch.float64)
+        t = torch.rand(shape, dtype=torch.float64)
+        pw = torch.rand(shape[-1], dtype=torch.float64) + 0.5
+        compare_fwd_bwd(lambda z: ref.binary_cross_entropy_with_logits(z, t, pos_weight=pw),
+                        lambda z: F.binary_cross_entropy_with_logits(z, t, pos_weight=pw),
+                        x, torch.float64)
+
+
+# ---------------------------------------------------------------------------
+# mse / l1 / huber
+
+
+@pytest.mark.parametrize("name", ["mse", "l1", "huber"])
+@pytest.mark.parametrize("shape", [(6, 4), (3, 2, 5), (7,)], ids=str)
+@pytest.mark.parametrize("use_weight", [False, True], ids=["noW", "W"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("sw", [None, "ones"])
+def test_regression_matches_torch(name, shape, use_weight, reduction, dtype, sw):
+    ours, theirs = ELEMENTWISE[name]
+    x = torch.randn(shape, dtype=dtype) * 2
+    t = torch.randn(shape, dtype=dtype)
+    w = torch.rand(shape, dtype=dtype) + 0.1 if use_weight else None
+    s = None if sw is None else torch.ones(shape[0], dtype=dtype)
+    compare_fwd_bwd(lambda z: ours(z, t, weight=w, sample_weight=s, reduction=reduction),
+                    lambda z: theirs(z, t, weight=w, reduction=reduction),
+                    x, dtype)
+
+
+@pytest.mark.parametrize("delta", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_huber_delta_matches_torch(delta, reduction):
+    x = torch.randn(10, 3, dtype=torch.float64) * 3
+    t = torch.randn(10, 3, dtype=torch.float64)
+    w = torch.rand(10, 3, dtype=torch.float64)
+    compare_fwd_bwd(lambda z: ref.huber_loss(z, t, delta=delta, weight=w, reduction=reduction),
+                    lambda z: F.huber_loss(z, t, delta=delta, weight=w, reduction=reduction),
+                    x, torch.float64)
+    compare_fwd_bwd(lambda z: ref.huber_loss(z, t, delta=delta, reduction=reduction),
+                    lambda z: F.huber_loss(z, t, delta=delta, reduction=reduction),
+                    x, torch.float64)
+
+
+# ---------------------------------------------------------------------------
+# dtypes: float32 accumulation for half and bfloat16
+
+
+LOWP = [torch.bfloat16, torch.float16]
+
+
+def lowp_case(name, dtype):
+    """(ours on low-precision x, exact float64 PyTorch on the same values)."""
+    N, C = 32, 10
+    x = (torch.randn(N, C) * 3).to(dtype)
+    if name == "ce":
+        t = index_target((N,), C, -100)
+        w = torch.rand(C) + 0.5
+        return x, (lambda z: ref.cross_entropy(z, t, w.to(dtype), label_smoothing=0.1)), \
+            (lambda z: F.cross_entropy(z, t, w.to(dtype).double(), label_smoothing=0.1))
+    if name == "ce_prob":
+        q = prob_target((N, C), 1).to(dtype)
+        return x, (lambda z: ref.cross_entropy(z, q, reduction="sum")), \
+            (lambda z: F.cross_entropy(z, q.double(), reduction="sum"))
+    if name == "focal":
+        t = index_target((N,), C, -100)
+        return x, (lambda z: ref.focal_loss(z, t, gamma=2.0, reduction="none")), \
+            (lambda z: naive_focal(z, t, 2.0, None, -100, "none"))
+    t = torch.rand(N, C).to(dtype)
+    if name == "sigmoid_focal":
+        return x, (lambda z: ref.sigmoid_focal_loss(z, t, reduction="mean")), \
+            (lambda z: torchvision_sigmoid_focal(z, t.double(), reduction="mean"))
+    if name == "bce":
+        pw = (torch.rand(C) * 2).to(dtype)
+        return x, (lambda z: ref.binary_cross_entropy_with_logits(z, t, pos_weight=pw)), \
+            (lambda z: F.binary_cross_entropy_with_logits(z, t.double(), pos_weight=pw.double()))
+    ours, theirs = ELEMENTWISE[name]
+    return x, (lambda z: ours(z, t, reduction="none")), (lambda z: theirs(z, t.double(), reduction="none"))
+
+
+@pytest.mark.parametrize("name", ["ce", "ce_prob", "focal", "sigmoid_focal", "bce", "mse", "l1", "huber"])
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_low_precision_accumulates_in_float32(name, dtype):
+    """Computed in float32 and rounded once: within one rounding of the exact value."""
+    x, ours, exact = lowp_case(name, dtype)
+    out, g = run(ours, x)
+    assert out.dtype == dtype and g.dtype == dtype
+    out_e, g_e = run(exact, x.double())
+    # default assert_close tolerances for bf16 (rtol 1.6e-2) and fp16 (rtol 1e-3)
+    # are one unit in the last place of those dtypes.
+    assert_close(out, out_e.to(dtype))
+    assert_close(g, g_e.to(dtype))
+
+
+def test_float64_is_computed_in_float64():
+    # a difference far below float32 resolution survives
+    x = torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64)
+    t = torch.tensor([0])
+    a = ref.cross_entropy(x, t)
+    b = ref.cross_entropy(x, torch.tensor([1]))
+    assert a.dtype == torch.float64 and (a - b).item() == pytest.approx(1e-12, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# empty batches, NaN, extreme logits
+
+
+EMPTY_CASES = {
+    "ce_index": lambda R: (ref.cross_entropy(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), reduction=R),
+                           F.cross_entropy(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), reduction=R)),
+    "ce_index_nd": lambda R: (ref.cross_entropy(torch.randn(0, 4, 3), torch.zeros(0, 3, dtype=torch.long),
+                                                reduction=R, label_smoothing=0.2),
+                              F.cross_entropy(torch.randn(0, 4, 3), torch.zeros(0, 3, dtype=torch.long),
+                                              reduction=R, label_smoothing=0.2)),
+    "ce_prob": lambda R: (ref.cross_entropy(torch.randn(0, 4), torch.rand(0, 4), reduction=R),
+                          F.cross_entropy(torch.randn(0, 4), torch.rand(0, 4), reduction=R)),
+    "focal": lambda R: (ref.focal_loss(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), gamma=0.0, reduction=R),
+                        F.cross_entropy(torch.randn(0, 4), torch.zeros(0, dtype=torch.long), reduction=R)),
+    "bce": lambda R: (ref.binary_cross_entropy_with_logits(torch.randn(0, 3), torch.rand(0, 3), reduction=R),
+                      F.binary_cross_entropy_with_logits(torch.randn(0, 3), torch.rand(0, 3), reduction=R)),
+    "sigmoid_focal": lambda R: (ref.sigmoid_focal_loss(torch.randn(0, 3), torch.rand(0, 3), reduction=R),
+                                torchvision_sigmoid_focal(torch.randn(0, 3), torch.rand(0, 3), reduction=R)),
+    "mse": lambda R: (ref.mse_loss(torch.randn(0, 3), torch.rand(0, 3), reduction=R),
+                      F.mse_loss(torch.randn(0, 3), torch.rand(0, 3), reduction=R)),
+    "l1_w": lambda R: (ref.l1_loss(torch.randn(0, 3), torch.rand(0, 3), weight=torch.rand(0, 3), reduction=R),
+                       F.l1_loss(torch.randn(0, 3), torch.rand(0, 3), weight=torch.rand(0, 3), reduction=R)),
+    "huber": lambda R: (ref.huber_loss(torch.randn(0, 3), torch.rand(0, 3), reduction=R),
+                        F.huber_loss(torch.randn(0, 3), torch.rand(0, 3), reduction=R)),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_CASES))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty_batch_like_torch(case, reduction):
+    got, exp = EMPTY_CASES[case](reduction)
+    assert got.shape == exp.shape and got.dtype == exp.dtype
+    assert_close(got, exp)
+    if reduction == "mean":
+        assert torch.isnan(got)
+    if reduction == "sum":
+        assert got.item() == 0.0
+
+
+def test_empty_batch_with_sample_weight_and_backward():
+    x = torch.randn(0, 5, requires_grad=True)
+    t = torch.zeros(0, dtype=torch.long)
+    sw = torch.ones(0)
+    out = ref.cross_entropy(x, t, sample_weight=sw, reduction="sum")
+    out.backward()
+    assert out.item() == 0.0 and x.grad.shape == (0, 5)
+    assert torch.isnan(ref.cross_entropy(x, t, sample_weight=sw))
+    assert torch.isnan(ref.mse_loss(torch.randn(0, 2), torch.randn(0, 2), sample_weight=torch.ones(0)))
+
+
+def test_nan_logits_propagate_like_torch():
+    x = torch.randn(4, 3)
+    x[1, 2] = float("nan")
+    t = torch.tensor([0, 1, 2, 1])
+    for R in REDUCTIONS:
+        got = ref.cross_entropy(x, t, reduction=R, label_smoothing=0.1)
+        assert_close(got, F.cross_entropy(x, t, reduction=R, label_smoothing=0.1))
+    per = ref.cross_entropy(x, t, reduction="none", sample_weight=torch.rand(4))
+    assert torch.isnan(per[1]) and torch.isfinite(per[[0, 2, 3]]).all()
+    assert torch.isnan(ref.focal_loss(x, t, reduction="none")[1])
+    assert torch.isnan(ref.focal_loss(x, t, gamma=0.5))
+    y = torch.randn(4, 3)
+    y[2, 0] = float("nan")
+    tt = torch.rand(4, 3)
+    for fn in (ref.binary_cross_entropy_with_logits, ref.mse_loss, ref.l1_loss, ref.huber_loss,
+               ref.sigmoid_focal_loss):
+        per = fn(y, tt, reduction="none")
+        assert torch.isnan(per[2, 0]) and torch.isfinite(per[[0, 1, 3]]).all(), fn.__name__
+        assert torch.isnan(fn(y, tt, reduction="mean", sample_weight=torch.rand(4))), fn.__name__
+    assert_close(ref.binary_cross_entropy_with_logits(y, tt, reduction="none"),
+                 F.binary_cross_entropy_with_logits(y, tt, reduction="none"))
+
+
+def test_extreme_logits_finite_and_match_torch():
+    x = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, -1e4], [1e4, 1e4, -1e4]])
+    t = torch.tensor([0, 0, 1])
+    for R in REDUCTIONS:
+        compare_fwd_bwd(lambda z: ref.cross_entropy(z, t, reduction=R, label_smoothing=0.1),
+                        lambda z: F.cross_entropy(z, t, reduction=R, label_smoothing=0.1),
+                        x, torch.float32)
+    # focal with 0 < gamma < 1: the gradient at p_y == 1 is 0, not NaN
+    for gamma in (0.5, 1.0, 2.0):
+        out, g = run(lambda z: ref.focal_loss(z, t, gamma=gamma, reduction="sum"), x)
+        assert torch.isfinite(out) and torch.isfinite(g).all()
+        assert_close(g[0], torch.zeros(3))
+    y = torch.tensor([[1e4, -1e4], [-1e4, 1e4]])
+    tt = torch.tensor([[1.0, 0.0], [1.0, 0.5]])
+    for gamma in (0.0, 0.5, 2.0):
+        out, g = run(lambda z: ref.sigmoid_focal_loss(z, tt, gamma=gamma, reduction="sum"), y)
+        assert torch.isfinite(out) and torch.isfinite(g).all()
+        assert_close(g[0], torch.zeros(2))
+    compare_fwd_bwd(lambda z: ref.binary_cross_entropy_with_logits(z, tt, reduction="none"),
+                    lambda z: F.binary_cross_entropy_with_logits(z, tt, reduction="none"),
+                    y, torch.float32)
+
+
+# ---------------------------------------------------------------------------
+# gradients with respect to everything (the reference is plain autograd)
+
+
+def test_gradcheck_reference_all_arguments():
+    d = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 4, **d)
+    cw = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    sw = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    t = torch.tensor([0, 3, -100, 1, 2])
+    q = prob_target((5, 4), 1).double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, cw, sw: ref.cross_entropy(x, t, cw, sample_weight=sw, label_smoothing=0.2), (x, cw, sw))
+    assert torch.autograd.gradcheck(
+        lambda x, q, cw, sw: ref.cross_entropy(x, q, cw, sample_weight=sw, label_smoothing=0.2), (x, q, cw, sw))
+    alpha = torch.rand(4, **d)
+    assert torch.autograd.gradcheck(
+        lambda x, a, sw: ref.focal_loss(x, t, gamma=1.5, alpha=a, sample_weight=sw), (x, alpha, sw))
+    y = torch.randn(5, 3, **d)
+    tt = torch.rand(5, 3, **d)
+    v = (torch.rand(5, 3, dtype=torch.float64) + 0.5).requires_grad_()
+    pw = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda y, tt, sw: ref.sigmoid_focal_loss(y, tt, sample_weight=sw, reduction="mean"), (y, tt, sw))
+    assert torch.autograd.gradcheck(
+        lambda y, tt, v, pw, sw: ref.binary_cross_entropy_with_logits(y, tt, v, pos_weight=pw, sample_weight=sw),
+        (y, tt, v, pw, sw))
+    for fn in (ref.mse_loss, ref.l1_loss, ref.huber_loss):
+        assert torch.autograd.gradcheck(
+            lambda y, tt, v, sw: fn(y, tt, weight=v, sample_weight=sw), (y, tt, v, sw))
+
+
+# ---------------------------------------------------------------------------
+# validation switches, torch.compile and the docstring examples
+
+
+def test_validation_switches(monkeypatch):
+    cpu = torch.zeros(1)
+    meta = torch.zeros(1, device="meta")
+    try:
+        ref.set_validation(False)
+        assert ref.validation_enabled(cpu)  # CPU always validates
+        assert not ref.validation_enabled(None)
+        ref.set_validation(True)
+        assert ref.validation_enabled(None)
+        assert not ref.validation_enabled(meta)  # no data to read
+        ref.set_validation(None)
+        monkeypatch.setenv("SAMPLEWT_VALIDATE", "1")
+        assert ref.validation_enabled(None)
+        monkeypatch.setenv("SAMPLEWT_VALIDATE", "0")
+        assert not ref.validation_enabled(None)
+    finally:
+        ref.set_validation(None)
+
+
+def test_meta_tensors_shape_inference():
+    x = torch.empty(4, 5, device="meta")
+    t = torch.empty(4, dtype=torch.long, device="meta")
+    sw = torch.empty(4, device="meta")
+    assert ref.cross_entropy(x, t, sample_weight=sw, reduction="none").shape == (4,)
+    assert ref.focal_loss(x, t, reduction="mean").shape == ()
+    assert ref.mse_loss(x, x, sample_weight=sw, reduction="none").shape == (4, 5)
+
+
+_COMPILE_CASES = {
+    "cross_entropy": lambda x, t, q, tt, sw: ref.cross_entropy(x, t, sample_weight=sw, label_smoothing=0.1),
+    "cross_entropy_prob": lambda x, t, q, tt, sw: ref.cross_entropy(x, q, sample_weight=sw),
+    "focal_loss": lambda x, t, q, tt, sw: ref.focal_loss(x, t, sample_weight=sw, alpha=0.5),
+    "sigmoid_focal_loss": lambda x, t, q, tt, sw: ref.sigmoid_focal_loss(x, tt, sample_weight=sw, reduction="mean"),
+    "bce": lambda x, t, q, tt, sw: ref.binary_cross_entropy_with_logits(x, tt, sample_weight=sw),
+    "mse": lambda x, t, q, tt, sw: ref.mse_loss(x, tt, weight=tt, sample_weight=sw),
+    "l1": lambda x, t, q, tt, sw: ref.l1_loss(x, tt, sample_weight=sw),
+    "huber": lambda x, t, q, tt, sw: ref.huber_loss(x, tt, delta=0.5, sample_weight=sw),
+}
+
+
+@pytest.mark.parametrize("name", list(_COMPILE_CASES))
+def test_reference_compiles_fullgraph(name):
+    """The reference is the fallback, so it must trace without graph breaks."""
+    torch._dynamo.reset()
+    fn = _COMPILE_CASES[name]
+    x = torch.randn(6, 4)
+    t = torch.tensor([0, 1, 2, 3, -100, 1])
+    q = prob_target((6, 4), 1)
+    tt = torch.rand(6, 4)
+    sw = torch.rand(6)
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    eo, eg = run(lambda z: fn(z, t, q, tt, sw), x)
+    co, cg = run(lambda z: compiled(z, t, q, tt, sw), x)
+    assert_close(co, eo)
+    assert_close(cg, eg)
+
+
+def test_compiled_reference_out_of_range_target_gives_nan():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, t: ref.cross_entropy(x, t, reduction="none"), fullgraph=True, backend="eager")
+    out = fn(torch.randn(3, 4), torch.tensor([0, 7, 1]))
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+
+
+def test_docstring_examples():
+    result = doctest.testmod(ref, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 7
+    assert result.failed == 0
