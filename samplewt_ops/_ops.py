@@ -8,6 +8,7 @@ themselves and are wrapped by InplaceGradLoss.
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import _loader
 
@@ -32,14 +33,21 @@ _SCHEMA_TAIL = {
 _NUM_ARGS = {name: pos + 3 for name, pos in _SCHEMA_TAIL.items()}
 
 
+def _tracing(t: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling() or is_fake(t):
+        return True
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None
+
+
 def _is_one(grad_loss: torch.Tensor) -> bool:
     # The usual grad_output of a mean/sum loss is 1: then the saved gradient
-    # is final and needs no pass over it. Only checked where it costs no sync.
+    # is final and needs no pass over it. Only checked where it costs no
+    # device sync and no data-dependent trace.
     return (
         grad_loss.dim() == 0
         and grad_loss.device.type == "cpu"
-        and not torch.compiler.is_compiling()
         and not grad_loss.requires_grad
+        and not _tracing(grad_loss)
         and grad_loss.item() == 1.0
     )
 
@@ -71,10 +79,30 @@ def _register(name: str) -> None:
     def setup_context(ctx, inputs, output):
         _, grad, stats = output
         ctx.mark_non_differentiable(grad, stats)
-        ctx.save_for_backward(grad)
+        # A leaf's AccumulateGrad adopts a gradient nobody else holds, and
+        # copies it otherwise. So for leaves the buffer is held on ctx, where
+        # backward can drop it, rather than in save_for_backward.
+        ctx.handover = inputs[0].is_leaf and not _tracing(inputs[0])
+        ctx.handed_over = False
+        if ctx.handover:
+            ctx.grad = grad
+        else:
+            ctx.save_for_backward(grad)
 
     def backward(ctx, grad_loss, _grad_grad, _grad_stats):
-        (grad,) = ctx.saved_tensors
+        if ctx.handed_over:
+            raise RuntimeError(
+                f"samplewt_ops.{name}: its gradient buffer became the leaf's .grad in the "
+                "first backward; to backpropagate twice, pass a non-leaf input "
+                "(e.g. logits computed from the model) or use retain_graph with a "
+                "loss scaled by a factor other than 1"
+            )
+        if ctx.handover:
+            grad = ctx.grad
+            if grad_loss is not None and _is_one(grad_loss):
+                ctx.grad, ctx.handed_over = None, True
+        else:
+            (grad,) = ctx.saved_tensors
         grad_input = None
         if grad_loss is not None and ctx.needs_input_grad[0]:
             grad_input = _scale(grad, grad_loss, row_op)

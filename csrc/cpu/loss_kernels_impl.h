@@ -128,16 +128,23 @@ void row_kernel_typed(const RowArgs& a) {
         }
       }
 
-      // Coefficient a_c of class c, without the target's own term (see
-      // softmax_grad in samplewt_math.h): eps/C cw_c for index targets,
-      // cw_c ((1-eps) q_c + eps/C) for probability targets, 0 for focal.
-      auto coef = [&](int64_t j, int64_t n) -> V {
+      // Per-class weights of the loss's linear term sum_c b_c x_c: cw_c for
+      // index targets (label smoothing), cw_c ((1-eps) q_c + eps/C) for
+      // probability targets.
+      auto lin_coef = [&](int64_t j, int64_t n) -> V {
         if (prob) {
           V qa = vload(q + j, n) * V(q_scale) + V(q_shift);
           return cw ? qa * V::loadu(cw + j, n) : qa;
         }
-        if (cw) return V::loadu(cw + j, n) * V(q_shift);
-        return V(q_shift);
+        return cw ? V::loadu(cw + j, n) : V(1);
+      };
+      // Coefficient a_c of class c in the gradient (see softmax_grad in
+      // samplewt_math.h), without the target's own term: eps/C cw_c for index
+      // targets, b_c for probability targets, 0 for focal.
+      auto grad_coef = [&](int64_t j, int64_t n) -> V {
+        if (prob) return lin_coef(j, n);
+        if (focal) return V(0);
+        return cw ? V::loadu(cw + j, n) * V(q_shift) : V(q_shift);
       };
       const bool linear = prob || eps != acc_t(0);
 
@@ -149,7 +156,7 @@ void row_kernel_typed(const RowArgs& a) {
         if (n < W) xv = V::set(V(neg_inf), xv, n);
         vmax = M::max(vmax, xv);
         if (linear) {
-          V av = V::set(V(0), coef(j, n), n);
+          V av = V::set(V(0), lin_coef(j, n), n);
           vax = vax + V::set(V(0), av * xv, n);
           va = va + av;
         }
@@ -198,7 +205,7 @@ void row_kernel_typed(const RowArgs& a) {
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
           const V xv = vload(x + j, n);
-          const V av = focal ? V(0) : coef(j, n);
+          const V av = grad_coef(j, n);
           V u = softmax_grad<M>(xv, vlse, vA, av);
           if (n < W) u = V::set(V(0), u, n);
           if (st) {
