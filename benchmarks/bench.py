@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# An installed samplewt_ops (pip install -e .) wins; else fall back to the source tree.
+sys.path.append(os.path.dirname(HERE))
 NTHREADS = os.cpu_count() or 1
 
 
@@ -253,7 +255,7 @@ def time_cpu(call, setup=None, min_time=1.0, warmup=2):
         est = max(t.timeit(1).median for _ in range(max(1, warmup)))
         times = []
         while len(times) < MIN_RUNS:
-            m = t.blocked_autorange(min_run_time=max(min_time, (MIN_RUNS + 1) * est))
+            m = t.blocked_autorange(min_run_time=max(min_time, (MIN_RUNS + 0.5) * est))
             times.extend(m.times)
         return statistics.median(times), len(times)
     t = benchmark.Timer(stmt="call()", setup="setup()", globals=glb, num_threads=NTHREADS)
@@ -338,37 +340,30 @@ def _proc_status(key):
 
 
 def cpu_peak_bytes(call, setup=None):
+    """(allocator peak bytes, RSS high-water-mark bytes or None) of one call; see above."""
     if setup:
         setup()
     gc.collect()
+    _malloc_trim()  # return freed heap pages so that re-used memory is faulted in again
+    base = None
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _proc_status("VmRSS")
+    except OSError:
+        pass
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:
         call()
+    hwm = _proc_status("VmHWM") if base is not None else None
     evs = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     evs.sort(key=lambda e: e.start_ns())
     live = peak = 0
     for e in evs:
         live += e.nbytes()
         peak = max(peak, live)
-    return peak
-
-
-def cpu_rss_peak_bytes(call, setup=None):
-    if setup:
-        setup()
-    gc.collect()
-    _malloc_trim()  # return freed heap pages so that re-used memory is faulted in again
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    base = _proc_status("VmRSS")
-    call()
-    hwm = _proc_status("VmHWM")
-    if base is None or hwm is None:
-        return None
-    return max(0, hwm - base)
+    rss = max(0, hwm - base) if (base is not None and hwm is not None) else None
+    return peak, rss
 
 
 def cuda_peak_bytes(call, setup=None):
@@ -545,7 +540,7 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
     is_cuda = dev == "cuda"
     timer = time_cuda if is_cuda else time_cpu
     min_time = args.min_time
-    warm = 1 if args.quick else 2
+    warm = 1  # extra warm-up calls; the checked call before timing is the first warm-up
     do_compile = not args.no_compile and (not args.quick or case.quick_compile)
 
     torch._dynamo.reset()
@@ -622,8 +617,7 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
             if is_cuda:
                 out["peak_bytes"] = cuda_peak_bytes(call, setup)
             else:
-                out["peak_bytes"] = cpu_peak_bytes(call, setup)
-                out["rss_peak_bytes"] = cpu_rss_peak_bytes(call, setup)
+                out["peak_bytes"], out["rss_peak_bytes"] = cpu_peak_bytes(call, setup)
             progress.note(f"{name}: {out['ms']:.2f} ms ({runs} runs), "
                           f"peak {out['peak_bytes'] / 2**20:.0f} MB")
         except Exception as e:  # report, keep going
@@ -646,7 +640,7 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
     for kind in kinds:
         mk = train_call if kind == "train" else fwd_call
         k = res["kinds"].setdefault(kind, {})
-        k["eager"] = measure("eager", mk(eager, x), kind=kind, loose=lowp)
+        k["eager"] = measure(f"eager ({kind})", mk(eager, x), kind=kind, loose=lowp)
         if do_compile:
             cfn = torch.compile(eager, dynamic=False)
             call = mk(cfn, x)
@@ -655,8 +649,8 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
                 call()
                 _sync(dev)
                 k["compile_s"] = time.perf_counter() - t0
-                progress.note(f"compiled ({kind}) in {k['compile_s']:.1f}s")
-                k["compiled"] = measure("compiled", call, kind=kind)
+                progress.note(f"compiled ({kind}): compile + first call {k['compile_s']:.1f}s")
+                k["compiled"] = measure(f"compiled ({kind})", call, kind=kind)
             except Exception as e:
                 k["compiled"] = {"check": f"ERROR: {type(e).__name__}: "
                                           f"{str(e).splitlines()[0][:200] if str(e) else ''}"}
@@ -679,15 +673,15 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
     # --- ours, per mode ----------------------------------------------------------------
     for mode in case.modes:
         if mode == "fwd":
-            r = measure("ours fwd", fwd_call(ours, x), kind="fwd")
+            r = measure("ours (fwd)", fwd_call(ours, x), kind="fwd")
         elif mode == "inplace":
             if x_ip is None:
                 x_ip = torch.empty_like(xd).requires_grad_()
-            r = measure("ours inplace",
+            r = measure("ours (inplace)",
                         train_call(functools.partial(ours, inplace=True), x_ip),
                         setup=refill, kind="train")
         else:
-            r = measure("ours", train_call(ours, x), kind="train")
+            r = measure("ours (default)", train_call(ours, x), kind="train")
         res["modes"][mode] = r
 
     del x, xd, t, cw, sw, x_ip, refs
@@ -876,6 +870,20 @@ def footnotes(device, env, self_test, quick):
 # main
 # ----------------------------------------------------------------------------------------
 
+def lowp_ratios(rows):
+    """'bf16 vs fp32' lines: ours' time per element in a 16-bit dtype over float32, same case."""
+    out = []
+    by = {(r["op"], tuple(r["shape"]), r.get("variant"), r["mode"], r["dtype"]): r for r in rows}
+    for (op, shape, var, mode, dt), r in by.items():
+        base = by.get((op, shape, var, mode, "float32"))
+        if dt in ("bfloat16", "float16") and base:
+            a, b = r.get("ours_ms"), base.get("ours_ms")
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+                out.append(f"{dt} vs float32, ours, {op} {'x'.join(map(str, shape))} {mode}: "
+                           f"{a / b:.2f}x the float32 time per element (<= 1 = no slower)")
+    return out
+
+
 def _show(path):
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
@@ -997,6 +1005,9 @@ def main(argv=None):
         print(title + ("  [SELF-TEST]" if args.self_test else ""))
         print(format_table(rows, markdown=args.markdown))
         print(footnotes(d, env, args.self_test, args.quick))
+        ratios = lowp_ratios(rows)
+        for line in ratios:
+            print("  * " + line)
         for r in rows:
             for name in ("ours", "eager", "compiled", "liger"):
                 chk = r.get(name + "_check") or ""
@@ -1006,6 +1017,7 @@ def main(argv=None):
                         failed = True
         out = {"machine_tag": tag + suffix, "device": d, "self_test": args.self_test,
                "quick": args.quick, "argv": sys.argv[1:], "env": env, "rows": rows,
+               "derived": ratios,
                "units": {"*_ms": "median milliseconds", "*_peak_mb": "MiB",
                          "*_rss_peak_mb": "MiB (RSS high-water mark cross-check)"}}
         jpath = os.path.join(args.out, tag + suffix + ".json")

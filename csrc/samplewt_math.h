@@ -8,6 +8,7 @@
 //   M::V             value type (float, double, or a SIMD vector)
 //   M::splat(c)      broadcast a constant
 //   M::exp/log/log1p/expm1/abs/max/min/sqrt
+//   M::softmax_exp   exp for softmax terms, where a few ulp do not matter
 //   M::select(c,a,b) branch-free choice; comparisons of V give M's mask type
 // ScalarMath<T> below is the policy for scalars (host and device); the CPU
 // provides a SIMD policy over at::vec::Vectorized with the same members.
@@ -49,6 +50,7 @@ struct ScalarMath {
   using V = T;
   static SWT_HD V splat(double c) { return static_cast<T>(c); }
   static SWT_HD V exp(V x) { return std::exp(x); }
+  static SWT_HD V softmax_exp(V x) { return std::exp(x); }
   static SWT_HD V log(V x) { return std::log(x); }
   static SWT_HD V log1p(V x) { return std::log1p(x); }
   static SWT_HD V expm1(V x) { return std::expm1(x); }
@@ -220,7 +222,7 @@ SWT_HD T lse_finish(T m, T s) {
 template <class M>
 SWT_HD typename M::V softmax_grad(typename M::V x, typename M::V lse,
                                   typename M::V A, typename M::V a) {
-  return A * M::exp(x - lse) - a;
+  return A * M::softmax_exp(x - lse) - a;
 }
 
 // Cross-entropy with an index target y, class weights cw and label smoothing

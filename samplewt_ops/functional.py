@@ -167,26 +167,28 @@ def _reference_stats(fn: Callable, input: Tensor, target: Tensor, softmax: bool,
 
 
 def _adaptive(name: str, run: Callable, weights, indices, sample_weight, reduction: str,
-              batch: int, device, share: Callable[[], Tensor]):
+              batch: int, device, share: Callable[[], Tensor], valid: Optional[Tensor] = None):
     """Drive `run(sample_weight, reduction, want_stats) -> (loss, stats)` with a table.
 
     History policies give their weights before the pass. Per-batch policies
     (OHEM, GHM) need this batch's losses: the pass runs unreduced, and their
     weights then scale each sample's loss and, through backward, its gradient.
+    `valid` marks the samples that count (not wholly ignore_index); the others
+    leave the table unchanged.
     """
     weights.check_loss(name)
-    weights.check_indices(indices, batch, device)
+    indices = weights.check_indices(indices, batch, device)
     if not weights.policy.per_batch:
-        tw = weights.batch_weights(indices)
+        tw = weights.batch_weights(indices, valid=valid)
         sw = tw if sample_weight is None else tw * sample_weight.to(tw.dtype)
         loss, stats = run(sw.to(device), reduction, True)
         stats = stats.detach()
-        weights.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2])
+        weights.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2], valid=valid)
         return loss
     per, stats = run(sample_weight, "none", True)
     stats = stats.detach()
-    bw = weights.batch_weights(indices, loss=stats[:, 0], g=stats[:, 2]).to(per.dtype)
-    weights.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2])
+    bw = weights.batch_weights(indices, loss=stats[:, 0], g=stats[:, 2], valid=valid).to(per.dtype)
+    weights.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2], valid=valid)
     bw_b = bw.reshape((batch,) + (1,) * (per.dim() - 1)) if per.dim() > 0 else bw.reshape(())
     weighted = per * bw_b
     if reduction == "none":
@@ -228,7 +230,11 @@ def _row_loss(name: str, input, target, prob: bool, class_weight, sample_weight,
             per_row = valid.float()
         return per_row.view(batch, -1).sum(1)
 
-    return _adaptive(name, run, weights, indices, sample_weight, reduction, batch, input.device, share)
+    valid = None
+    if not prob:
+        valid = (target.reshape(batch, -1) != ignore_index).any(1)
+    return _adaptive(name, run, weights, indices, sample_weight, reduction, batch, input.device, share,
+                     valid)
 
 
 def cross_entropy(

@@ -144,7 +144,7 @@ def validation_enabled(tensor: Optional[Tensor] = None) -> bool:
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    return dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _shape(t: Tensor) -> tuple:
@@ -348,7 +348,7 @@ def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[boo
         n = int(input.shape[0])
         if _shape(sample_weight) != (n,):
             raise ValueError(
-                f"{name} must have shape ({n},), one weight per sample along "
+                f"{name} must have shape ({n},), one value per sample along "
                 f"{input_name}'s first dimension (shape {_shape(input)}), got "
                 f"{_shape(sample_weight)}"
             )
@@ -363,19 +363,32 @@ def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[boo
     return sample_weight
 
 
+_SYM_NUMBERS = tuple(t for t in (getattr(torch, "SymFloat", None), getattr(torch, "SymInt", None)) if t)
+
+
 def _check_real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """A real Python number (not bool, not NaN), returned as float.
+
+    Written with comparisons only (no math.isnan) so that it also traces when
+    torch.compile(dynamic=True) turns the number into a symbolic float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real,) + _SYM_NUMBERS):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
+    if isinstance(value, numbers.Real):
+        value = float(value)
+    if value != value:
         raise ValueError(f"{name} must not be NaN")
     return value
+
+
+def _is_inf(value) -> bool:
+    return value == math.inf or value == -math.inf
 
 
 def check_label_smoothing(label_smoothing) -> float:
     """label_smoothing must be a real number in [0, 1]."""
     value = _check_real(label_smoothing, "label_smoothing")
-    if not 0.0 <= value <= 1.0:
+    if not (0.0 <= value and value <= 1.0):
         raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
     return value
 
@@ -390,7 +403,7 @@ def check_ignore_index(ignore_index) -> int:
 def check_gamma(gamma) -> float:
     """gamma (focusing parameter) must be a finite real number >= 0."""
     value = _check_real(gamma, "gamma")
-    if not (value >= 0.0 and math.isfinite(value)):
+    if not value >= 0.0 or _is_inf(value):
         raise ValueError(f"gamma must be finite and >= 0, got {value}")
     return value
 
@@ -398,7 +411,7 @@ def check_gamma(gamma) -> float:
 def check_delta(delta) -> float:
     """delta (Huber threshold) must be a finite real number > 0."""
     value = _check_real(delta, "delta")
-    if not (value > 0.0 and math.isfinite(value)):
+    if not value > 0.0 or _is_inf(value):
         raise ValueError(f"delta must be finite and > 0, got {value}")
     return value
 
@@ -410,7 +423,7 @@ def check_focal_alpha(alpha, n_classes: int, name: str = "alpha"):
     if isinstance(alpha, Tensor):
         return check_class_weight(alpha, n_classes, name)
     value = _check_real(alpha, name)
-    if not math.isfinite(value):
+    if _is_inf(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 
@@ -420,7 +433,7 @@ def check_sigmoid_alpha(alpha, name: str = "alpha") -> Optional[float]:
     if alpha is None:
         return None
     value = _check_real(alpha, name)
-    if not math.isfinite(value):
+    if _is_inf(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 

@@ -59,11 +59,12 @@ def _weights_from(source) -> torch.Tensor:
         raise ValueError(f"weights must be 1-D, got shape {tuple(w.shape)}")
     if w.numel() == 0:
         raise ValueError("weights must not be empty")
-    if not bool(torch.isfinite(w).all()):
+    lo, hi = (float(v) for v in torch.aminmax(w))  # one pass; NaN propagates
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("weights must be finite (found NaN or inf)")
-    if bool((w < 0).any()):
-        raise ValueError("weights must be non-negative (found a negative weight)")
-    if not bool((w > 0).any()):
+    if lo < 0:
+        raise ValueError(f"weights must be non-negative (found {lo})")
+    if hi == 0:
         raise ValueError("weights are all zero: nothing to sample")
     return w
 
@@ -84,8 +85,9 @@ def _weighted_draw(
         cdf = torch.cumsum(w, 0)
         u = torch.rand(num_samples, dtype=torch.float64, generator=generator) * cdf[-1]
         idx = torch.searchsorted(cdf, u, right=True)
-        # u * total may round up to total: fall back on the last index with positive weight
-        last = torch.nonzero(w > 0)[-1, 0]
+        # u * total may round up to total: fall back on the last index with positive
+        # weight, the first position where the cdf reaches the total
+        last = torch.searchsorted(cdf, cdf[-1:])
         return torch.minimum(idx, last)
     nnz = int((w > 0).sum())
     if num_samples > nnz:
@@ -93,8 +95,9 @@ def _weighted_draw(
             f"num_samples ({num_samples}) is larger than the number of non-zero weights ({nnz}); "
             "sampling without replacement is impossible"
         )
-    e = torch.empty(w.shape[0], dtype=torch.float64).exponential_(generator=generator)
-    keys = torch.where(w > 0, e / torch.where(w > 0, w, torch.ones_like(w)), torch.full_like(w, math.inf))
+    keys = torch.empty(w.shape[0], dtype=torch.float64).exponential_(generator=generator)
+    # E / w; a zero weight gives inf (or NaN for 0 / 0), never among the smallest keys
+    keys.div_(w).nan_to_num_(nan=math.inf, posinf=math.inf)
     return torch.topk(keys, num_samples, largest=False, sorted=True).indices
 
 

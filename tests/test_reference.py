@@ -263,8 +263,10 @@ ELEMENTWISE = {
 }
 
 
-@pytest.mark.parametrize("name", ["mse", "l1", "huber", "bce", "sigmoid_focal"])
-@pytest.mark.parametrize("use_weight", [False, True], ids=["noW", "W"])
+@pytest.mark.parametrize("name,use_weight", [
+    (n, w) for n in ["mse", "l1", "huber", "bce", "sigmoid_focal"] for w in (False, True)
+    if not (n == "sigmoid_focal" and w)  # sigmoid_focal_loss has no weight argument
+])
 def test_sample_weight_mean_rule_elementwise_by_hand(name, use_weight):
     N = 4
     x = torch.randn(N, 3, 2, dtype=torch.float64) * 2
@@ -277,8 +279,6 @@ def test_sample_weight_mean_rule_elementwise_by_hand(name, use_weight):
         got = ref.binary_cross_entropy_with_logits(x, tgt, v, sample_weight=w)
         denom = w.sum() * 6
     elif name == "sigmoid_focal":
-        if use_weight:
-            pytest.skip("sigmoid_focal_loss has no weight argument")
         per = torchvision_sigmoid_focal(x, tgt, 0.25, 2.0, "none")
         got = ref.sigmoid_focal_loss(x, tgt, sample_weight=w, reduction="mean")
         denom = w.sum() * 6
@@ -797,27 +797,46 @@ _COMPILE_CASES = {
 
 
 @pytest.mark.parametrize("name", list(_COMPILE_CASES))
-def test_reference_compiles_fullgraph(name):
-    """The reference is the fallback, so it must trace without graph breaks."""
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_reference_compiles_fullgraph(name, dynamic):
+    """The reference is the fallback, so it must trace without graph breaks,
+    also with symbolic sizes and floats (dynamic=True)."""
     torch._dynamo.reset()
     fn = _COMPILE_CASES[name]
-    x = torch.randn(6, 4)
-    t = torch.tensor([0, 1, 2, 3, -100, 1])
-    q = prob_target((6, 4), 1)
-    tt = torch.rand(6, 4)
-    sw = torch.rand(6)
-    compiled = torch.compile(fn, fullgraph=True, backend="eager")
-    eo, eg = run(lambda z: fn(z, t, q, tt, sw), x)
-    co, cg = run(lambda z: compiled(z, t, q, tt, sw), x)
-    assert_close(co, eo)
-    assert_close(cg, eg)
+    compiled = torch.compile(fn, fullgraph=True, backend="eager", dynamic=dynamic)
+    for n in (6, 9):
+        x = torch.randn(n, 4)
+        t = torch.tensor([0, 1, 2, 3, -100, 1, 0, 0, 3])[:n]
+        q = prob_target((n, 4), 1)
+        tt = torch.rand(n, 4)
+        sw = torch.rand(n)
+        eo, eg = run(lambda z: fn(z, t, q, tt, sw), x)
+        co, cg = run(lambda z: compiled(z, t, q, tt, sw), x)
+        assert_close(co, eo)
+        assert_close(cg, eg)
 
 
-def test_compiled_reference_out_of_range_target_gives_nan():
+def test_reference_compiles_with_symbolic_scalars():
+    """dynamic=True turns Python float arguments into symbolic floats."""
     torch._dynamo.reset()
-    fn = torch.compile(lambda x, t: ref.cross_entropy(x, t, reduction="none"), fullgraph=True, backend="eager")
+    fn = lambda x, t, ls, g: ref.cross_entropy(x, t, label_smoothing=ls) + ref.focal_loss(x, t, gamma=g)  # noqa
+    compiled = torch.compile(fn, fullgraph=True, backend="eager", dynamic=True)
+    x = torch.randn(5, 4)
+    t = torch.tensor([0, 1, 2, 3, 1])
+    for ls, g in ((0.1, 2.0), (0.3, 0.5)):
+        assert_close(compiled(x, t, ls, g), fn(x, t, ls, g))
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss"])
+def test_compiled_reference_out_of_range_target_gives_nan(name):
+    """Value checks are skipped while tracing; a bad class then poisons its loss."""
+    torch._dynamo.reset()
+    f = getattr(ref, name)
+    fn = torch.compile(lambda x, t: f(x, t, reduction="none"), fullgraph=True, backend="eager")
     out = fn(torch.randn(3, 4), torch.tensor([0, 7, 1]))
     assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+    with pytest.raises(IndexError, match="target"):  # eager on CPU: checked
+        f(torch.randn(3, 4), torch.tensor([0, 7, 1]))
 
 
 def test_docstring_examples():

@@ -19,7 +19,7 @@ can be captured in a CUDA graph and traced by ``torch.compile(fullgraph=True)``.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -31,11 +31,14 @@ _VALIDATE_ENV = "SAMPLEWT_VALIDATE"
 
 
 def _validation_enabled() -> bool:
-    """Whether expensive (host-synchronising) checks run on accelerators.
+    """Whether host-synchronising value checks run on accelerators.
 
-    Controlled by the ``SAMPLEWT_VALIDATE`` environment variable (``1`` = on).
+    One switch for the whole package: samplewt_ops.set_validation(), else the
+    ``SAMPLEWT_VALIDATE`` environment variable (``1`` = on).
     """
-    return os.environ.get(_VALIDATE_ENV, "0").strip().lower() not in ("", "0", "false", "no", "off")
+    from ..reference import validation_enabled
+
+    return validation_enabled()
 
 
 def _norm_device(device) -> torch.device:
@@ -85,8 +88,8 @@ class AdaptiveWeights:
     step, :math:`e \leftarrow m e + (1-m)\bar x` in float32, or
     :math:`e \leftarrow \bar x` if the sample had never been seen.
     ``seen_count`` grows by the number of occurrences.  The result does not
-    depend on the order of the batch, and it equals observing the
-    concatenation of several batches at once.
+    depend on the order of the samples within the batch; observing several
+    batches concatenated counts as one step for every sample they contain.
 
     The weights of a batch (:meth:`batch_weights`) are taken before the batch's
     own update; repeated indices all get the same (history) weight.
@@ -142,8 +145,8 @@ class AdaptiveWeights:
         the loss ``device`` (the input's device) equal to the table's.  Values
         must lie in ``[0, num_samples)``: checked on the CPU always; on an
         accelerator only in validation mode (``SAMPLEWT_VALIDATE=1``), since
-        that check synchronises with the host (under ``torch.compile`` / CUDA
-        graph capture it becomes a device-side assertion).
+        that check synchronises with the host (during CUDA graph capture, and
+        on the CPU under ``torch.compile``, it becomes a device-side assertion).
         """
         if not isinstance(indices, torch.Tensor):
             raise TypeError(f"indices must be a torch.Tensor of dataset indices, got {type(indices).__name__}")
@@ -163,7 +166,8 @@ class AdaptiveWeights:
         if not _same_device(indices.device, self.device):
             raise ValueError(f"indices is on {indices.device} but the AdaptiveWeights table is on {self.device}")
         indices = indices.to(torch.int64)
-        if indices.device.type == "cpu" or _validation_enabled():
+        # (while tracing, the environment switch is not consulted: accelerators skip the check)
+        if indices.device.type == "cpu" or (not torch.compiler.is_compiling() and _validation_enabled()):
             self._check_range(indices)
         return indices
 
