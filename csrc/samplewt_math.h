@@ -194,7 +194,9 @@ SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) 
 
 // ---------------------------------------------------------------------------
 // Row losses (softmax over C classes). The kernels find m = max_j x_j and
-// s = sum_j exp(x_j - m) in one online pass; lse = m + log s.
+// s = sum_j exp(x_j - m), and pass the formulas below shifted logits
+// x_j - m with log s in place of lse: the same algebra, but exact where the
+// logits are large (m + log s would round away log s at |x| ~ 1e4).
 
 // Merge two partial (max, sum) pairs of an online log-sum-exp.
 template <typename T>
@@ -218,7 +220,8 @@ SWT_HD T lse_finish(T m, T s) {
 
 // Every softmax-based loss here is l = sum_c a_c (lse - x_c) for per-class
 // coefficients a_c >= 0, so its gradient is (sum_c a_c) softmax_j - a_j.
-// The kernels pass A = sum_c a_c and the element's own a_j.
+// The kernels pass A = sum_c a_c and the element's own a_j (x and lse may
+// both be shifted by m).
 template <class M>
 SWT_HD typename M::V softmax_grad(typename M::V x, typename M::V lse,
                                   typename M::V A, typename M::V a) {

@@ -179,3 +179,85 @@ def test_retain_graph_with_non_leaf_input_backpropagates_twice():
     first = x.grad.clone()
     loss.backward()
     torch.testing.assert_close(x.grad, 2 * first)
+
+
+# ---------------------------------------------------------------------------
+# Vectorised paths: widths, huge rows, extreme values, strided rows.
+
+
+@pytest.mark.parametrize("fn", [samplewt_ops.cross_entropy, samplewt_ops.focal_loss])
+def test_very_large_class_count(fn):
+    torch.manual_seed(0)
+    c = 262144 + 5
+    x = torch.randn(3, c, dtype=torch.float64) * 2
+    y = torch.tensor([0, c - 1, 77])
+    xa = x.float().requires_grad_()
+    xb = x.clone().requires_grad_()
+    a = fn(xa, y, sample_weight=torch.tensor([1.0, 0.5, 2.0]))
+    b = getattr(reference, fn.__name__)(xb, y, sample_weight=torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64))
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "sigmoid_focal_loss",
+                                  "binary_cross_entropy_with_logits"])
+def test_extreme_logits_stay_finite_and_match(name):
+    x = torch.tensor([[1e4, -1e4, 0.0, 3.0, -2.0], [-1e4, -1e4, 1e4, 1e4, 0.0],
+                      [5.0, 1e4, -1e4, 2.0, 1.0]], dtype=torch.float64)
+    fn, ref = getattr(samplewt_ops, name), getattr(reference, name)
+    if name in ("cross_entropy", "focal_loss"):
+        t = torch.tensor([1, 2, 0])
+        kw = {}
+    else:
+        t = torch.tensor([[1.0, 0, 1, 0, 1], [0, 1, 1, 0, 0], [1, 1, 0, 0, 1]], dtype=torch.float64)
+        kw = {"reduction": "mean"} if name == "sigmoid_focal_loss" else {}
+    xa = x.float().requires_grad_()
+    xb = x.clone().requires_grad_()
+    a = fn(xa, t if t.dtype == torch.long else t.float(), **kw)
+    b = ref(xb, t, **kw)
+    a.backward()
+    b.backward()
+    assert torch.isfinite(a) and torch.isfinite(xa.grad).all()
+    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [samplewt_ops.cross_entropy, samplewt_ops.focal_loss])
+def test_strided_rows_are_read_in_place(fn):
+    torch.manual_seed(0)
+    wide = torch.randn(9, 80)
+    x = wide[:, 3:50]  # unit column stride, row stride 80
+    y = torch.randint(0, 47, (9,))
+    xa = x.clone().requires_grad_()
+    loss = fn(x, y)
+    torch.testing.assert_close(loss, getattr(reference, fn.__name__)(xa, y))
+    xt = torch.randn(47, 9).t()  # column stride 9: copied, then the same
+    torch.testing.assert_close(fn(xt, y), getattr(reference, fn.__name__)(xt, y))
+
+
+def test_inplace_grad_on_strided_logits_matches_default():
+    torch.manual_seed(0)
+    for transpose in (False, True):
+        base = torch.randn(40, 12) if transpose else torch.randn(12, 60)
+        y = torch.randint(0, 40, (12,))
+        grads = []
+        for inplace in (False, True):
+            leaf = base.clone().requires_grad_()
+            logits = (leaf * 2.0).t() if transpose else (leaf * 2.0)[:, 5:45]
+            samplewt_ops.cross_entropy(logits, y, inplace_grad=inplace).backward()
+            grads.append(leaf.grad)
+        torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bfloat16_rows_accumulate_in_float():
+    torch.manual_seed(0)
+    x = torch.randn(4, 5000) * 4
+    y = torch.randint(0, 5000, (4,))
+    xb = x.bfloat16().requires_grad_()
+    loss = samplewt_ops.cross_entropy(xb, y, reduction="sum")
+    loss.backward()
+    exact = torch.nn.functional.cross_entropy(xb.detach().double(), y, reduction="sum")
+    assert loss.dtype == torch.bfloat16 and xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.double(), exact, rtol=8e-3, atol=0)

@@ -151,48 +151,50 @@ void row_kernel_typed(const RowArgs& a) {
       };
       const bool linear = prob || eps != acc_t(0);
 
-      // Pass 1: the row max, and sum_c a_c x_c, sum_c a_c when the loss has them.
-      V vmax(neg_inf), vax(0), va(0);
+      // Pass 1: the row max m. Everything after works on x - m, which keeps
+      // full precision where x itself is large (lse = m + log s would not).
+      V vmax(neg_inf);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
         V xv = vload(x + j, n);
-        if (n < W) xv = V::set(V(neg_inf), xv, n);
-        vmax = M::max(vmax, xv);
-        if (linear) {
-          V av = V::set(V(0), lin_coef(j, n), n);
-          vax = vax + V::set(V(0), av * xv, n);
-          va = va + av;
-        }
+        vmax = M::max(vmax, n < W ? V::set(V(neg_inf), xv, n) : xv);
       }
       const acc_t mx = hmax(vmax);
-      // Pass 2: sum_c exp(x_c - max).
-      V vs(0);
+      // Pass 2: s = sum_c exp(x_c - m), and the linear terms sum_c b_c (x_c - m),
+      // sum_c b_c when the loss has them.
+      V vs(0), vbx(0), vb(0);
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
-        V e = M::softmax_exp(vload(x + j, n) - vmx);
+        const V xs = vload(x + j, n) - vmx;
+        const V e = M::softmax_exp(xs);
         vs = vs + (n < W ? V::set(V(0), e, n) : e);
+        if (linear) {
+          const V bv = V::set(V(0), lin_coef(j, n), n);
+          vbx = vbx + V::set(V(0), bv * xs, n);
+          vb = vb + bv;
+        }
       }
-      const acc_t lse = lse_finish(mx, hsum(vs));
+      const acc_t log_s = std::log(hsum(vs));
 
-      // The row's loss and gradient coefficients.
-      acc_t loss, A, a_target = 0, x_y = 0;
+      // The row's loss and gradient coefficients, from shifted logits.
+      acc_t loss, A, a_target = 0, xs_y = 0;
       const acc_t a_smooth = prob ? acc_t(0) : q_shift;
       if (prob) {
-        A = hsum(va);
-        loss = lse * A - hsum(vax);
+        A = hsum(vb);
+        loss = log_s * A - hsum(vbx);
       } else {
-        x_y = static_cast<acc_t>(x[y]);
+        xs_y = static_cast<acc_t>(x[y]) - mx;
         if (focal) {
           const acc_t alpha_y = cw ? cw[y] : acc_t(1);
-          FocalRow<acc_t> fr = focal_row<acc_t>(x_y - lse, gamma, alpha_y);
+          FocalRow<acc_t> fr = focal_row<acc_t>(xs_y - log_s, gamma, alpha_y);
           loss = fr.loss;
           A = a_target = alpha_y * fr.g;
         } else {
           const acc_t cw_y = cw ? cw[y] : acc_t(1);
           const acc_t sum_cw = static_cast<acc_t>(a.sum_class_weight);
-          CERow<acc_t> cr = ce_index_row<acc_t>(lse, x_y, cw_y, eps, acc_t(C), sum_cw,
-                                                linear ? hsum(vax) : acc_t(0));
+          CERow<acc_t> cr = ce_index_row<acc_t>(log_s, xs_y, cw_y, eps, acc_t(C), sum_cw,
+                                                linear ? hsum(vbx) : acc_t(0));
           loss = cr.loss;
           A = cr.A;
           a_target = cr.a_target;
@@ -203,19 +205,19 @@ void row_kernel_typed(const RowArgs& a) {
       // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
       if (g || st) {
         const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
-        const V vA(A), vlse(lse), vscale(scale);
+        const V vA(A), vlog_s(log_s), vscale(scale);
         V vsq(0), vl1(0);
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
-          const V xv = vload(x + j, n);
+          const V xs = vload(x + j, n) - vmx;
           const V av = grad_coef(j, n);
-          V u = softmax_grad<M>(xv, vlse, vA, av);
+          V u = softmax_grad<M>(xs, vlog_s, vA, av);
           if (n < W) u = V::set(V(0), u, n);
           if (st) {
             vsq = vsq + u * u;
             // For probability targets |p_j - q_j| feeds the GHM magnitude.
             if (prob) {
-              V d = (M::exp(xv - vlse) - vload(q + j, n)).abs();
+              V d = (M::softmax_exp(xs - vlog_s) - vload(q + j, n)).abs();
               vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
             }
           }
@@ -225,7 +227,7 @@ void row_kernel_typed(const RowArgs& a) {
         if (!prob) {
           // The target's own coefficient, applied once to element y.
           const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
-          const acc_t u_old = A * std::exp(x_y - lse) - a_y;
+          const acc_t u_old = A * std::exp(xs_y - log_s) - a_y;
           const acc_t u_new = u_old - a_target;
           if (g) g[y] = static_cast<scalar_t>(u_new * scale);
           sumsq += u_new * u_new - u_old * u_old;
@@ -234,7 +236,7 @@ void row_kernel_typed(const RowArgs& a) {
           st[0] = static_cast<float>(loss);
           st[1] = static_cast<float>(std::sqrt(std::max(sumsq, acc_t(0))));
           st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1)
-                                          : ghm_g_softmax<acc_t>(x_y - lse));
+                                          : ghm_g_softmax<acc_t>(xs_y - log_s));
         }
       }
     }
