@@ -38,14 +38,22 @@ def _load() -> None:
 _load()
 
 
+def _kernel_device_types() -> frozenset:
+    if not COMPILED:
+        return frozenset()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return frozenset(
+        d for d, key in (("cpu", "CPU"), ("cuda", "CUDA")) if has("samplewt_ops::cross_entropy", key)
+    )
+
+
+# Fixed at import, so that asking costs torch.compile no graph break.
+KERNEL_DEVICE_TYPES = _kernel_device_types()
+
+
 def has_kernel(device: torch.device | str) -> bool:
     """Whether a compiled kernel serves tensors on `device`."""
-    if not COMPILED:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "samplewt_ops::cross_entropy", key
-    )
+    return torch.device(device).type in KERNEL_DEVICE_TYPES
 
 
 def backend() -> dict:

@@ -81,32 +81,41 @@ def _register(name: str) -> None:
         ctx.mark_non_differentiable(grad, stats)
         # A leaf's AccumulateGrad adopts a gradient nobody else holds, and
         # copies it otherwise. So for leaves the buffer is held on ctx, where
-        # backward can drop it, rather than in save_for_backward.
+        # backward can hand it over; the inputs are kept (by reference) so
+        # that a second backward (retain_graph) can recompute it.
         ctx.handover = inputs[0].is_leaf and not _tracing(inputs[0])
-        ctx.handed_over = False
         if ctx.handover:
             ctx.grad = grad
+            ctx.inputs = inputs
+            ctx.version = inputs[0]._version
         else:
             ctx.save_for_backward(grad)
 
     def backward(ctx, grad_loss, _grad_grad, _grad_stats):
-        if ctx.handed_over:
-            raise RuntimeError(
-                f"samplewt_ops.{name}: its gradient buffer became the leaf's .grad in the "
-                "first backward; to backpropagate twice, pass a non-leaf input "
-                "(e.g. logits computed from the model) or use retain_graph with a "
-                "loss scaled by a factor other than 1"
-            )
         if ctx.handover:
             grad = ctx.grad
+            if grad is None:
+                grad = _recompute_grad(ctx)
             if grad_loss is not None and _is_one(grad_loss):
-                ctx.grad, ctx.handed_over = None, True
+                ctx.grad = None
         else:
             (grad,) = ctx.saved_tensors
         grad_input = None
         if grad_loss is not None and ctx.needs_input_grad[0]:
             grad_input = _scale(grad, grad_loss, row_op)
         return (grad_input,) + (None,) * (_NUM_ARGS[name] - 1)
+
+    def _recompute_grad(ctx):
+        if ctx.inputs[0]._version != ctx.version:
+            raise RuntimeError(
+                f"samplewt_ops.{name}: input was modified in place after the forward pass, "
+                "so its gradient cannot be recomputed for a second backward"
+            )
+        args = list(ctx.inputs)  # input first, so reduction sits at `tail`
+        args[tail + 1] = True  # compute_grad
+        args[tail + 2] = False  # compute_stats
+        with torch.no_grad():
+            return getattr(torch.ops.samplewt_ops, name)(*args)[1]
 
     torch.library.register_fake(qualname)(fake)
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)

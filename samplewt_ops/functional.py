@@ -60,8 +60,9 @@ __all__ = [
 _REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _kernel(input: Tensor) -> bool:
-    return _loader.has_kernel(input.device)
+def _kernel(input) -> bool:
+    # Anything but a tensor goes to the reference, whose checks name it.
+    return isinstance(input, Tensor) and input.device.type in _loader.KERNEL_DEVICE_TYPES
 
 
 def _needs_grad(input: Tensor) -> bool:
@@ -286,6 +287,10 @@ def cross_entropy(
     prob = is_prob_target(input, target)
     if prob:
         check_prob_target(target, input)
+        if ignore_index >= 0:
+            raise ValueError(
+                f"ignore_index={ignore_index} is not supported with class-probability targets"
+            )
     else:
         check_index_target(target, input, ignore_index=ignore_index)
     weight = check_class_weight(weight, c)

@@ -70,6 +70,7 @@ __all__ = [
     "check_input",
     "check_same_device",
     "num_classes",
+    "check_class_input",
     "is_prob_target",
     "check_index_target",
     "check_prob_target",
@@ -225,7 +226,8 @@ def num_classes(input: Tensor) -> int:
     return int(input.shape[0] if input.dim() == 1 else input.shape[1])
 
 
-def _check_class_input(input, name: str = "input") -> int:
+def check_class_input(input, name: str = "input") -> int:
+    """Softmax input: floating, at least 1-D, at least one class; returns C."""
     check_input(input, name, min_dim=1)
     c = num_classes(input)
     if c < 1:
@@ -395,6 +397,9 @@ def check_label_smoothing(label_smoothing) -> float:
 
 def check_ignore_index(ignore_index) -> int:
     """ignore_index must be a Python int (not bool)."""
+    sym_int = getattr(torch, "SymInt", None)
+    if sym_int is not None and isinstance(ignore_index, sym_int):
+        return ignore_index
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     return int(ignore_index)
@@ -596,7 +601,7 @@ def cross_entropy(
         tensor(1.2060)
     """
     reduction = check_reduction(reduction)
-    n_classes = _check_class_input(input)
+    n_classes = check_class_input(input)
     check_tensor(target, "target")
     eps = check_label_smoothing(label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
@@ -690,7 +695,7 @@ def focal_loss(
         tensor(0.7237)
     """
     reduction = check_reduction(reduction)
-    n_classes = _check_class_input(input)
+    n_classes = check_class_input(input)
     check_tensor(target, "target")
     gamma = check_gamma(gamma)
     ignore_index = check_ignore_index(ignore_index)

@@ -159,7 +159,7 @@ def test_inplace_grad_backward_runs_once():
         loss.backward()
 
 
-def test_leaf_grad_is_not_copied_and_second_backward_is_refused():
+def test_leaf_gradient_is_handed_over_and_recomputed_for_a_second_backward():
     x = torch.randn(8, 50, requires_grad=True)
     y = torch.randint(0, 50, (8,))
     loss = samplewt_ops.cross_entropy(x, y)
@@ -167,7 +167,11 @@ def test_leaf_grad_is_not_copied_and_second_backward_is_refused():
     xr = x.detach().requires_grad_()
     torch.nn.functional.cross_entropy(xr, y).backward()
     torch.testing.assert_close(x.grad, xr.grad)
-    with pytest.raises(RuntimeError, match="leaf"):
+    loss.backward(retain_graph=True)  # recomputed, then accumulated into .grad
+    torch.testing.assert_close(x.grad, 2 * xr.grad)
+    with torch.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
         loss.backward()
 
 

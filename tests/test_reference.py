@@ -46,10 +46,6 @@ def run(fn, x, *args, grad_out=None, **kwargs):
     return out.detach(), gx
 
 
-def grad_out_for(fn_out_shape, dtype):
-    return torch.randn(fn_out_shape, dtype=dtype)
-
-
 def compare_fwd_bwd(ours, theirs, x, dtype, **tol):
     """Run both callables on x and compare outputs and input gradients."""
     out_t = theirs(x.detach().clone().requires_grad_(True))
@@ -75,10 +71,6 @@ def prob_target(shape, class_dim):
     return torch.softmax(torch.randn(shape) * 2, dim=class_dim)
 
 
-def per_sample(w, ndim):
-    return w.reshape((w.shape[0],) + (1,) * (ndim - 1)) if ndim else w.reshape(())
-
-
 # Softmax input shapes: (N,C), (N,C,d1), (N,C,d1,d2), unbatched (C,).
 SOFTMAX_SHAPES = [(7, 5), (4, 5, 3), (3, 5, 2, 3), (5,)]
 
@@ -89,13 +81,6 @@ def class_dim(shape):
 
 def index_shape(shape):
     return () if len(shape) == 1 else (shape[0],) + tuple(shape[2:])
-
-
-def sample_weight_for(kind, shape, dtype):
-    if kind is None:
-        return None
-    n = 1 if len(shape) <= 1 and kind != "ones_elem" else shape[0]
-    return torch.ones(n, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -819,12 +804,17 @@ def test_reference_compiles_fullgraph(name, dynamic):
 def test_reference_compiles_with_symbolic_scalars():
     """dynamic=True turns Python float arguments into symbolic floats."""
     torch._dynamo.reset()
-    fn = lambda x, t, ls, g: ref.cross_entropy(x, t, label_smoothing=ls) + ref.focal_loss(x, t, gamma=g)  # noqa
+    def fn(x, t, ls, g, ii, d):
+        return (ref.cross_entropy(x, t, label_smoothing=ls, ignore_index=ii)
+                + ref.focal_loss(x, t, gamma=g, ignore_index=ii)
+                + ref.sigmoid_focal_loss(x, x.sigmoid(), gamma=g, alpha=ls, reduction="mean")
+                + ref.huber_loss(x, x.cos(), delta=d))
+
     compiled = torch.compile(fn, fullgraph=True, backend="eager", dynamic=True)
     x = torch.randn(5, 4)
     t = torch.tensor([0, 1, 2, 3, 1])
-    for ls, g in ((0.1, 2.0), (0.3, 0.5)):
-        assert_close(compiled(x, t, ls, g), fn(x, t, ls, g))
+    for ls, g, ii, d in ((0.1, 2.0, 1, 0.5), (0.3, 0.5, 3, 2.0)):
+        assert_close(compiled(x, t, ls, g, ii, d), fn(x, t, ls, g, ii, d))
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "focal_loss"])
