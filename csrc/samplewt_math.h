@@ -223,9 +223,14 @@ SWT_HD T lse_finish(T m, T s) {
 // The kernels pass A = sum_c a_c and the element's own a_j (x and lse may
 // both be shifted by m).
 template <class M>
+SWT_HD typename M::V softmax_grad_p(typename M::V p, typename M::V A, typename M::V a) {
+  return A * p - a;
+}
+
+template <class M>
 SWT_HD typename M::V softmax_grad(typename M::V x, typename M::V lse,
                                   typename M::V A, typename M::V a) {
-  return A * M::softmax_exp(x - lse) - a;
+  return softmax_grad_p<M>(M::softmax_exp(x - lse), A, a);
 }
 
 // Cross-entropy with an index target y, class weights cw and label smoothing

@@ -79,6 +79,9 @@ def _register(name: str) -> None:
     def setup_context(ctx, inputs, output):
         _, grad, stats = output
         ctx.mark_non_differentiable(grad, stats)
+        # Otherwise autograd hands backward an N x C tensor of zeros as the
+        # gradient of the unused `grad` output: a whole extra buffer.
+        ctx.set_materialize_grads(False)
         # A leaf's AccumulateGrad adopts a gradient nobody else holds, and
         # copies it otherwise. So for leaves the buffer is held on ctx, where
         # backward can hand it over; the inputs are kept (by reference) so
@@ -145,6 +148,7 @@ class InplaceGradLoss(torch.autograd.Function):
     def forward(ctx, input, op, *args):
         loss, stats = op(input, *args)
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(input)
         ctx.consumed = False
         ctx.num_args = len(args)

@@ -112,6 +112,7 @@ void row_kernel_typed(const RowArgs& a) {
   const acc_t gamma = static_cast<acc_t>(a.gamma);
   const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  constexpr bool kStash = std::is_same_v<scalar_t, acc_t>;
 
   at::parallel_for(0, a.rows, grain_rows(C), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -160,14 +161,19 @@ void row_kernel_typed(const RowArgs& a) {
         vmax = M::max(vmax, n < W ? V::set(V(neg_inf), xv, n) : xv);
       }
       const acc_t mx = hmax(vmax);
+      const acc_t xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
       // Pass 2: s = sum_c exp(x_c - m), and the linear terms sum_c b_c (x_c - m),
-      // sum_c b_c when the loss has them.
+      // sum_c b_c when the loss has them. Where the gradient has the
+      // accumulation type, exp(x_c - m) is parked in the gradient row (even in
+      // place: x_c is not read again) so that pass 3 needs no second exp.
+      const bool stash = kStash && g != nullptr;
       V vs(0), vbx(0), vb(0);
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
         const V xs = vload(x + j, n) - vmx;
         const V e = M::softmax_exp(xs);
+        if (stash) vstore(g + j, e, n);
         vs = vs + (n < W ? V::set(V(0), e, n) : e);
         if (linear) {
           const V bv = V::set(V(0), lin_coef(j, n), n);
@@ -178,13 +184,12 @@ void row_kernel_typed(const RowArgs& a) {
       const acc_t log_s = std::log(hsum(vs));
 
       // The row's loss and gradient coefficients, from shifted logits.
-      acc_t loss, A, a_target = 0, xs_y = 0;
+      acc_t loss, A, a_target = 0;
       const acc_t a_smooth = prob ? acc_t(0) : q_shift;
       if (prob) {
         A = hsum(vb);
         loss = log_s * A - hsum(vbx);
       } else {
-        xs_y = static_cast<acc_t>(x[y]) - mx;
         if (focal) {
           const acc_t alpha_y = cw ? cw[y] : acc_t(1);
           FocalRow<acc_t> fr = focal_row<acc_t>(xs_y - log_s, gamma, alpha_y);
@@ -205,19 +210,20 @@ void row_kernel_typed(const RowArgs& a) {
       // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
       if (g || st) {
         const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
-        const V vA(A), vlog_s(log_s), vscale(scale);
+        const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(std::exp(-log_s));
         V vsq(0), vl1(0);
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
-          const V xs = vload(x + j, n) - vmx;
           const V av = grad_coef(j, n);
-          V u = softmax_grad<M>(xs, vlog_s, vA, av);
+          const V p = stash ? vload(g + j, n) * vinv_s
+                            : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
+          V u = softmax_grad_p<M>(p, vA, av);
           if (n < W) u = V::set(V(0), u, n);
           if (st) {
             vsq = vsq + u * u;
             // For probability targets |p_j - q_j| feeds the GHM magnitude.
             if (prob) {
-              V d = (M::softmax_exp(xs - vlog_s) - vload(q + j, n)).abs();
+              V d = (p - vload(q + j, n)).abs();
               vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
             }
           }
