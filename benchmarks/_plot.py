@@ -79,3 +79,94 @@ def plot_speedups(rows: list[dict], path: str, title: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+_OP_COLORS = {"cross_entropy": "#4C72B0", "focal_loss": "#DD8452",
+              "sigmoid_focal_loss": "#55A868"}
+
+
+def _ok(v) -> bool:
+    return isinstance(v, (int, float)) and v == v and v > 0
+
+
+def plot_scaling(scaling: dict, path: str, title: str) -> bool:
+    """ns per element against N*C (log x) for every sweep of bench.py's scaling section.
+
+    Colour = op, marker = which dimension varies (o: N, s: C), line = dtype (solid
+    float32, dashed bfloat16). The grey band is N*C < scaling["min_elems"] (fixed per-call
+    cost dominates). A flat line = time linear in N*C; the y axis is logarithmic too, since
+    the small sizes' ns/elem can be 100x the large ones' (a quadratic step would show as a
+    line rising one decade per decade of N*C). When bfloat16 points exist, a lower panel
+    shows bfloat16 ns/elem over float32 ns/elem per size (<= 1 = no slower).
+    Returns False when nothing was drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    sweeps = [s for s in scaling.get("sweeps", []) if any(_ok(v) for v in s["ns_per_elem"])]
+    if not sweeps:
+        return False
+    lim = scaling.get("min_elems", 1e6)
+    ratio_sweeps = [s for s in sweeps if any(_ok(v) for v in s.get("vs_float32", []))]
+    nrow = 2 if ratio_sweeps else 1
+    fig, axes = plt.subplots(nrow, 1, figsize=(13, 4.8 + 2.8 * (nrow - 1)), sharex=True,
+                             gridspec_kw={"height_ratios": [5, 3][:nrow]}, squeeze=False)
+    ax = axes[0][0]
+
+    def style(s):
+        return dict(color=_OP_COLORS.get(s["op"], "#8172B2"),
+                    marker="o" if s["axis"] == "N" else "s",
+                    linestyle="-" if s["dtype"] == "float32" else "--")
+
+    def name(s, with_dtype=True):
+        op = s["op"] + (f" ({s['variant']})" if s.get("variant") else "")
+        return f"{op}, {s['label']}" + (f", {s['dtype']}" if with_dtype else "")
+
+    allv = [v for s in sweeps for v in s["ns_per_elem"] if _ok(v)]
+    xs_all = [e for s in sweeps for e, v in zip(s["elems"], s["ns_per_elem"]) if _ok(v)]
+    for s in sweeps:
+        pts = [(e, v) for e, v in zip(s["elems"], s["ns_per_elem"]) if _ok(v)]
+        ax.plot([e for e, _ in pts], [v for _, v in pts], label=name(s), linewidth=1.4,
+                markersize=5, **style(s))
+    ylo, yhi = min(allv) / 1.5, max(allv) * 1.5
+    xlo, xhi = min(xs_all) / 1.6, max(xs_all) * 1.6
+    for row in axes:
+        a = row[0]
+        a.set_xscale("log")
+        a.set_xlim(xlo, xhi)
+        if xlo < lim:
+            a.axvspan(xlo, min(lim, xhi), color="0.5", alpha=0.12, linewidth=0)
+        a.grid(which="both", alpha=0.3)
+        a.xaxis.set_major_locator(LogLocator(base=10))
+        a.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_yscale("log")
+    ax.set_ylim(ylo, yhi)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if xlo < lim:
+        ax.text(xlo * 1.08, yhi / 1.1, f"N*C < {lim:,.0f}:\nfixed per-call cost dominates",
+                fontsize=7, va="top", color="0.35")
+    ax.set_ylabel("ours: ns per element\n(median time / (N*C), log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if ratio_sweeps:
+        ax2 = axes[1][0]
+        rmax = 1.0
+        for s in ratio_sweeps:
+            pts = [(e, v) for e, v in zip(s["elems"], s["vs_float32"]) if _ok(v)]
+            rmax = max(rmax, max(v for _, v in pts))
+            st = style(s)
+            st["linestyle"] = "-"
+            ax2.plot([e for e, _ in pts], [v for _, v in pts], label=name(s, False),
+                     linewidth=1.4, markersize=5, **st)
+        ax2.axhline(1.0, color="black", linewidth=0.8)
+        ax2.set_ylim(0, max(1.5, rmax * 1.15))
+        ax2.set_ylabel(f"{ratio_sweeps[0]['dtype']} / float32\nns per element")
+        ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axes[-1][0].set_xlabel("N*C (elements of the logits, log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

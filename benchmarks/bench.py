@@ -20,6 +20,16 @@ reference (the eager loss, evaluated in float32 for bf16/fp16 inputs): the loss 
 and the whole gradient must match within a dtype tolerance. A variant that does
 not match is not timed and is shown as MISMATCH; the script then exits non-zero.
 
+Scaling section (CPU, after the main table; --scaling-only runs just it, --no-scaling
+skips it): ours' default-mode call alone, timed over sweeps of N*C (cross_entropy and
+focal_loss: C=1000 with N = 64 .. 16384 and N=64 with C = 1000 .. 128000, in float32 and
+bfloat16; sigmoid_focal_loss: C=80, N = 1024 .. 65536), reported as ns per element with,
+per sweep, max/min ns/elem and the log-log slope over the sizes with N*C >= 1e6 (linear
+time = flat ns/elem, slope 1), and bfloat16 over float32 ns/elem per size. It is stored
+under "scaling" in the JSON and drawn in <tag>-scaling.png (--scaling-only writes
+<tag>-scaling.json so that a full run's JSON is not replaced). --quick: C=1000 with N in
+256, 1024, 4096 only.
+
 Run `python benchmarks/bench.py --help` for the flags.
 """
 
@@ -31,6 +41,7 @@ import datetime
 import functools
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -867,6 +878,277 @@ def footnotes(device, env, self_test, quick):
 
 
 # ----------------------------------------------------------------------------------------
+# Scaling (CPU): ours' time per element against N*C, and bfloat16 against float32
+# ----------------------------------------------------------------------------------------
+# Each point is one (op, N, C, dtype): forward + backward of the mean loss with sample
+# weights (and class weights / focal alpha) in the default mode, the same call as the
+# main table's "default" row, timed for ours only with time_cpu (Timer.blocked_autorange,
+# median of >= MIN_RUNS runs, NTHREADS threads). ns/elem = median time / (N*C).
+# A sweep is one op and dtype with one dimension varied. Linear time means a flat ns/elem;
+# the max/min ns/elem over the sizes with N*C >= SCALING_MIN_ELEMS and the least-squares
+# slope of log(time) against log(N*C) over those sizes (1 = linear, 2 = quadratic) sum a
+# sweep up. Below SCALING_MIN_ELEMS a fixed per-call cost (dispatch, autograd, thread
+# start-up) dominates, so those sizes are shown but marked and left out of both figures.
+
+SCALING_MIN_ELEMS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Sweep:
+    op: str
+    axis: str      # "N" or "C": the dimension that varies
+    fixed: int     # the other dimension
+    sizes: tuple   # values of the varied dimension
+    dtypes: tuple
+    params: tuple = ()  # (name, value) pairs passed to the op
+
+    def shapes(self):
+        return [(s, self.fixed) if self.axis == "N" else (self.fixed, s) for s in self.sizes]
+
+    @property
+    def label(self):
+        other = "C" if self.axis == "N" else "N"
+        return f"{other}={self.fixed}, {self.axis} varies"
+
+
+def scaling_sweeps(quick=False):
+    f32, bf16 = torch.float32, torch.bfloat16
+    g = (("gamma", 2.0),)
+    if quick:
+        return [Sweep("cross_entropy", "N", 1000, (256, 1024, 4096), (f32, bf16)),
+                Sweep("focal_loss", "N", 1000, (256, 1024, 4096), (f32, bf16), g)]
+    out = []
+    for op, p in (("cross_entropy", ()), ("focal_loss", g)):
+        out.append(Sweep(op, "N", 1000, (64, 256, 1024, 4096, 16384), (f32, bf16), p))
+        out.append(Sweep(op, "C", 64, (1000, 8000, 32000, 128000), (f32, bf16), p))
+    out.append(Sweep("sigmoid_focal_loss", "N", 80, (1024, 8192, 65536), (f32,), g))
+    return out
+
+
+def select_sweeps(args, devices):
+    if args.no_scaling or "cpu" not in devices:
+        return []
+    return [s for s in scaling_sweeps(args.quick) if not args.ops or s.op in args.ops]
+
+
+def _dt(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _pkey(op, variant, n, c, dtype):
+    return (op, variant, n, c, dtype)
+
+
+def scaling_cases(sweeps):
+    """The distinct points of the sweeps as Cases, in run order (both dtypes of a shape
+    back to back, so that their ratio sees the same machine state)."""
+    out, seen = [], set()
+    for sw in sweeps:
+        for n, c in sw.shapes():
+            for dt in sw.dtypes:
+                case = Case(sw.op, n, c, dt, "cpu", ("default",), dict(sw.params))
+                key = _pkey(case.op, case.variant, n, c, _dt(dt))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(case)
+    return out
+
+
+def run_scaling_point(case: Case, args, ours_impl, progress: Progress):
+    """Check ours once against the reference (as in run_case), then time it. Returns a dict."""
+    n, c = case.n, case.c
+    out = {"op": case.op, "variant": case.variant, "params": case.params, "n": n, "c": c,
+           "dtype": _dt(case.dtype), "elems": n * c, "small": n * c < SCALING_MIN_ELEMS}
+    x = t = cw = sw = None
+    try:
+        x, t, cw, sw = make_inputs(case)
+        ours = functools.partial(ours_impl[case.op], **case.params)
+
+        def call():
+            loss = ours(x, t, cw, sw)
+            (g,) = torch.autograd.grad(loss, x)
+            return loss, g
+
+        if case.dtype in (torch.bfloat16, torch.float16):  # reference in float32
+            xr = x.detach().float().requires_grad_()
+            cwr = cw.float() if cw is not None else None
+            tr = t.float() if t.is_floating_point() else t
+            ref = EAGER[case.op](xr, tr, cwr, sw.float(), **case.params)
+        else:
+            xr = x
+            ref = EAGER[case.op](x, t, cw, sw, **case.params)
+        ref_g = torch.autograd.grad(ref, xr)[0]
+        ref_loss = float(ref.detach().float())
+        del ref, xr
+        loss, g = call()
+        why = check_against(loss, g, ref_loss, ref_g, case.dtype)
+        del loss, g, ref_g
+        if why:
+            out["check"] = "MISMATCH: " + why
+            progress.note(f"ours: MISMATCH ({why})")
+            return out
+        out["check"] = "ok"
+        sec, runs = time_cpu(call, min_time=args.min_time, warmup=1)
+        out["ms"], out["runs"] = sec * 1e3, runs
+        out["ns_per_elem"] = sec * 1e9 / (n * c)
+    except Exception as e:  # report, keep going
+        out["check"] = f"ERROR: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        progress.note(f"ours: {out['check']}")
+        if args.verbose:
+            traceback.print_exc()
+    finally:
+        del x, t, cw, sw
+        gc.collect()
+        _malloc_trim()
+    return out
+
+
+def _num(v):
+    return isinstance(v, (int, float)) and v == v and v > 0
+
+
+def _loglog_slope(xs, ys):
+    lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den > 0 else None
+
+
+def scaling_summary(sweeps, points, quick):
+    """The JSON 'scaling' section: the timed points, and per sweep and dtype its series
+    and figures (see the comment above SCALING_MIN_ELEMS)."""
+    by = {_pkey(p["op"], p["variant"], p["n"], p["c"], p["dtype"]): p for p in points}
+    for p in points:  # bf16 (fp16) ns/elem over float32 ns/elem, same op and shape
+        if p["dtype"] != "float32":
+            b = by.get(_pkey(p["op"], p["variant"], p["n"], p["c"], "float32"))
+            if b and _num(p.get("ns_per_elem")) and _num(b.get("ns_per_elem")):
+                p["vs_float32"] = p["ns_per_elem"] / b["ns_per_elem"]
+    out = []
+    for sw in sweeps:
+        variant = Case(sw.op, 0, 0, torch.float32, "cpu", (), dict(sw.params)).variant
+        for dt in sw.dtypes:
+            pts = [by.get(_pkey(sw.op, variant, n, c, _dt(dt))) or {} for n, c in sw.shapes()]
+            ok = [p for p in pts if _num(p.get("ns_per_elem"))]
+            big = [p for p in ok if p["elems"] >= SCALING_MIN_ELEMS]
+            ns_big = [p["ns_per_elem"] for p in big]
+            e = {"op": sw.op, "variant": variant, "params": dict(sw.params), "axis": sw.axis,
+                 "fixed": sw.fixed, "label": sw.label, "dtype": _dt(dt),
+                 "shapes": [list(s) for s in sw.shapes()],
+                 "elems": [n * c for n, c in sw.shapes()],
+                 "ms": [p.get("ms") for p in pts],
+                 "ns_per_elem": [p.get("ns_per_elem") for p in pts],
+                 "vs_float32": [p.get("vs_float32") for p in pts],
+                 "sizes_in_ratio": len(big),
+                 "max_over_min": max(ns_big) / min(ns_big) if len(big) >= 2 else None,
+                 "loglog_slope": (_loglog_slope([p["elems"] for p in big],
+                                                [p["ms"] for p in big]) if len(big) >= 2 else None),
+                 "max_over_min_all_sizes": (max(p["ns_per_elem"] for p in ok)
+                                            / min(p["ns_per_elem"] for p in ok)
+                                            if len(ok) >= 2 else None)}
+            vs = [p["vs_float32"] for p in big if _num(p.get("vs_float32"))]
+            if vs:
+                e["vs_float32_min"], e["vs_float32_max"] = min(vs), max(vs)
+            out.append(e)
+    return {"min_elems": SCALING_MIN_ELEMS, "quick": quick, "threads": NTHREADS,
+            "mode": "default (forward + backward of the mean loss, sample and class weights)",
+            "points": points, "sweeps": out,
+            "units": {"ms": "median milliseconds", "ns_per_elem": "median ns / (N*C)",
+                      "vs_float32": "ns_per_elem / float32 ns_per_elem, same op and shape",
+                      "max_over_min": f"max/min ns_per_elem over sizes with N*C >= "
+                                      f"{SCALING_MIN_ELEMS:g}",
+                      "loglog_slope": "least-squares slope of log(ms) vs log(N*C) over the "
+                                      "same sizes (1 = linear)"}}
+
+
+def _elems(e):
+    return f"{e / 1e6:.3g}M" if e >= 1e6 else f"{e / 1e3:.3g}k"
+
+
+def _fmt_x(v, nd=2):
+    return f"{v:.{nd}f}x" if _num(v) else "-"
+
+
+def _grid(head, body, nleft, markdown=False):
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |",
+                 "|" + "|".join("---" if i < nleft else "---:" for i in range(len(head))) + "|"]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i < nleft else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body])
+
+
+def format_scaling(sc, markdown=False):
+    """Two tables: every point (grouped by sweep), then one line per sweep and dtype."""
+    by = {_pkey(p["op"], p["variant"], p["n"], p["c"], p["dtype"]): p for p in sc["points"]}
+    head = ["op", "sweep", "dtype", "shape", "N*C", "ours ms", "ns/elem", "bf16/fp32"]
+    body = []
+    for e in sc["sweeps"]:
+        op = e["op"] + (f" ({e['variant']})" if e["variant"] else "")
+        for n, c in e["shapes"]:
+            p = by.get(_pkey(e["op"], e["variant"], n, c, e["dtype"])) or {}
+            ns = p.get("ns_per_elem")
+            if _num(ns):
+                ns_s = (f"{ns:.3f}" if ns < 10 else f"{ns:.2f}") + ("*" if p["small"] else "")
+            else:
+                chk = p.get("check") or "-"
+                ns_s = ("MISMATCH" if chk.startswith("MISMATCH") else
+                        "ERROR" if chk.startswith("ERROR") else chk[:10])
+            ms = _ms({"ours_ms": p.get("ms"), "ours_check": p.get("check")}, "ours")
+            body.append([op, e["label"], e["dtype"], f"{n}x{c}", _elems(n * c), ms, ns_s,
+                         _fmt_x(p.get("vs_float32"))])
+    t1 = _grid(head, body, 4, markdown)
+    lim = _elems(sc["min_elems"])
+    head2 = ["op", "sweep", "dtype", f"sizes >= {lim}", "max/min ns/elem", "log-log slope",
+             "max/min all sizes", f"bf16/fp32 >= {lim}"]
+    body2 = []
+    for e in sc["sweeps"]:
+        op = e["op"] + (f" ({e['variant']})" if e["variant"] else "")
+        if e["sizes_in_ratio"] >= 2:
+            r, s = _fmt_x(e["max_over_min"]), (f"{e['loglog_slope']:.3f}"
+                                                 if e["loglog_slope"] is not None else "-")
+        else:
+            r = s = f"n/a ({e['sizes_in_ratio']} size)"
+        vs = "-"
+        if "vs_float32_min" in e:
+            lo, hi = f"{e['vs_float32_min']:.2f}", f"{e['vs_float32_max']:.2f}"
+            vs = f"{lo}x" if lo == hi else f"{lo}-{hi}x"
+        body2.append([op, e["label"], e["dtype"], str(e["sizes_in_ratio"]), r, s,
+                      _fmt_x(e["max_over_min_all_sizes"]), vs])
+    t2 = _grid(head2, body2, 3, markdown)
+    return t1 + "\n\n" + t2
+
+
+def scaling_footnotes(env, quick, self_test):
+    lim = f"{SCALING_MIN_ELEMS:,}"
+    notes = [
+        f"Scaling: ours only, default mode (forward + backward of the mean loss via "
+        f"torch.autograd.grad, with sample weights and class weights / focal alpha; "
+        f"sigmoid_focal_loss: reduction='mean', sample weights, alpha=0.25); "
+        f"torch.utils.benchmark.Timer (blocked_autorange), median of >= {MIN_RUNS} timed runs "
+        f"after warm-up, {env['threads']} threads.",
+        "ns/elem = median time / (N*C); linear time = flat ns/elem. "
+        f"* = N*C < {lim}: a fixed per-call cost dominates; shown, but left out of the "
+        "max/min and slope.",
+        f"max/min ns/elem: largest over smallest ns/elem in the sweep over sizes with N*C >= {lim} "
+        "(1.00x = perfectly linear; a quadratic step would make it grow with the size ratio). "
+        "log-log slope: least-squares slope of log(time) vs log(N*C) over those sizes "
+        "(1 = linear, 2 = quadratic).",
+        "bf16/fp32: ours' bfloat16 ns/elem over its float32 ns/elem at the same shape "
+        "(<= 1.00x = no slower per element).",
+        "Every point's loss and gradient were checked against the eager reference (float32 for "
+        "bf16 inputs) before timing.",
+    ]
+    if quick:
+        notes.append("--quick: reduced sweep (C=1000, N in 256, 1024, 4096) and fewer runs.")
+    if self_test:
+        notes.append("SELF-TEST: 'ours' is the eager function, not samplewt_ops.")
+    return "\n".join("  * " + n for n in notes)
+
+
+# ----------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------
 
@@ -906,9 +1188,15 @@ def parse_args(argv=None):
                    help="minimum seconds of timed runs per variant (default 1.0, --quick 0.2)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failing variants")
+    p.add_argument("--scaling-only", action="store_true",
+                   help="run only the CPU scaling section (ours' ns per element vs N*C, "
+                        "bfloat16 vs float32); writes <tag>-scaling.json and <tag>-scaling.png")
+    p.add_argument("--no-scaling", action="store_true", help="skip the CPU scaling section")
     # hidden: 'ours' = the eager function, to test this script without samplewt_ops
     p.add_argument("--self-test", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.scaling_only and a.no_scaling:
+        p.error("--scaling-only and --no-scaling exclude each other")
     if a.min_time is None:
         a.min_time = 0.2 if a.quick else 1.0
     if a.ops:
@@ -942,11 +1230,19 @@ def main(argv=None):
         print("bench.py: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     devices, cases = select_cases(args)
+    if args.scaling_only:
+        cases = []
+    sweeps = select_sweeps(args, devices)
+    sc_cases = scaling_cases(sweeps)
     if args.list:
         for c in cases:
             print(c.name(",".join(c.modes)))
+        for c in sc_cases:
+            print("scaling " + c.name("default"))
         return 0
-    if not cases:
+    if args.scaling_only and "cpu" not in devices:
+        print("bench.py: the scaling section is CPU only (--device cuda)", file=sys.stderr)
+    if not cases and not sc_cases:
         print("bench.py: no case selected", file=sys.stderr)
         return 2
 
@@ -977,9 +1273,10 @@ def main(argv=None):
     torch.set_num_threads(NTHREADS)
     total = sum(len(c.modes) for c in cases)
     progress = Progress(len(cases))
-    print(f"bench.py: {len(cases)} cases ({total} rows) on {', '.join(devices)}; "
-          f"{NTHREADS} threads{'; QUICK' if args.quick else ''}"
-          f"{'; SELF-TEST' if args.self_test else ''}", file=sys.stderr, flush=True)
+    if cases:
+        print(f"bench.py: {len(cases)} cases ({total} rows) on {', '.join(devices)}; "
+              f"{NTHREADS} threads{'; QUICK' if args.quick else ''}"
+              f"{'; SELF-TEST' if args.self_test else ''}", file=sys.stderr, flush=True)
 
     all_rows = []
     for case in cases:
@@ -991,49 +1288,99 @@ def main(argv=None):
                             for r in rows)
         progress.done(summary)
 
+    # --- scaling section (CPU, ours only) ------------------------------------------------
+    scaling = None
+    if sc_cases:
+        print(f"bench.py: scaling: {len(sc_cases)} points (ours only, default mode) on cpu; "
+              f"{NTHREADS} threads{'; QUICK' if args.quick else ''}"
+              f"{'; SELF-TEST' if args.self_test else ''}", file=sys.stderr, flush=True)
+        sprog = Progress(len(sc_cases))
+        points = []
+        for case in sc_cases:
+            sprog.start("scaling " + case.name("default"))
+            p = run_scaling_point(case, args, ours_impl, sprog)
+            points.append(p)
+            sprog.done(f"ours {p['ms']:.3f} ms ({p['runs']} runs), {p['ns_per_elem']:.3f} ns/elem"
+                       if _num(p.get("ms")) else p.get("check", ""))
+        scaling = scaling_summary(sweeps, points, args.quick)
+
     failed = False
     os.makedirs(args.out, exist_ok=True)
     for d in devices:
         rows = [r for r in all_rows if r["device"] == d]
-        if not rows:
+        sc = scaling if d == "cpu" else None
+        if not rows and not sc:
             continue
         env = env_info(d, swo_info)
         tag = machine_tag(d)
         suffix = ("-selftest" if args.self_test else "") + ("-quick" if args.quick else "")
         title = f"samplewt_ops {d.upper()} benchmark on {env['device_name']} ({tag}{suffix})"
+        ratios = []
         print()
-        print(title + ("  [SELF-TEST]" if args.self_test else ""))
-        print(format_table(rows, markdown=args.markdown))
-        print(footnotes(d, env, args.self_test, args.quick))
-        ratios = lowp_ratios(rows)
-        for line in ratios:
-            print("  * " + line)
-        for r in rows:
-            for name in ("ours", "eager", "compiled", "liger"):
-                chk = r.get(name + "_check") or ""
+        if rows:
+            print(title + ("  [SELF-TEST]" if args.self_test else ""))
+            print(format_table(rows, markdown=args.markdown))
+            print(footnotes(d, env, args.self_test, args.quick))
+            ratios = lowp_ratios(rows)
+            for line in ratios:
+                print("  * " + line)
+            for r in rows:
+                for name in ("ours", "eager", "compiled", "liger"):
+                    chk = r.get(name + "_check") or ""
+                    if chk.startswith(("MISMATCH", "ERROR")):
+                        print(f"  ! {r['op']} {r['shape']} {r['dtype']} {r['mode']} {name}: {chk}")
+                        if name == "ours":
+                            failed = True
+        stitle = (f"samplewt_ops CPU scaling on {env['device_name']} ({tag}{suffix}): "
+                  "ns per element vs N*C")
+        if sc:
+            if rows:
+                print()
+            print(stitle + ("  [SELF-TEST]" if args.self_test else ""))
+            print(format_scaling(sc, markdown=args.markdown))
+            print(scaling_footnotes(env, args.quick, args.self_test))
+            for p in sc["points"]:
+                chk = p.get("check") or ""
                 if chk.startswith(("MISMATCH", "ERROR")):
-                    print(f"  ! {r['op']} {r['shape']} {r['dtype']} {r['mode']} {name}: {chk}")
-                    if name == "ours":
-                        failed = True
+                    print(f"  ! scaling {p['op']} {[p['n'], p['c']]} {p['dtype']} ours: {chk}")
+                    failed = True
         out = {"machine_tag": tag + suffix, "device": d, "self_test": args.self_test,
                "quick": args.quick, "argv": sys.argv[1:], "env": env, "rows": rows,
                "derived": ratios,
                "units": {"*_ms": "median milliseconds", "*_peak_mb": "MiB",
                          "*_rss_peak_mb": "MiB (RSS high-water mark cross-check)"}}
-        jpath = os.path.join(args.out, tag + suffix + ".json")
+        if sc:
+            out["scaling"] = sc
+        if not rows:
+            out["scaling_only"] = True
+        # --scaling-only writes <tag>-scaling.json, so that it never replaces a full run's file
+        jpath = os.path.join(args.out, tag + suffix + ("" if rows else "-scaling") + ".json")
         with open(jpath, "w") as f:
             json.dump(out, f, indent=1)
         print(f"\nwrote {_show(jpath)}", end="")
-        ppath = os.path.join(args.out, tag + suffix + ".png")
-        try:
-            sys.path.insert(0, HERE)
-            from _plot import plot_speedups
-            if plot_speedups(rows, ppath, title):
-                print(f" and {_show(ppath)}")
-            else:
-                print(" (no chart: no valid rows)")
-        except Exception as e:
-            print(f" (no chart: {type(e).__name__}: {e})")
+        if rows:
+            ppath = os.path.join(args.out, tag + suffix + ".png")
+            try:
+                sys.path.insert(0, HERE)
+                from _plot import plot_speedups
+                if plot_speedups(rows, ppath, title):
+                    print(f" and {_show(ppath)}")
+                else:
+                    print(" (no chart: no valid rows)")
+            except Exception as e:
+                print(f" (no chart: {type(e).__name__}: {e})")
+        if sc:
+            spath = os.path.join(args.out, tag + suffix + "-scaling.png")
+            lead = "wrote " if rows else " and "
+            try:
+                sys.path.insert(0, HERE)
+                from _plot import plot_scaling
+                if plot_scaling(sc, spath, stitle):
+                    print(f"{lead}{_show(spath)}")
+                else:
+                    print(f"{'' if rows else ' '}(no scaling chart: no valid points)")
+            except Exception as e:
+                print(f"{'' if rows else ' '}(no scaling chart: {type(e).__name__}: {e})")
     if failed:
         print("bench.py: some 'ours' variants failed their check or errored (see above)",
               file=sys.stderr)

@@ -10,8 +10,9 @@
 #include <cstring>
 #include <tuple>
 
+#include "../op_checks.h"
 #include "../samplewt_math.h"
-#include "grad_buffer.h"
+#include "large_buffer.h"
 #include "kernel_args.h"
 
 namespace samplewt {
@@ -72,57 +73,24 @@ ElemKernelFn elem_kernel() {
 }
 
 // ---------------------------------------------------------------------------
-// Shared checks
+// Shared checks (structural ones live in op_checks.h, shared with CUDA)
 
 namespace {
 
-at::ScalarType acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+using checks::acc_type;
 
-void check_reduction(int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= kNone && reduction <= kSum,
-                    "samplewt_ops: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
-                    reduction);
-}
-
-void check_float_input(const Tensor& input) {
-  TORCH_CHECK(input.device().is_cpu(), "samplewt_ops: input must be a CPU tensor here");
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "samplewt_ops: input must be float32, float64, bfloat16 or float16, got ",
-                   input.scalar_type());
-}
-
-void check_device(const Tensor& input, const optional<Tensor>& t, const char* name) {
-  if (t.has_value() && t->defined()) {
-    TORCH_CHECK(t->device() == input.device(), "samplewt_ops: ", name,
-                " must be on the same device as input (", input.device(), "), got ",
-                t->device());
-  }
-}
-
-// sample_weight as a contiguous accumulation-type vector of length n,
-// checked to be non-negative and finite (never silently garbage).
-Tensor prepare_sample_weight(const optional<Tensor>& sample_weight, int64_t n,
-                             at::ScalarType acc) {
-  if (!sample_weight.has_value() || !sample_weight->defined()) return Tensor();
-  const Tensor& w = *sample_weight;
-  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()),
-                   "samplewt_ops: sample_weight must be a floating-point tensor, got ",
-                   w.scalar_type());
-  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == n,
-                    "samplewt_ops: sample_weight must have shape (", n, "), got ",
-                    w.sizes());
-  Tensor out = w.to(acc).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_check_sample_weight", [&] {
-    const scalar_t* p = out.data_ptr<scalar_t>();
+// The values of a prepared (contiguous, accumulation-type) sample_weight:
+// non-negative and finite (never silently garbage).
+void check_sample_weight_values(const Tensor& w) {
+  const int64_t n = w.numel();
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "samplewt_check_sample_weight", [&] {
+    const scalar_t* p = w.data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
       TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0,
                         "samplewt_ops: sample_weight must be non-negative and finite, got ",
                         p[i], " at index ", i);
     }
   });
-  return out;
 }
 
 Tensor empty_like_nothing(const Tensor& input) { return at::empty({0}, input.options()); }
@@ -153,50 +121,19 @@ struct RowOpArgs {
 // Returns (loss, grad, stats); grad is input itself when inplace.
 std::tuple<Tensor, Tensor, Tensor> row_loss(const RowOpArgs& o) {
   const Tensor& input = o.input;
-  check_float_input(input);
-  check_reduction(o.reduction);
-  check_device(input, o.target, "target");
-  check_device(input, o.class_weight, o.kind == kFocal ? "alpha" : "weight");
-  check_device(input, o.sample_weight, "sample_weight");
-  TORCH_CHECK_VALUE(input.dim() == 2, "samplewt_ops: input must be 2-D (rows, classes), got ",
-                    input.sizes());
+  checks::RowInputs in = checks::prepare_row_inputs(
+      o.kind == kFocal, input, o.target, o.class_weight, o.sample_weight, o.label_smoothing,
+      o.gamma, o.reduction, c10::DeviceType::CPU);
   const int64_t R = input.size(0), C = input.size(1);
   const at::ScalarType acc = acc_type(input.scalar_type());
-  const bool prob = at::isFloatingType(o.target.scalar_type());
-  TORCH_CHECK_TYPE(!(prob && o.kind == kFocal),
-                   "samplewt_ops: focal_loss target must hold class indices (int64), got ",
-                   o.target.scalar_type());
+  const bool prob = in.prob;
   RowLoss kind = o.kind == kFocal ? kFocal : (prob ? kCrossEntropyProb : kCrossEntropyIndex);
-
-  Tensor target;
-  if (prob) {
-    TORCH_CHECK_VALUE(o.target.sizes() == input.sizes(),
-                      "samplewt_ops: probability target must have input's shape ",
-                      input.sizes(), ", got ", o.target.sizes());
-    target = o.target.to(input.scalar_type()).contiguous();
-  } else {
-    TORCH_CHECK_TYPE(o.target.scalar_type() == at::kLong || o.target.scalar_type() == at::kInt,
-                     "samplewt_ops: target must hold class indices (int64) or class "
-                     "probabilities (floating point), got ",
-                     o.target.scalar_type());
-    TORCH_CHECK_VALUE(o.target.dim() == 1 && o.target.size(0) == R,
-                      "samplewt_ops: target must have shape (", R, "), got ", o.target.sizes());
-    target = o.target.to(at::kLong).contiguous();
-  }
-  TORCH_CHECK_VALUE(o.label_smoothing >= 0.0 && o.label_smoothing <= 1.0,
-                    "samplewt_ops: label_smoothing must be in [0, 1], got ", o.label_smoothing);
-  TORCH_CHECK_VALUE(o.gamma >= 0.0, "samplewt_ops: gamma must be >= 0, got ", o.gamma);
-
-  Tensor cw;
+  Tensor target = in.target;
+  Tensor cw = in.class_weight;
   double sum_cw = static_cast<double>(C);
-  if (o.class_weight.has_value() && o.class_weight->defined()) {
-    TORCH_CHECK_VALUE(o.class_weight->dim() == 1 && o.class_weight->size(0) == C,
-                      "samplewt_ops: ", kind == kFocal ? "alpha" : "weight",
-                      " must have shape (", C, "), got ", o.class_weight->sizes());
-    cw = o.class_weight->to(acc).contiguous();
-    sum_cw = cw.sum().item<double>();
-  }
-  Tensor sw = prepare_sample_weight(o.sample_weight, R, acc);
+  if (cw.defined()) sum_cw = cw.sum().item<double>();
+  Tensor sw = in.sample_weight;
+  if (sw.defined()) check_sample_weight_values(sw);
 
   // Pre-pass over rows: check targets, and fix each row's gradient scale,
   // which for "mean" needs the whole batch's denominator first.
@@ -236,7 +173,7 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowOpArgs& o) {
   if (o.inplace) {
     grad = x;
   } else if (o.compute_grad) {
-    grad = alloc_grad_buffer({R, C}, input.options());
+    grad = alloc_large_buffer({R, C}, input.options());
   }
   Tensor row_loss_acc = at::empty({R}, input.options().dtype(acc));
   Tensor stats = stats_or_empty(o.compute_stats, R, input);
@@ -328,32 +265,7 @@ std::tuple<Tensor, Tensor> focal_loss_(Tensor& input, const Tensor& target,
 // ---------------------------------------------------------------------------
 // Element-wise losses
 
-// A weight broadcast to input, as the kernel reads it: one row of per_sample
-// values shared by every sample, or the full tensor.
-struct ElemWeight {
-  Tensor values;
-  bool full = false;
-};
-
-ElemWeight prepare_elem_weight(const optional<Tensor>& weight, const Tensor& input,
-                               at::ScalarType acc, const char* name) {
-  ElemWeight out;
-  if (!weight.has_value() || !weight->defined()) return out;
-  TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), "samplewt_ops: ", name,
-                   " must be a floating-point tensor, got ", weight->scalar_type());
-  std::vector<int64_t> shape = at::infer_size(weight->sizes(), input.sizes());
-  TORCH_CHECK_VALUE(c10::IntArrayRef(shape) == input.sizes(), "samplewt_ops: ", name,
-                    " of shape ", weight->sizes(), " must broadcast to input's shape ",
-                    input.sizes());
-  Tensor expanded = weight->to(acc).expand(input.sizes());
-  if (input.dim() >= 1 && input.size(0) > 0 && expanded.stride(0) == 0) {
-    out.values = expanded.select(0, 0).contiguous();
-  } else {
-    out.values = expanded.contiguous();
-    out.full = true;
-  }
-  return out;
-}
+using checks::ElemWeight;
 
 struct ElemOpArgs {
   ElemLoss kind;
@@ -372,54 +284,58 @@ struct ElemOpArgs {
 
 std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemOpArgs& o) {
   const Tensor& input = o.input;
-  check_float_input(input);
-  check_reduction(o.reduction);
-  check_device(input, o.target, "target");
-  check_device(input, o.weight, "weight");
-  check_device(input, o.pos_weight, "pos_weight");
-  check_device(input, o.sample_weight, "sample_weight");
-  TORCH_CHECK_TYPE(at::isFloatingType(o.target.scalar_type()),
-                   "samplewt_ops: target must be a floating-point tensor, got ",
-                   o.target.scalar_type());
-  TORCH_CHECK_VALUE(o.target.sizes() == input.sizes(), "samplewt_ops: target of shape ",
-                    o.target.sizes(), " must have input's shape ", input.sizes());
-  if (o.kind == kSigmoidFocal) {
-    TORCH_CHECK_VALUE(o.gamma >= 0.0, "samplewt_ops: gamma must be >= 0, got ", o.gamma);
-  }
-  if (o.kind == kHuber) {
-    TORCH_CHECK_VALUE(o.delta > 0.0, "samplewt_ops: delta must be > 0, got ", o.delta);
-  }
+  checks::ElemInputs in = checks::prepare_elem_inputs(
+      o.kind, input, o.target, o.weight, o.pos_weight, o.sample_weight, o.gamma, o.delta,
+      o.reduction, c10::DeviceType::CPU);
   const at::ScalarType acc = acc_type(input.scalar_type());
-  const int64_t N = input.dim() > 0 ? input.size(0) : 1;
+  const int64_t N = in.samples;
   const int64_t numel = input.numel();
-  const int64_t S = N > 0 ? numel / N : 0;
-  Tensor x = input.contiguous();
-  Tensor t = o.target.to(input.scalar_type()).contiguous();
-  ElemWeight w = prepare_elem_weight(o.weight, input, acc, "weight");
-  ElemWeight pw = prepare_elem_weight(o.pos_weight, input, acc, "pos_weight");
-  Tensor sw = prepare_sample_weight(o.sample_weight, N, acc);
+  const int64_t S = in.per_sample;
+  Tensor x = in.input;
+  Tensor t = in.target;
+  ElemWeight w = in.weight;
+  ElemWeight pw = in.pos_weight;
+  Tensor sw = in.sample_weight;
+  if (sw.defined()) check_sample_weight_values(sw);
 
   // What "mean" divides by: each sample's share (S elements, or its weight
-  // sum) times its sample weight.
+  // sum) times its sample weight. One O(N) loop; a sample of weight 0 gets a
+  // gradient scale of 0 even when the denominator is 0.
   double denom = 0.0;
   Tensor grad_scale;
   if (sw.defined() || o.reduction == kMean) {
-    Tensor share;
-    if (o.mean_over_weight && w.values.defined()) {
-      share = w.full ? w.values.view({N, S}).sum(1, false, at::kDouble)
-                     : at::full({N}, w.values.sum().item<double>(), input.options().dtype(at::kDouble));
-    } else {
-      share = at::full({N}, static_cast<double>(S), input.options().dtype(at::kDouble));
-    }
-    Tensor wd = sw.defined() ? sw.to(at::kDouble) : at::ones({N}, share.options());
-    denom = (wd * share).sum().item<double>();
-    Tensor gs = o.reduction == kMean ? wd / denom : wd;
-    // A sample of weight 0 contributes nothing, even when denom is 0.
-    grad_scale = at::where(wd == 0, at::zeros_like(gs), gs).to(acc).contiguous();
+    grad_scale = at::empty({N}, input.options().dtype(acc));
+    AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_elem_prepass", [&] {
+      const scalar_t* wp = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
+      const bool by_weight = o.mean_over_weight && w.values.defined();
+      const scalar_t* wv = by_weight ? w.values.data_ptr<scalar_t>() : nullptr;
+      double shared_share = static_cast<double>(S);
+      if (by_weight && !w.full) {
+        shared_share = 0.0;
+        for (int64_t j = 0; j < S; ++j) shared_share += static_cast<double>(wv[j]);
+      }
+      scalar_t* gs = grad_scale.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < N; ++i) {
+        double share = shared_share;
+        if (by_weight && w.full) {
+          share = 0.0;
+          for (int64_t j = 0; j < S; ++j) share += static_cast<double>(wv[i * S + j]);
+        }
+        const double wi = wp ? static_cast<double>(wp[i]) : 1.0;
+        denom += wi * share;
+        gs[i] = static_cast<scalar_t>(wi);
+      }
+      if (o.reduction == kMean) {
+        for (int64_t i = 0; i < N; ++i) {
+          if (gs[i] != scalar_t(0)) gs[i] = static_cast<scalar_t>(gs[i] / denom);
+        }
+      }
+    });
   }
 
-  Tensor grad = o.compute_grad ? alloc_grad_buffer(input.sizes(), input.options()) : Tensor();
-  Tensor out_elem = o.reduction == kNone ? at::empty(input.sizes(), input.options()) : Tensor();
+  Tensor grad = o.compute_grad ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
+  Tensor out_elem =
+      o.reduction == kNone ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
   Tensor sample_loss = at::empty({N}, input.options().dtype(acc));
   Tensor stats = stats_or_empty(o.compute_stats, N, input);
 

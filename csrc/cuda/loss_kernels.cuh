@@ -481,17 +481,13 @@ __device__ __forceinline__ void row_pass1(const RowParams<AccT<T>>& p, const T* 
   constexpr bool kProb = KIND == kRowCrossEntropyProb;
   const int nvec = (c1 - c0) / VW;
   int v = lane;
-  // Two vectors in flight per thread.
-  for (; v + nthr < nvec; v += 2 * nthr) {
+  // Two vectors in flight per thread (probability targets load x and q:
+  // one vector of each).
+  for (; !kProb && v + nthr < nvec; v += 2 * nthr) {
     const int ca = c0 + v * VW, cb = ca + nthr * VW;
     A xa[VW], xb[VW];
     load_acc<T, VW>(x + ca, xa);
     load_acc<T, VW>(x + cb, xb);
-    A qa[VW], qb[VW];
-    if (kProb && LIN) {
-      load_acc<T, VW>(q + ca, qa);
-      load_acc<T, VW>(q + cb, qb);
-    }
     A both[2 * VW];
 #pragma unroll
     for (int k = 0; k < VW; ++k) {
@@ -502,8 +498,8 @@ __device__ __forceinline__ void row_pass1(const RowParams<AccT<T>>& p, const T* 
     if (LIN) {
 #pragma unroll
       for (int k = 0; k < VW; ++k) {
-        const A a1 = lin_coef<KIND>(p, ca + k, kProb ? qa[k] : A(0));
-        const A a2 = lin_coef<KIND>(p, cb + k, kProb ? qb[k] : A(0));
+        const A a1 = lin_coef<KIND>(p, ca + k, A(0));
+        const A a2 = lin_coef<KIND>(p, cb + k, A(0));
         ax += a1 * xa[k] + a2 * xb[k];
         as += a1 + a2;
       }
@@ -611,28 +607,17 @@ __device__ __forceinline__ void row_pass2(const RowParams<AccT<T>>& p, const T* 
     }
     gout = u * res.scale;
   };
+  // Backwards through the row: its end, loaded last by pass 1, is the part
+  // most likely still in L2.
   const int nvec = (c1 - c0) / VW;
-  int v = lane;
-  for (; v + nthr < nvec; v += 2 * nthr) {
-    const int ca = c0 + v * VW, cb = ca + nthr * VW;
-    A xa[VW], xb[VW], qa[VW], qb[VW], ga[VW], gb[VW];
-    load_acc<T, VW, true>(x + ca, xa);
-    load_acc<T, VW, true>(x + cb, xb);
-    if (kProb) {
-      load_acc<T, VW, true>(q + ca, qa);
-      load_acc<T, VW, true>(q + cb, qb);
-    }
-#pragma unroll
-    for (int k = 0; k < VW; ++k) {
-      body(ca + k, xa[k], kProb ? qa[k] : A(0), ga[k]);
-      body(cb + k, xb[k], kProb ? qb[k] : A(0), gb[k]);
-    }
-    if (g) {
-      store_acc<T, VW>(g + ca, ga);
-      store_acc<T, VW>(g + cb, gb);
-    }
+  for (int c = c0 + nvec * VW + lane; c < c1; c += nthr) {
+    A xa[1], ga[1];
+    load_acc<T, 1>(x + c, xa);
+    body(c, xa[0], kProb ? TypeInfo<T>::to_acc(q[c]) : A(0), ga[0]);
+    if (g) store_acc<T, 1>(g + c, ga);
   }
-  for (; v < nvec; v += nthr) {
+  if (lane >= nvec) return;
+  auto one_vector = [&](int v) {
     const int ca = c0 + v * VW;
     A xa[VW], qa[VW], ga[VW];
     load_acc<T, VW, true>(x + ca, xa);
@@ -640,12 +625,28 @@ __device__ __forceinline__ void row_pass2(const RowParams<AccT<T>>& p, const T* 
 #pragma unroll
     for (int k = 0; k < VW; ++k) body(ca + k, xa[k], kProb ? qa[k] : A(0), ga[k]);
     if (g) store_acc<T, VW>(g + ca, ga);
-  }
-  for (int c = c0 + nvec * VW + lane; c < c1; c += nthr) {
-    A xa[1], ga[1];
-    load_acc<T, 1>(x + c, xa);
-    body(c, xa[0], kProb ? TypeInfo<T>::to_acc(q[c]) : A(0), ga[0]);
-    if (g) store_acc<T, 1>(g + c, ga);
+  };
+  int v = lane + ((nvec - 1 - lane) / nthr) * nthr;  // this thread's last vector
+  if constexpr (kProb) {
+    // Targets double the loads of a step already: one vector at a time.
+    for (; v >= 0; v -= nthr) one_vector(v);
+  } else {
+    for (; v >= nthr; v -= 2 * nthr) {  // v and v - nthr, both >= lane
+      const int ca = c0 + v * VW, cb = ca - nthr * VW;
+      A xa[VW], xb[VW], ga[VW], gb[VW];
+      load_acc<T, VW, true>(x + ca, xa);
+      load_acc<T, VW, true>(x + cb, xb);
+#pragma unroll
+      for (int k = 0; k < VW; ++k) {
+        body(ca + k, xa[k], A(0), ga[k]);
+        body(cb + k, xb[k], A(0), gb[k]);
+      }
+      if (g) {
+        store_acc<T, VW>(g + ca, ga);
+        store_acc<T, VW>(g + cb, gb);
+      }
+    }
+    if (v >= 0) one_vector(v);
   }
 }
 
@@ -701,8 +702,18 @@ __device__ __forceinline__ const T* row_ptr(const void* base, int64_t r, int64_t
 
 constexpr int kSmallBlock = 256;
 
+// Minimum resident blocks per multiprocessor for __launch_bounds__: float
+// accumulation is held to 64 registers (4 x 256 or 2 x 512 threads per SM,
+// enough loads in flight to stream HBM); double kernels, which serve
+// gradcheck rather than speed, may use 128+ registers instead of spilling.
+template <typename T>
+struct MinBlocks {
+  static constexpr int k256 = sizeof(AccT<T>) == 8 ? 1 : 4;
+  static constexpr int k512 = sizeof(AccT<T>) == 8 ? 1 : 2;
+};
+
 template <typename T, int KIND, int G, int VW>
-__global__ void __launch_bounds__(kSmallBlock)
+__global__ void __launch_bounds__(kSmallBlock, MinBlocks<T>::k256)
     row_small_kernel(const RowParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ double sh_d[32];
@@ -771,12 +782,16 @@ __global__ void __launch_bounds__(kSmallBlock)
 constexpr int kBigBlockMax = 512;
 
 template <typename T, int KIND, int VW>
-__global__ void __launch_bounds__(kBigBlockMax)
+__global__ void __launch_bounds__(kBigBlockMax, MinBlocks<T>::k512)
     row_block_kernel(const RowParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ double sh_d[32];
   __shared__ A sh[4][32];
-  const double denom = block_denominator(p.denom_parts, p.n_denom, p.denom_const, sh_d);
+  __shared__ double sh_denom;  // read where used: keeps registers for the row loops
+  {
+    const double d = block_denominator(p.denom_parts, p.n_denom, p.denom_const, sh_d);
+    if (threadIdx.x == 0) sh_denom = d;
+  }
   const int tid = static_cast<int>(threadIdx.x);
   const int nthr = static_cast<int>(blockDim.x);
   const int C = p.cols;
@@ -805,7 +820,7 @@ __global__ void __launch_bounds__(kBigBlockMax)
     }
     // Its barriers also order every read of the row before the writes.
     block_merge4(m, s, ax, as, sh);
-    const RowResult<A> res = row_result<KIND>(p, t, m, s, ax, as, x_y, denom);
+    const RowResult<A> res = row_result<KIND>(p, t, m, s, ax, as, x_y, sh_denom);
     A sq = A(0), l1 = A(0);
     if (g || want_stats) {
       if (p.linear) {
@@ -830,7 +845,7 @@ __global__ void __launch_bounds__(kBigBlockMax)
 constexpr int kSplitBlock = 256;
 
 template <typename T, int KIND, int VW>
-__global__ void __launch_bounds__(kSplitBlock)
+__global__ void __launch_bounds__(kSplitBlock, MinBlocks<T>::k256)
     row_split_partial_kernel(const RowParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ A sh[4][32];
@@ -872,7 +887,7 @@ __global__ void __launch_bounds__(kSplitBlock)
 }
 
 template <typename T, int KIND, int VW>
-__global__ void __launch_bounds__(kSplitBlock)
+__global__ void __launch_bounds__(kSplitBlock, MinBlocks<T>::k256)
     row_split_grad_kernel(const RowParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ double sh_d[32];
@@ -1106,7 +1121,7 @@ __device__ __forceinline__ void elem_write_stats(const ElemParams<A>& p, int64_t
 
 // Samples of up to a few thousand elements: G lanes per sample.
 template <typename T, int KIND, int G, int VW>
-__global__ void __launch_bounds__(kSmallBlock)
+__global__ void __launch_bounds__(kSmallBlock, MinBlocks<T>::k256)
     elem_rows_kernel(const ElemParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ double sh_d[32];
@@ -1151,7 +1166,7 @@ __global__ void __launch_bounds__(kSmallBlock)
 constexpr int kChunkBlock = 256;
 
 template <typename T, int KIND, int VW>
-__global__ void __launch_bounds__(kChunkBlock)
+__global__ void __launch_bounds__(kChunkBlock, MinBlocks<T>::k256)
     elem_chunk_kernel(const ElemParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ double sh_d[32];

@@ -1,4 +1,5 @@
-// The N x C gradient buffer of the non-in-place row and element-wise ops.
+// N x C output buffers: the gradient of the non-in-place ops, and the
+// per-element loss of reduction="none".
 //
 // A fresh multi-GB buffer costs more in first-touch page faults than the
 // fused kernel itself (4 KiB pages: one fault per 1024 floats). Large buffers
@@ -18,7 +19,7 @@
 namespace samplewt {
 namespace cpu {
 
-inline at::Tensor alloc_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+inline at::Tensor alloc_large_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
 #if defined(__linux__)
   constexpr int64_t kHugePage = int64_t(2) << 20;
   const int64_t elem = static_cast<int64_t>(options.dtype().itemsize());

@@ -1,0 +1,655 @@
+"""The CUDA kernels: every op on CUDA against the CPU op and the reference,
+opcheck, float64 gradcheck, the in-place gradient mode, no host-device sync
+(sync debug mode "error", CUDA graph capture), validation mode, invalid
+targets without validation, and indexing beyond 2^31 elements.
+
+Skipped where there is no GPU or the extension was built without CUDA.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import samplewt_ops
+from samplewt_ops import _loader, reference
+
+HAS_CUDA = torch.cuda.is_available() and _loader.has_kernel("cuda")
+pytestmark = pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a CUDA device and samplewt_ops built with CUDA kernels"
+)
+
+OPS = torch.ops.samplewt_ops
+DEV = "cuda"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ROW_OPS = ("cross_entropy", "focal_loss")
+
+# (rows, classes): every kernel regime. Small C (1, 2, 4 or 32 lanes per
+# row, one case with more row tiles than the grid), one block per row (one
+# case with more rows than the grid), and rows split across blocks (few rows,
+# up to 262144 classes).
+ROW_SHAPES = [
+    (5, 1), (7, 2), (33, 37), (64, 1000), (70000, 10),
+    (600, 4000), (3000, 2048),
+    (16, 32000), (3, 262144), (1, 262144),
+]
+
+
+def _tol(dtype):
+    if dtype in (torch.float16, torch.bfloat16):
+        return dict(atol=1e-2, rtol=2e-2)
+    if dtype == torch.float64:
+        return dict(atol=1e-10, rtol=1e-8)
+    return dict(atol=1e-5, rtol=1e-4)
+
+
+def _to(args, device):
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _assert_outputs_close(got, want, dtype):
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a.cpu(), b.cpu(), equal_nan=True, **_tol(dtype))
+
+
+@pytest.fixture(autouse=True)
+def _validation_default():
+    # Each test says what it wants; SAMPLEWT_VALIDATE of the environment must
+    # not leak in, and no test leaks its choice out.
+    samplewt_ops.set_validation(False)
+    yield
+    samplewt_ops.set_validation(None)
+
+
+def _row_case(variant, n, c, dtype, gen):
+    x = (torch.randn(n, c, generator=gen) * 3).to(dtype)
+    y = torch.randint(0, c, (n,), generator=gen)
+    if n > 2:
+        y[n // 2] = -100
+    cw = torch.rand(c, generator=gen) + 0.1
+    sw = torch.rand(n, generator=gen)
+    if n > 3:
+        sw[1] = 0.0
+    if variant == "ce_index":
+        return "cross_entropy", (x, y, cw, sw, -100, 0.1, None, None, None)
+    if variant == "ce_plain":
+        return "cross_entropy", (x, y, None, None, -100, 0.0, None, None, None)
+    if variant == "ce_prob":
+        q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype)
+        return "cross_entropy", (x, q, cw, sw, -100, 0.2, None, None, None)
+    return "focal_loss", (x, y, cw, sw, 2.0, -100, None, None, None)
+
+
+def _with_tail(args, reduction, compute_grad, compute_stats):
+    return args[:-3] + (reduction, compute_grad, compute_stats)
+
+
+# ---------------------------------------------------------------------------
+# Every op on CUDA against the CPU op
+
+
+@pytest.mark.parametrize("n,c", ROW_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["ce_index", "ce_plain", "ce_prob", "focal"])
+def test_row_ops_match_cpu(variant, n, c, dtype):
+    gen = torch.Generator().manual_seed(n * 7 + c)
+    name, args = _row_case(variant, n, c, dtype, gen)
+    op = getattr(OPS, name)
+    for reduction in (0, 1, 2):
+        full = _with_tail(args, reduction, True, True)
+        _assert_outputs_close(op(*_to(full, DEV)), op(*full), dtype)
+    # Forward only: no gradient, no statistics.
+    fwd = _with_tail(args, 1, False, False)
+    got = op(*_to(fwd, DEV))
+    assert got[1].numel() == 0 and got[2].numel() == 0
+    _assert_outputs_close(got[:1], op(*fwd)[:1], dtype)
+
+
+def _elem_cases(shape, dtype, gen):
+    x = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    t = (torch.rand(shape, generator=gen) < 0.3).to(dtype)
+    soft = torch.rand(shape, generator=gen).to(dtype)
+    n = shape[0] if len(shape) else 1
+    sw = torch.rand(n, generator=gen)
+    if n > 3:
+        sw[2] = 0.0
+    w = torch.rand(shape, generator=gen).to(dtype)
+    row = torch.rand(shape[1:], generator=gen).to(dtype) * 3 if len(shape) > 1 else None
+    yield "sigmoid_focal_loss", (x, t, sw, 0.25, 2.0)
+    yield "sigmoid_focal_loss", (x, soft, None, -1.0, 1.5)
+    yield "binary_cross_entropy_with_logits", (x, t, w, row, sw)
+    yield "binary_cross_entropy_with_logits", (x, soft, row, None, None)
+    yield "mse_loss", (x, soft, w, sw)
+    yield "mse_loss", (x, soft, row, sw)  # a weight row broadcast over samples
+    yield "l1_loss", (x, soft, None, sw)
+    yield "l1_loss", (x, soft, w, None)
+    yield "huber_loss", (x, soft, w, sw, 0.7)
+    yield "huber_loss", (x, soft, None, None, 1.0)
+
+
+# Samples of every kernel regime: lanes per sample 1/4/32, more sample tiles
+# than the grid, and samples chunked over blocks (one and several chunks).
+ELEM_SHAPES = [(), (7,), (6, 5), (4, 3, 2), (1000, 80), (70000, 3), (3, 5000), (2, 100000)]
+
+
+@pytest.mark.parametrize("shape", ELEM_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_ops_match_cpu(shape, dtype):
+    gen = torch.Generator().manual_seed(len(shape) * 31 + sum(shape))
+    for name, args in _elem_cases(shape, dtype, gen):
+        op = getattr(OPS, name)
+        for reduction in (0, 1, 2):
+            full = args + (reduction, True, True)
+            _assert_outputs_close(op(*_to(full, DEV)), op(*full), dtype)
+        fwd = args + (1, False, False)
+        _assert_outputs_close(op(*_to(fwd, DEV))[:1], op(*fwd)[:1], dtype)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "padded_aligned", "padded_unaligned", "offset"])
+@pytest.mark.parametrize("c", [37, 1000, 4000])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_ops_non_contiguous_and_misaligned(layout, c, dtype):
+    n = 24
+    gen = torch.Generator().manual_seed(c)
+    x = (torch.randn(n, c, generator=gen) * 3).to(dtype)
+    if layout == "transposed":
+        xd = x.t().contiguous().to(DEV).t()
+    elif layout == "padded_aligned":
+        xd = torch.zeros(n, c + 8, dtype=dtype, device=DEV)[:, :c]
+        xd.copy_(x)
+    elif layout == "padded_unaligned":
+        xd = torch.zeros(n, c + 3, dtype=dtype, device=DEV)[:, :c]
+        xd.copy_(x)
+    else:  # the data pointer one element past a 16-byte boundary
+        xd = torch.zeros(n * c + 1, dtype=dtype, device=DEV)[1:].view(n, c)
+        xd.copy_(x)
+    y = torch.randint(0, c, (n,), generator=gen)
+    cw = torch.rand(c, generator=gen)
+    sw = torch.rand(n, generator=gen)
+    q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype)
+    for name, rest in (("cross_entropy", (y, cw, sw, -100, 0.1)),
+                       ("cross_entropy", (q, None, sw, -100, 0.0)),
+                       ("focal_loss", (y, cw, sw, 1.5, -100))):
+        tail = (1, True, True)
+        got = getattr(OPS, name)(xd, *_to(rest, DEV), *tail)
+        want = getattr(OPS, name)(x, *rest, *tail)
+        _assert_outputs_close(got, want, dtype)
+        # In place: the gradient lands in the view's own memory.
+        xi = xd.clone() if layout == "transposed" else xd
+        saved = xd.clone()
+        loss, stats = getattr(OPS, name + "_")(xi, *_to(rest, DEV), 1, True)
+        torch.testing.assert_close(xi.cpu(), want[1], **_tol(dtype))
+        torch.testing.assert_close(loss.cpu(), want[0], **_tol(dtype))
+        xd.copy_(saved)
+
+
+def test_elementwise_non_contiguous():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 30, generator=gen)
+    t = torch.rand(40, 30, generator=gen)
+    w = torch.rand(40, 30, generator=gen)
+    sw = torch.rand(40, generator=gen)
+    xd, td, wd = (a.t().contiguous().to(DEV).t() for a in (x, t, w))
+    for name, args_d, args in (
+        ("mse_loss", (xd, td, wd, sw.to(DEV)), (x, t, w, sw)),
+        ("binary_cross_entropy_with_logits", (xd, td, wd, None, sw.to(DEV)), (x, t, w, None, sw)),
+        ("huber_loss", (xd, td, None, sw.to(DEV), 0.5), (x, t, None, sw, 0.5)),
+    ):
+        for reduction in (0, 1, 2):
+            got = getattr(OPS, name)(*args_d, reduction, True, True)
+            want = getattr(OPS, name)(*args, reduction, True, True)
+            _assert_outputs_close(got, want, torch.float32)
+
+
+def test_cuda_kernels_are_deterministic():
+    gen = torch.Generator().manual_seed(0)
+    for n, c in ((300, 1000), (600, 4000), (8, 65536)):
+        x = torch.randn(n, c, generator=gen).to(DEV)
+        y = torch.randint(0, c, (n,), generator=gen).to(DEV)
+        sw = torch.rand(n, generator=gen).to(DEV)
+        a = OPS.cross_entropy(x, y, None, sw, -100, 0.1, 1, True, True)
+        b = OPS.cross_entropy(x, y, None, sw, -100, 0.1, 1, True, True)
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+
+
+def test_empty_batches_like_cpu():
+    for reduction in (0, 1, 2):
+        x = torch.empty(0, 5)
+        y = torch.empty(0, dtype=torch.long)
+        got = OPS.cross_entropy(x.to(DEV), y.to(DEV), None, None, -100, 0.0, reduction, True, True)
+        want = OPS.cross_entropy(x, y, None, None, -100, 0.0, reduction, True, True)
+        _assert_outputs_close(got, want, torch.float32)
+        e = torch.empty(0, 4)
+        got = OPS.mse_loss(e.to(DEV), e.to(DEV), None, None, reduction, True, True)
+        want = OPS.mse_loss(e, e, None, None, reduction, True, True)
+        _assert_outputs_close(got, want, torch.float32)
+
+
+def test_all_ignored_mean_is_nan_with_zero_gradient():
+    x = torch.randn(6, 9, device=DEV)
+    y = torch.full((6,), -100, device=DEV)
+    loss, grad, _ = OPS.cross_entropy(x, y, None, None, -100, 0.0, 1, True, False)
+    assert torch.isnan(loss).item()
+    assert torch.count_nonzero(grad).item() == 0
+
+
+# ---------------------------------------------------------------------------
+# The public functions on CUDA against the reference
+
+
+def _row_fn_case(variant, c, dtype, n, gen):
+    x = (torch.randn(n, c, generator=gen) * 3).to(dtype).to(DEV)
+    y = torch.randint(0, c, (n,), generator=gen).to(DEV)
+    if n > 2:
+        y[0] = -100
+    cw = (torch.rand(c, generator=gen) + 0.1).to(DEV)
+    sw = torch.rand(n, generator=gen).to(DEV)
+    if variant == "ce_index":
+        return "cross_entropy", x, y, dict(weight=cw, label_smoothing=0.1, sample_weight=sw)
+    if variant == "ce_prob":
+        q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype).to(DEV)
+        return "cross_entropy", x, q, dict(weight=cw, label_smoothing=0.2, sample_weight=sw)
+    return "focal_loss", x, y, dict(gamma=2.0, alpha=cw, sample_weight=sw)
+
+
+@pytest.mark.parametrize("n,c", [(7, 2), (64, 1000), (600, 4000), (16, 32000), (2, 262144)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["ce_index", "ce_prob", "focal"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_row_functions_match_reference(variant, n, c, dtype, reduction):
+    gen = torch.Generator().manual_seed(c + n)
+    name, x, t, kw = _row_fn_case(variant, c, dtype, n, gen)
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    a = getattr(samplewt_ops, name)(xa, t, reduction=reduction, **kw)
+    b = getattr(reference, name)(xb, t, reduction=reduction, **kw)
+    (a.sum() if reduction == "none" else a).backward()
+    (b.sum() if reduction == "none" else b).backward()
+    torch.testing.assert_close(a, b, **_tol(dtype))
+    torch.testing.assert_close(xa.grad, xb.grad, **_tol(dtype))
+
+
+def test_row_functions_nd_and_unbatched_inputs():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 3, 5, device=DEV)
+    y = torch.randint(0, 7, (4, 3, 5), device=DEV)
+    sw = torch.rand(4, device=DEV)
+    for fn in (samplewt_ops.cross_entropy, samplewt_ops.focal_loss):
+        for reduction in ("none", "mean", "sum"):
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            a = fn(xa, y, sample_weight=sw, reduction=reduction)
+            b = getattr(reference, fn.__name__)(xb, y, sample_weight=sw, reduction=reduction)
+            torch.testing.assert_close(a, b)
+            (a.sum()).backward()
+            (b.sum()).backward()
+            torch.testing.assert_close(xa.grad, xb.grad)
+    v = torch.randn(11, device=DEV, requires_grad=True)
+    a = samplewt_ops.cross_entropy(v, torch.tensor(3, device=DEV), sample_weight=torch.tensor(2.0, device=DEV))
+    b = reference.cross_entropy(v.detach(), torch.tensor(3, device=DEV), sample_weight=torch.tensor(2.0, device=DEV))
+    torch.testing.assert_close(a, b)
+
+
+ELEM_FNS = [
+    ("sigmoid_focal_loss", dict(alpha=0.25, gamma=2.0)),
+    ("sigmoid_focal_loss", dict(alpha=-1.0, gamma=0.5)),
+    ("binary_cross_entropy_with_logits", dict(pos_weight="row")),
+    ("binary_cross_entropy_with_logits", dict(weight="full")),
+    ("mse_loss", dict(weight="full")),
+    ("mse_loss", dict()),
+    ("l1_loss", dict(weight="full")),
+    ("huber_loss", dict(delta=0.5, weight="full")),
+]
+
+
+@pytest.mark.parametrize("shape", [(7,), (16, 80), (3, 5000), (2, 100000)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", range(len(ELEM_FNS)))
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_elementwise_functions_match_reference(case, shape, dtype, reduction):
+    name, kw = ELEM_FNS[case]
+    gen = torch.Generator().manual_seed(case + sum(shape))
+    x = (torch.randn(shape, generator=gen) * 2).to(dtype).to(DEV)
+    t = torch.rand(shape, generator=gen).to(dtype).to(DEV)
+    sw = torch.rand(shape[0], generator=gen).to(DEV)
+    kw = dict(kw)
+    for key in ("weight", "pos_weight"):
+        if kw.get(key) == "full":
+            kw[key] = torch.rand(shape, generator=gen).to(dtype).to(DEV)
+        elif kw.get(key) == "row":
+            kw[key] = (torch.rand(shape[-1:], generator=gen) * 3).to(dtype).to(DEV)
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    a = getattr(samplewt_ops, name)(xa, t, sample_weight=sw, reduction=reduction, **kw)
+    b = getattr(reference, name)(xb, t, sample_weight=sw, reduction=reduction, **kw)
+    (a.sum() if reduction == "none" else a).backward()
+    (b.sum() if reduction == "none" else b).backward()
+    torch.testing.assert_close(a, b, **_tol(dtype))
+    torch.testing.assert_close(xa.grad, xb.grad, **_tol(dtype))
+
+
+# ---------------------------------------------------------------------------
+# opcheck and gradcheck
+
+
+def _cuda_row_samples():
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, c in ((5, 1), (9, 37), (3, 1300), (4, 20000)):
+            x = torch.randn(n, c, generator=gen).to(dtype).to(DEV).requires_grad_()
+            y = torch.randint(0, c, (n,), generator=gen).to(DEV)
+            y[0] = -100
+            cw = torch.rand(c, generator=gen).to(DEV)
+            sw = torch.rand(n, generator=gen).to(DEV)
+            q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype).to(DEV)
+            for red in (0, 1, 2):
+                yield "cross_entropy", (x, y, cw, sw, -100, 0.1, red, True, True)
+                yield "focal_loss", (x, y, cw, sw, 2.0, -100, red, True, True)
+            yield "cross_entropy", (x, q, cw, sw, -100, 0.2, 1, True, True)
+
+
+def _cuda_elem_samples():
+    gen = torch.Generator().manual_seed(1)
+    for shape in ((6, 5), (4, 3, 2), (7,), (2, 9000)):
+        x = torch.randn(shape, generator=gen).to(DEV).requires_grad_()
+        t = (torch.rand(shape, generator=gen) < 0.3).float().to(DEV)
+        sw = torch.rand(shape[0], generator=gen).to(DEV)
+        w = torch.rand(shape, generator=gen).to(DEV)
+        pw = (torch.rand(shape[-1:], generator=gen) * 3).to(DEV)
+        for red in (0, 1, 2):
+            yield "sigmoid_focal_loss", (x, t, sw, 0.25, 2.0, red, True, True)
+            yield "binary_cross_entropy_with_logits", (x, t, w, pw, sw, red, True, True)
+            yield "mse_loss", (x, t, w, sw, red, True, True)
+            yield "l1_loss", (x, t, None, sw, red, True, False)
+            yield "huber_loss", (x, t, w, None, 0.5, red, True, True)
+
+
+@pytest.mark.parametrize(
+    "name,args", list(_cuda_row_samples()) + list(_cuda_elem_samples()) if HAS_CUDA else []
+)
+def test_opcheck_cuda(name, args):
+    torch.library.opcheck(getattr(OPS, name), args)
+
+
+def test_opcheck_inplace_ops_cuda():
+    x = torch.randn(6, 11, device=DEV)
+    y = torch.randint(0, 11, (6,), device=DEV)
+    sw = torch.rand(6, device=DEV)
+    torch.library.opcheck(OPS.cross_entropy_, (x.clone(), y, None, sw, -100, 0.0, 1, True),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(OPS.focal_loss_, (x.clone(), y, None, None, 2.0, -100, 1, False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def _gradcheck_cases():
+    torch.manual_seed(0)
+    d = dict(dtype=torch.float64, device=DEV)
+    y = torch.tensor([1, 0, 4, -100, 2], device=DEV)
+    cw = torch.rand(5, **d) + 0.1
+    sw = torch.rand(5, **d)
+    q = torch.softmax(torch.randn(5, 5, **d), 1)
+    t = torch.rand(5, 4, **d)
+    w = torch.rand(5, 4, **d)
+    pw = torch.rand(4, **d) * 3
+    sw4 = torch.rand(5, **d)
+    for red in ("mean", "none", "sum"):
+        yield (5, 5), lambda x, r=red: samplewt_ops.cross_entropy(
+            x, y, cw, sample_weight=sw, label_smoothing=0.1, reduction=r)
+        yield (5, 5), lambda x, r=red: samplewt_ops.cross_entropy(
+            x, q, cw, sample_weight=sw, label_smoothing=0.2, reduction=r)
+        yield (5, 5), lambda x, r=red: samplewt_ops.focal_loss(
+            x, y, gamma=2.0, alpha=cw, sample_weight=sw, reduction=r)
+        yield (5, 4), lambda x, r=red: samplewt_ops.sigmoid_focal_loss(
+            x, t, sample_weight=sw4, reduction=r)
+        yield (5, 4), lambda x, r=red: samplewt_ops.binary_cross_entropy_with_logits(
+            x, t, w, pos_weight=pw, sample_weight=sw4, reduction=r)
+        yield (5, 4), lambda x, r=red: samplewt_ops.mse_loss(
+            x, t, weight=w, sample_weight=sw4, reduction=r)
+        yield (5, 4), lambda x, r=red: samplewt_ops.l1_loss(x, t, sample_weight=sw4, reduction=r)
+        yield (5, 4), lambda x, r=red: samplewt_ops.huber_loss(
+            x, t, delta=0.3, weight=w, sample_weight=sw4, reduction=r)
+
+
+def test_gradcheck_float64_cuda():
+    for shape, fn in _gradcheck_cases():
+        x = torch.randn(shape, dtype=torch.float64, device=DEV, requires_grad=True)
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# inplace_grad
+
+
+@pytest.mark.parametrize("fn", [samplewt_ops.cross_entropy, samplewt_ops.focal_loss])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n,c", [(12, 300), (600, 4000), (12, 32000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inplace_grad_matches_default_cuda(fn, reduction, n, c, dtype):
+    torch.manual_seed(0)
+    base = torch.randn(n, 64, device=DEV, dtype=dtype)
+    y = torch.randint(0, c, (n,), device=DEV)
+    y[3] = -100
+    sw = torch.rand(n, device=DEV)
+    lin = torch.nn.Linear(64, c, device=DEV, dtype=dtype)
+    grads, losses = [], []
+    for inplace in (False, True):
+        lin.zero_grad()
+        logits = lin(base) * 4  # non-leaf, as in training
+        loss = fn(logits, y, sample_weight=sw, reduction=reduction, inplace_grad=inplace)
+        losses.append(loss.detach().clone())
+        (loss.sum() if reduction == "none" else loss * 1.5).backward()
+        grads.append(lin.weight.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1], **_tol(dtype))
+    torch.testing.assert_close(grads[0], grads[1], **_tol(dtype))
+
+
+# ---------------------------------------------------------------------------
+# No host-device synchronisation
+
+
+def _sync_free_cases():
+    """(input, loss function, inplace) triples covering every op."""
+    torch.manual_seed(0)
+    n, c = 64, 1000
+    x = torch.randn(n, c, device=DEV)
+    y = torch.randint(0, c, (n,), device=DEV)
+    y[0] = -100
+    cw = torch.rand(c, device=DEV)
+    sw = torch.rand(n, device=DEV)
+    q = torch.softmax(torch.randn(n, c, device=DEV), 1)
+    e = torch.randn(n, 80, device=DEV)
+    t = (torch.rand(n, 80, device=DEV) < 0.2).float()
+    w = torch.rand(n, 80, device=DEV)
+    pw = torch.rand(80, device=DEV) * 3
+    big = torch.randn(4, 65536, device=DEV)  # rows split across blocks
+    yb = torch.randint(0, 65536, (4,), device=DEV)
+    return [
+        (x, lambda v: samplewt_ops.cross_entropy(v, y, cw, sample_weight=sw, label_smoothing=0.1), False),
+        (x, lambda v: samplewt_ops.cross_entropy(v, y, sample_weight=sw, inplace_grad=True), True),
+        (x, lambda v: samplewt_ops.cross_entropy(v, q, sample_weight=sw), False),
+        (x, lambda v: samplewt_ops.focal_loss(v, y, gamma=2.0, alpha=0.25, sample_weight=sw), False),
+        (x, lambda v: samplewt_ops.focal_loss(v, y, gamma=2.0, inplace_grad=True), True),
+        (big, lambda v: samplewt_ops.cross_entropy(v, yb, sample_weight=sw[:4]), False),
+        (e, lambda v: samplewt_ops.sigmoid_focal_loss(v, t, sample_weight=sw, reduction="mean"), False),
+        (e, lambda v: samplewt_ops.binary_cross_entropy_with_logits(
+            v, t, w, pos_weight=pw, sample_weight=sw), False),
+        (e, lambda v: samplewt_ops.mse_loss(v, t, weight=w, sample_weight=sw), False),
+        (e, lambda v: samplewt_ops.l1_loss(v, t, sample_weight=sw), False),
+        (e, lambda v: samplewt_ops.huber_loss(v, t, delta=0.5, sample_weight=sw), False),
+    ]
+
+
+def _run_case(x, fn, inplace):
+    leaf = x.clone().requires_grad_()
+    # inplace_grad consumes its input, so it gets a non-leaf one.
+    fn(leaf * 1.0 if inplace else leaf).backward()
+    return leaf.grad
+
+
+def test_forward_backward_without_sync():
+    cases = _sync_free_cases()
+    # Warm up outside the checked region (allocator, lazy init, module loads).
+    for case in cases:
+        _run_case(*case)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grads = [_run_case(*case) for case in cases]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
+@pytest.mark.parametrize("which", ["cross_entropy", "focal_loss", "sigmoid_focal_loss", "mse_loss"])
+def test_forward_backward_in_cuda_graph(which):
+    torch.manual_seed(0)
+    n, c = 48, 777
+    if which in ROW_OPS:
+        x = torch.randn(n, c, device=DEV, requires_grad=True)
+        t = torch.randint(0, c, (n,), device=DEV)
+        kw = dict(label_smoothing=0.1) if which == "cross_entropy" else dict(gamma=2.0)
+    else:
+        x = torch.randn(n, c, device=DEV, requires_grad=True)
+        t = torch.rand(n, c, device=DEV)
+        kw = dict(reduction="mean") if which == "sigmoid_focal_loss" else {}
+    sw = torch.rand(n, device=DEV)
+    fn = getattr(samplewt_ops, which)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            x.grad = None
+            fn(x, t, sample_weight=sw, **kw).backward()
+    torch.cuda.current_stream().wait_stream(side)
+
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = fn(x, t, sample_weight=sw, **kw)
+        static_loss.backward()
+
+    # New data in the captured buffers, then replay.
+    with torch.no_grad():
+        x.copy_(torch.randn(n, c, device=DEV) * 2)
+        t.copy_(torch.randint(0, c, (n,), device=DEV) if which in ROW_OPS else torch.rand(n, c, device=DEV))
+        sw.copy_(torch.rand(n, device=DEV))
+    graph.replay()
+    torch.cuda.synchronize()
+
+    xr = x.detach().clone().requires_grad_()
+    want = getattr(reference, which)(xr, t, sample_weight=sw, **kw)
+    want.backward()
+    torch.testing.assert_close(static_loss, want.detach())
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+# ---------------------------------------------------------------------------
+# Validation mode and invalid values
+
+
+def _error(fn, *args, **kw):
+    with pytest.raises((ValueError, IndexError, TypeError, RuntimeError)) as info:
+        fn(*args, **kw)
+    return info.type, str(info.value)
+
+
+def test_validation_mode_raises_like_cpu():
+    samplewt_ops.set_validation(True)
+    x = torch.randn(6, 5)
+    y = torch.tensor([0, 1, 7, 2, -100, 3])
+    sw_bad = torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0, 1.0])
+    sw_nan = torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0])
+    y_ok = torch.tensor([0, 1, 4, 2, -100, 3])
+    e = torch.randn(6, 3)
+    cases = [
+        (samplewt_ops.cross_entropy, (x, y), {}),
+        (samplewt_ops.focal_loss, (x, y), {}),
+        (samplewt_ops.cross_entropy, (x, y_ok), dict(sample_weight=sw_bad)),
+        (samplewt_ops.focal_loss, (x, y_ok), dict(sample_weight=sw_nan)),
+        (samplewt_ops.mse_loss, (e, e), dict(sample_weight=sw_bad)),
+        (samplewt_ops.sigmoid_focal_loss, (e, e.sigmoid()), dict(sample_weight=sw_nan)),
+    ]
+    for fn, args, kw in cases:
+        want = _error(fn, *args, **kw)
+        got = _error(fn, *_to(args, DEV), **{k: v.to(DEV) for k, v in kw.items()})
+        assert got == want
+
+
+@pytest.mark.parametrize("n,c", [(9, 37), (600, 4000), (6, 65536)])
+@pytest.mark.parametrize("fn", [samplewt_ops.cross_entropy, samplewt_ops.focal_loss])
+def test_invalid_target_without_validation_is_nan_not_a_crash(fn, n, c):
+    samplewt_ops.set_validation(False)
+    torch.manual_seed(0)
+    x = torch.randn(n, c, device=DEV)
+    y = torch.randint(0, c, (n,), device=DEV)
+    y[1] = c + 5
+    y[2] = -7
+    y[3] = -100
+    sw = torch.rand(n, device=DEV)
+    kw = dict(weight=torch.rand(c, device=DEV)) if fn is samplewt_ops.cross_entropy else {}
+    per = fn(x, y, sample_weight=sw, reduction="none", **kw)
+    torch.cuda.synchronize()
+    assert torch.isnan(per[1]) and torch.isnan(per[2])
+    assert per[3].item() == 0.0
+    ok = torch.ones(n, dtype=torch.bool, device=DEV)
+    ok[1:3] = False
+    want = getattr(reference, fn.__name__)(x, y, sample_weight=sw, reduction="none", **kw)
+    torch.testing.assert_close(per[ok], want[ok])
+    # The mean is NaN; the invalid rows' gradient is zero, the others as in
+    # the reference (whose denominator counts the invalid rows the same way).
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    loss = fn(xa, y, sample_weight=sw, **kw)
+    loss.backward()
+    ref = getattr(reference, fn.__name__)(xb, y, sample_weight=sw, **kw)
+    ref.backward()
+    torch.cuda.synchronize()
+    assert torch.isnan(loss) and torch.isnan(ref)
+    assert torch.count_nonzero(xa.grad[1:3]).item() == 0
+    torch.testing.assert_close(xa.grad, xb.grad)
+    # The device is still healthy.
+    assert torch.isfinite((x * 2).sum()).item()
+
+
+# ---------------------------------------------------------------------------
+# More than 2^31 elements
+
+
+def _big_memory_ok():
+    return HAS_CUDA and torch.cuda.get_device_properties(0).total_memory >= 40e9
+
+
+@pytest.mark.skipif(not _big_memory_ok(), reason="needs a GPU with >= 40 GB")
+def test_big_index_bfloat16_beyond_2_pow_31():
+    n, c = 18432, 131072  # n * c = 2.4e9 > 2^31
+    torch.manual_seed(0)
+    x = torch.randn(n, c, device=DEV, dtype=torch.bfloat16)
+    y = torch.randint(0, c, (n,), device=DEV)
+    sw = torch.rand(n, device=DEV)
+    rows = [0, 1, 16383, 16384, 16385, n - 2, n - 1]  # row 16384 starts at 2^31
+
+    # Float reference, in chunks of rows.
+    per_row = torch.empty(n, device=DEV)
+    for i in range(0, n, 1024):
+        xf = x[i:i + 1024].float()
+        per_row[i:i + 1024] = torch.logsumexp(xf, 1) - xf.gather(1, y[i:i + 1024, None]).squeeze(1)
+    want_mean = (sw * per_row).sum() / sw.sum()
+    xs = x[rows].float()
+    want_rows = torch.softmax(xs, 1)
+    want_rows[torch.arange(len(rows)), y[rows]] -= 1.0
+
+    loss, grad, stats = OPS.cross_entropy(x, y, None, sw, -100, 0.0, 1, True, True)
+    torch.testing.assert_close(loss.float(), want_mean, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(stats[:, 0], per_row, atol=2e-2, rtol=1e-2)
+    scale = (sw[rows] / sw.sum())[:, None]
+    torch.testing.assert_close(grad[rows].float() / scale, want_rows, atol=1e-3, rtol=2e-2)
+    del grad
+
+    loss_none, _, _ = OPS.cross_entropy(x, y, None, sw, -100, 0.0, 0, False, False)
+    torch.testing.assert_close(loss_none.float(), (sw * per_row), atol=5e-2, rtol=1e-2)
+
+    # In place: the gradient overwrites the logits.
+    loss_i, _ = OPS.cross_entropy_(x, y, None, sw, -100, 0.0, 1, False)
+    torch.testing.assert_close(loss_i.float(), want_mean, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(x[rows].float() / scale, want_rows, atol=1e-3, rtol=2e-2)
