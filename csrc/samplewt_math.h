@@ -109,6 +109,30 @@ SWT_HD typename M::V dpow_unit(typename M::V b, typename M::V b_pow_gamma,
   return M::select(b > zero, gamma * b_pow_gamma / b, zero);
 }
 
+// The focal factor b^gamma and its derivative. The usual gammas 1, 2 and 3
+// (gamma_int >= 0) go by multiplication: exact, and no log/exp per element.
+// gamma_int < 0 means "not a small integer".
+template <class M>
+SWT_HD void focal_pow(typename M::V b, typename M::V gamma, int gamma_int,
+                      typename M::V& b_pow, typename M::V& d_pow) {
+  using V = typename M::V;
+  const V zero = M::splat(0.0), one = M::splat(1.0);
+  switch (gamma_int) {
+    case 0: b_pow = one; d_pow = zero; return;
+    case 1: b_pow = b; d_pow = one; return;
+    case 2: b_pow = b * b; d_pow = M::splat(2.0) * b; return;
+    case 3: d_pow = b * b; b_pow = d_pow * b; d_pow = M::splat(3.0) * d_pow; return;
+    default:
+      b_pow = pow_unit<M>(b, gamma);
+      d_pow = dpow_unit<M>(b, b_pow, gamma);
+  }
+}
+
+// gamma_int of focal_pow for a scalar gamma.
+SWT_HD int focal_gamma_int(double gamma) {
+  return (gamma == 0.0 || gamma == 1.0 || gamma == 2.0 || gamma == 3.0) ? static_cast<int>(gamma) : -1;
+}
+
 // ---------------------------------------------------------------------------
 // Element-wise losses: loss and d(loss)/d(input) of one element.
 
@@ -130,15 +154,16 @@ struct ElemParams {
 template <class M>
 SWT_HD LossGrad<M> sigmoid_focal(typename M::V x, typename M::V t,
                                  typename M::V gamma, typename M::V alpha,
-                                 bool use_alpha) {
+                                 bool use_alpha, int gamma_int = -1) {
   using V = typename M::V;
   const V one = M::splat(1.0), two = M::splat(2.0);
   const SigmoidParts<M> s = sigmoid_parts<M>(x);
   const V ce = s.sp_pos - x * t;
   const V b = t * s.q + (one - t) * s.p;            // 1 - p_t
-  const V mod = pow_unit<M>(b, gamma);
+  V mod, dmod_db;
+  focal_pow<M>(b, gamma, gamma_int, mod, dmod_db);
   const V db_dx = s.p * s.q * (one - two * t);
-  const V dmod = dpow_unit<M>(b, mod, gamma) * db_dx;
+  const V dmod = dmod_db * db_dx;
   V loss = ce * mod;
   V grad = (s.p - t) * mod + ce * dmod;
   if (use_alpha) {

@@ -256,7 +256,8 @@ inline LossGrad<M> elem_loss(typename M::V x, typename M::V t, typename M::V pw,
                              const ElemArgs& a) {
   using V = typename M::V;
   if constexpr (KIND == kSigmoidFocal) {
-    return sigmoid_focal<M>(x, t, M::splat(a.gamma), M::splat(a.alpha), a.alpha >= 0);
+    return sigmoid_focal<M>(x, t, M::splat(a.gamma), M::splat(a.alpha), a.alpha >= 0,
+                            focal_gamma_int(a.gamma));
   } else if constexpr (KIND == kBCEWithLogits) {
     return bce_with_logits<M>(x, t, pw);
   } else if constexpr (KIND == kMSE) {
