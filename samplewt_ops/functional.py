@@ -65,6 +65,13 @@ def _kernel(input) -> bool:
     return isinstance(input, Tensor) and input.device.type in _loader.KERNEL_DEVICE_TYPES
 
 
+def _values_checked_in_kernel(input: Tensor) -> bool:
+    # The CPU kernels check target range and sample_weight values in their
+    # O(N) pre-pass, raising the same errors; checking them here too would
+    # cost extra passes. Elsewhere the Python checks (validation mode) stand.
+    return input.device.type == "cpu" and _kernel(input)
+
+
 def _needs_grad(input: Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
 
@@ -292,9 +299,11 @@ def cross_entropy(
                 f"ignore_index={ignore_index} is not supported with class-probability targets"
             )
     else:
-        check_index_target(target, input, ignore_index=ignore_index)
+        check_index_target(target, input, ignore_index=ignore_index,
+                           check_values=not _values_checked_in_kernel(input))
     weight = check_class_weight(weight, c)
-    sample_weight = check_sample_weight(sample_weight, input, unbatched=input.dim() == 1)
+    sample_weight = check_sample_weight(sample_weight, input, unbatched=input.dim() == 1,
+                                        check_values=not _values_checked_in_kernel(input))
     return _row_loss(
         "cross_entropy", input, target, prob, weight, sample_weight, reduction, inplace_grad,
         weights, indices, (ignore_index, label_smoothing), ref.cross_entropy,
@@ -339,11 +348,13 @@ def focal_loss(
                       alpha=alpha if isinstance(alpha, Tensor) else None)
     ignore_index = check_ignore_index(ignore_index)
     gamma = check_gamma(gamma)
-    check_index_target(target, input, ignore_index=ignore_index)
+    check_index_target(target, input, ignore_index=ignore_index,
+                       check_values=not _values_checked_in_kernel(input))
     alpha = check_focal_alpha(alpha, c)
     if alpha is not None and not isinstance(alpha, Tensor):
         alpha = torch.full((c,), alpha, dtype=torch.float32, device=input.device)
-    sample_weight = check_sample_weight(sample_weight, input, unbatched=input.dim() == 1)
+    sample_weight = check_sample_weight(sample_weight, input, unbatched=input.dim() == 1,
+                                        check_values=not _values_checked_in_kernel(input))
     return _row_loss(
         "focal_loss", input, target, False, alpha, sample_weight, reduction, inplace_grad,
         weights, indices, (gamma, ignore_index), ref.focal_loss,
@@ -389,7 +400,8 @@ def _elem_checks(input, target, sample_weight, reduction, **tensors):
     check_input(input, "input")
     check_same_device(input=input, target=target, sample_weight=sample_weight, **tensors)
     check_elementwise_target(target, input)
-    sample_weight = check_sample_weight(sample_weight, input)
+    sample_weight = check_sample_weight(sample_weight, input,
+                                        check_values=not _values_checked_in_kernel(input))
     return reduction, sample_weight
 
 

@@ -254,14 +254,16 @@ def _index_target_shape(input: Tensor) -> tuple:
 
 
 def check_index_target(target, input: Tensor, *, ignore_index: int = -100,
-                       name: str = "target", input_name: str = "input") -> Tensor:
+                       name: str = "target", input_name: str = "input",
+                       check_values: bool = True) -> Tensor:
     """Check class-index targets for a softmax ``input`` of shape (N,C,d..) or (C,).
 
     Structure: an integer (non-bool) tensor of shape (N,d..) (or () for an
     unbatched (C,) input); a floating target raises TypeError.  Values (when
     :func:`validation_enabled`): each class in [0, C) or equal to
     ``ignore_index``, else IndexError.  Any integer dtype is accepted; it is
-    converted to int64 by the losses.
+    converted to int64 by the losses.  ``check_values=False`` leaves the
+    values to a caller that checks them itself (the compiled CPU kernels do).
     """
     check_tensor(target, name)
     if target.dtype.is_floating_point or target.dtype.is_complex:
@@ -279,7 +281,7 @@ def check_index_target(target, input: Tensor, *, ignore_index: int = -100,
             f"{name} has shape {_shape(target)} but {input_name} of shape "
             f"{_shape(input)} needs class-index targets of shape {expected}"
         )
-    if target.numel() > 0 and validation_enabled(target):
+    if check_values and target.numel() > 0 and validation_enabled(target):
         c = num_classes(input)
         t = target.detach()
         bad = (t != ignore_index) & ((t < 0) | (t >= c))
@@ -325,7 +327,8 @@ def check_class_weight(weight, n_classes: int, name: str = "weight") -> Optional
 
 def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[bool] = None,
                         name: str = "sample_weight",
-                        input_name: str = "input") -> Optional[Tensor]:
+                        input_name: str = "input",
+                        check_values: bool = True) -> Optional[Tensor]:
     """Check ``sample_weight`` against ``input`` and return it as a 1-D tensor.
 
     Expected shape: ``(input.shape[0],)``; for an input without a batch
@@ -354,7 +357,7 @@ def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[boo
                 f"{input_name}'s first dimension (shape {_shape(input)}), got "
                 f"{_shape(sample_weight)}"
             )
-    if sample_weight.numel() > 0 and validation_enabled(sample_weight):
+    if check_values and sample_weight.numel() > 0 and validation_enabled(sample_weight):
         w = sample_weight.detach()
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"{name} must be finite, but it contains NaN or infinity")
