@@ -109,28 +109,50 @@ SWT_HD typename M::V dpow_unit(typename M::V b, typename M::V b_pow_gamma,
   return M::select(b > zero, gamma * b_pow_gamma / b, zero);
 }
 
-// The focal factor b^gamma and its derivative. The usual gammas 1, 2 and 3
-// (gamma_int >= 0) go by multiplication: exact, and no log/exp per element.
-// gamma_int < 0 means "not a small integer".
+// The focal factor b^gamma and its derivative. The usual gammas go without a
+// log/exp per element: integers 0..3 by multiplication, and k + 1/2
+// (0.5, 1.5, 2.5) as b^k sqrt(b). focal_gamma_code() picks the case on the
+// host; -1 means the general exp(gamma log b).
 template <class M>
-SWT_HD void focal_pow(typename M::V b, typename M::V gamma, int gamma_int,
+SWT_HD void focal_pow(typename M::V b, typename M::V gamma, int gamma_code,
                       typename M::V& b_pow, typename M::V& d_pow) {
   using V = typename M::V;
   const V zero = M::splat(0.0), one = M::splat(1.0);
-  switch (gamma_int) {
+  switch (gamma_code) {
     case 0: b_pow = one; d_pow = zero; return;
     case 1: b_pow = b; d_pow = one; return;
     case 2: b_pow = b * b; d_pow = M::splat(2.0) * b; return;
     case 3: d_pow = b * b; b_pow = d_pow * b; d_pow = M::splat(3.0) * d_pow; return;
+    case 10: {  // 0.5; the derivative is 0 at b = 0, where its factor is 0 too
+      const V r = M::sqrt(b);
+      b_pow = r;
+      d_pow = M::select(b > zero, M::splat(0.5) / r, zero);
+      return;
+    }
+    case 11: {  // 1.5
+      const V r = M::sqrt(b);
+      b_pow = b * r;
+      d_pow = M::splat(1.5) * r;
+      return;
+    }
+    case 12: {  // 2.5
+      const V r = M::sqrt(b);
+      b_pow = b * b * r;
+      d_pow = M::splat(2.5) * b * r;
+      return;
+    }
     default:
       b_pow = pow_unit<M>(b, gamma);
       d_pow = dpow_unit<M>(b, b_pow, gamma);
   }
 }
 
-// gamma_int of focal_pow for a scalar gamma.
-SWT_HD int focal_gamma_int(double gamma) {
-  return (gamma == 0.0 || gamma == 1.0 || gamma == 2.0 || gamma == 3.0) ? static_cast<int>(gamma) : -1;
+SWT_HD int focal_gamma_code(double gamma) {
+  for (int k = 0; k <= 3; ++k) {
+    if (gamma == k) return k;
+    if (k < 3 && gamma == k + 0.5) return 10 + k;
+  }
+  return -1;
 }
 
 // ---------------------------------------------------------------------------
@@ -154,14 +176,14 @@ struct ElemParams {
 template <class M>
 SWT_HD LossGrad<M> sigmoid_focal(typename M::V x, typename M::V t,
                                  typename M::V gamma, typename M::V alpha,
-                                 bool use_alpha, int gamma_int = -1) {
+                                 bool use_alpha, int gamma_code = -1) {
   using V = typename M::V;
   const V one = M::splat(1.0), two = M::splat(2.0);
   const SigmoidParts<M> s = sigmoid_parts<M>(x);
   const V ce = s.sp_pos - x * t;
   const V b = t * s.q + (one - t) * s.p;            // 1 - p_t
   V mod, dmod_db;
-  focal_pow<M>(b, gamma, gamma_int, mod, dmod_db);
+  focal_pow<M>(b, gamma, gamma_code, mod, dmod_db);
   const V db_dx = s.p * s.q * (one - two * t);
   const V dmod = dmod_db * db_dx;
   V loss = ce * mod;

@@ -112,7 +112,6 @@ void row_kernel_typed(const RowArgs& a) {
   const acc_t gamma = static_cast<acc_t>(a.gamma);
   const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-  constexpr bool kStash = std::is_same_v<scalar_t, acc_t>;
 
   at::parallel_for(0, a.rows, grain_rows(C), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -166,7 +165,9 @@ void row_kernel_typed(const RowArgs& a) {
       // sum_c b_c when the loss has them. Where the gradient has the
       // accumulation type, exp(x_c - m) is parked in the gradient row (even in
       // place: x_c is not read again) so that pass 3 needs no second exp.
-      const bool stash = kStash && g != nullptr;
+      // bfloat16/float16 would round p there, and with label smoothing
+      // A p - a cancels: those recompute exp instead.
+      const bool stash = std::is_same_v<scalar_t, acc_t> && g != nullptr;
       V vs(0), vbx(0), vb(0);
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
@@ -257,7 +258,7 @@ inline LossGrad<M> elem_loss(typename M::V x, typename M::V t, typename M::V pw,
   using V = typename M::V;
   if constexpr (KIND == kSigmoidFocal) {
     return sigmoid_focal<M>(x, t, M::splat(a.gamma), M::splat(a.alpha), a.alpha >= 0,
-                            focal_gamma_int(a.gamma));
+                            focal_gamma_code(a.gamma));
   } else if constexpr (KIND == kBCEWithLogits) {
     return bce_with_logits<M>(x, t, pw);
   } else if constexpr (KIND == kMSE) {

@@ -40,23 +40,24 @@ namespace detail {
   template __global__ void finalize_loss_kernel<T>(const double*, int64_t, const double*, int, \
                                                    double, bool, T*);
 
-// --- element-wise kernels: T x loss x lanes-per-sample x vector width ------
-#define SWT_ELEM_VW(T, KIND, VW)                                                          \
-  template __global__ void elem_rows_kernel<T, KIND, 1, VW>(const ElemParams<AccT<T>>);  \
-  template __global__ void elem_rows_kernel<T, KIND, 4, VW>(const ElemParams<AccT<T>>);  \
-  template __global__ void elem_rows_kernel<T, KIND, 32, VW>(const ElemParams<AccT<T>>); \
-  template __global__ void elem_chunk_kernel<T, KIND, VW>(const ElemParams<AccT<T>>);
+// --- element-wise kernels: T x loss x gamma_int x lanes-per-sample x width ---
+#define SWT_ELEM_VW(T, KIND, GI, VW)                                                          \
+  template __global__ void elem_rows_kernel<T, KIND, GI, 1, VW>(const ElemParams<AccT<T>>);  \
+  template __global__ void elem_rows_kernel<T, KIND, GI, 4, VW>(const ElemParams<AccT<T>>);  \
+  template __global__ void elem_rows_kernel<T, KIND, GI, 32, VW>(const ElemParams<AccT<T>>); \
+  template __global__ void elem_chunk_kernel<T, KIND, GI, VW>(const ElemParams<AccT<T>>);
 
-#define SWT_ELEM_KIND(T, KIND) \
-  SWT_ELEM_VW(T, KIND, 1)      \
-  SWT_ELEM_VW(T, KIND, Vec16<T>::value)
+#define SWT_ELEM_KIND(T, KIND, GI) \
+  SWT_ELEM_VW(T, KIND, GI, 1)      \
+  SWT_ELEM_VW(T, KIND, GI, Vec16<T>::value)
 
-#define SWT_ELEM(T)                     \
-  SWT_ELEM_KIND(T, kSigmoidFocal)       \
-  SWT_ELEM_KIND(T, kBCEWithLogits)      \
-  SWT_ELEM_KIND(T, kMSE)                \
-  SWT_ELEM_KIND(T, kL1)                 \
-  SWT_ELEM_KIND(T, kHuber)
+#define SWT_ELEM(T)                         \
+  SWT_ELEM_KIND(T, kSigmoidFocal, 2)        \
+  SWT_ELEM_KIND(T, kSigmoidFocal, -1)       \
+  SWT_ELEM_KIND(T, kBCEWithLogits, -1)      \
+  SWT_ELEM_KIND(T, kMSE, -1)                \
+  SWT_ELEM_KIND(T, kL1, -1)                 \
+  SWT_ELEM_KIND(T, kHuber, -1)
 
 // --- accumulation-type kernels (float for float/half/bfloat16, double) -----
 #define SWT_ACC(A)                                                                          \

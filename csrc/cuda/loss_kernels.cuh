@@ -1017,6 +1017,7 @@ struct ElemParams {
   float* stats;
   A gamma, alpha, delta;
   bool use_alpha;
+  int gamma_int;  // focal_gamma_code(gamma): see focal_pow in samplewt_math.h
   const double* denom_parts;
   int n_denom;
   double denom_const;
@@ -1026,12 +1027,14 @@ struct ElemParams {
   A* ws;          // chunk kernel with nch > 1 and stats: (N * nch, 3)
 };
 
-template <int KIND, typename A>
+// GI: the sigmoid focal loss's gamma_int fixed at compile time (2, the
+// default gamma), or -1 to take p.gamma_int at run time.
+template <int KIND, int GI, typename A>
 __device__ __forceinline__ LossGrad<ScalarMath<A>> elem_eval(A x, A t, A pw,
                                                              const ElemParams<A>& p) {
   using M = ScalarMath<A>;
   if constexpr (KIND == kSigmoidFocal) {
-    return sigmoid_focal<M>(x, t, p.gamma, p.alpha, p.use_alpha);
+    return sigmoid_focal<M>(x, t, p.gamma, p.alpha, p.use_alpha, GI >= 0 ? GI : p.gamma_int);
   } else if constexpr (KIND == kBCEWithLogits) {
     return bce_with_logits<M>(x, t, pw);
   } else if constexpr (KIND == kMSE) {
@@ -1052,7 +1055,7 @@ struct ElemSums {
 };
 
 // One thread's share of columns [c0, c1) of sample i (c0 a multiple of VW).
-template <typename T, int KIND, int VW>
+template <typename T, int KIND, int GI, int VW>
 __device__ __forceinline__ void elem_span(const ElemParams<AccT<T>>& p, int64_t i, int64_t c0,
                                           int64_t c1, int lane, int nthr, AccT<T> w_i,
                                           AccT<T> scale, bool want_stats,
@@ -1069,7 +1072,7 @@ __device__ __forceinline__ void elem_span(const ElemParams<AccT<T>>& p, int64_t 
   const A* pwr = p.pos_weight ? p.pos_weight + (p.pos_weight_full ? base : 0) : nullptr;
   auto one = [&](int64_t c, A xv, A tv, A& gout, A& lout) {
     const A pw = (KIND == kBCEWithLogits && pwr) ? pwr[c] : A(1);
-    LossGrad<M> lg = elem_eval<KIND>(xv, tv, pw, p);
+    LossGrad<M> lg = elem_eval<KIND, GI>(xv, tv, pw, p);
     if (wr) {
       const A wv = wr[c];
       lg.loss = lg.loss * wv;
@@ -1120,7 +1123,7 @@ __device__ __forceinline__ void elem_write_stats(const ElemParams<A>& p, int64_t
 }
 
 // Samples of up to a few thousand elements: G lanes per sample.
-template <typename T, int KIND, int G, int VW>
+template <typename T, int KIND, int GI, int G, int VW>
 __global__ void __launch_bounds__(kSmallBlock, MinBlocks<T>::k256)
     elem_rows_kernel(const ElemParams<AccT<T>> p) {
   using A = AccT<T>;
@@ -1139,7 +1142,8 @@ __global__ void __launch_bounds__(kSmallBlock, MinBlocks<T>::k256)
     A w = A(1);
     if (active) {
       w = p.sw ? p.sw[i] : A(1);
-      elem_span<T, KIND, VW>(p, i, 0, p.S, lane, G, w, elem_scale(p, w, denom), want_stats, s);
+      elem_span<T, KIND, GI, VW>(p, i, 0, p.S, lane, G, w, elem_scale(p, w, denom), want_stats,
+                                 s);
     }
     if (want_sums) {
       s.loss = group_sum<G>(s.loss);
@@ -1165,7 +1169,7 @@ __global__ void __launch_bounds__(kSmallBlock, MinBlocks<T>::k256)
 // Long samples: blocks over (sample, chunk) items.
 constexpr int kChunkBlock = 256;
 
-template <typename T, int KIND, int VW>
+template <typename T, int KIND, int GI, int VW>
 __global__ void __launch_bounds__(kChunkBlock, MinBlocks<T>::k256)
     elem_chunk_kernel(const ElemParams<AccT<T>> p) {
   using A = AccT<T>;
@@ -1184,8 +1188,8 @@ __global__ void __launch_bounds__(kChunkBlock, MinBlocks<T>::k256)
     const int64_t c1 = c0 + p.chunk < p.S ? c0 + p.chunk : p.S;
     const A w = p.sw ? p.sw[i] : A(1);
     ElemSums<A> s;
-    elem_span<T, KIND, VW>(p, i, c0, c1, tid, kChunkBlock, w, elem_scale(p, w, denom),
-                           want_stats, s);
+    elem_span<T, KIND, GI, VW>(p, i, c0, c1, tid, kChunkBlock, w, elem_scale(p, w, denom),
+                               want_stats, s);
     if (want_sums) {
       s.loss = block_sum(s.loss, sh);
       if (want_stats) {
@@ -1482,20 +1486,20 @@ inline void launch_row_kind(const RowPlan& plan, const RowParams<AccT<T>>& kp,
 
 // --- element-wise launch -------------------------------------------------------
 
-template <typename T, int KIND, int VW>
+template <typename T, int KIND, int GI, int VW>
 inline void launch_elem_main(const ElemPlan& plan, const ElemParams<AccT<T>>& kp,
                              cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(plan.grid));
   if (plan.regime == kElemRows) {
     if (plan.group == 1) {
-      elem_rows_kernel<T, KIND, 1, VW><<<grid, kSmallBlock, 0, stream>>>(kp);
+      elem_rows_kernel<T, KIND, GI, 1, VW><<<grid, kSmallBlock, 0, stream>>>(kp);
     } else if (plan.group == 4) {
-      elem_rows_kernel<T, KIND, 4, VW><<<grid, kSmallBlock, 0, stream>>>(kp);
+      elem_rows_kernel<T, KIND, GI, 4, VW><<<grid, kSmallBlock, 0, stream>>>(kp);
     } else {
-      elem_rows_kernel<T, KIND, 32, VW><<<grid, kSmallBlock, 0, stream>>>(kp);
+      elem_rows_kernel<T, KIND, GI, 32, VW><<<grid, kSmallBlock, 0, stream>>>(kp);
     }
   } else {
-    elem_chunk_kernel<T, KIND, VW><<<grid, kChunkBlock, 0, stream>>>(kp);
+    elem_chunk_kernel<T, KIND, GI, VW><<<grid, kChunkBlock, 0, stream>>>(kp);
     if (kp.stats && kp.nch > 1) {
       const unsigned g = static_cast<unsigned>(max64(1, min64(ceil_div(kp.N, 256), 1024)));
       elem_chunk_stats_kernel<AccT<T>><<<g, 256, 0, stream>>>(kp);
@@ -1503,14 +1507,28 @@ inline void launch_elem_main(const ElemPlan& plan, const ElemParams<AccT<T>>& kp
   }
 }
 
+template <typename T, int KIND, int GI>
+inline void launch_elem_vw(const ElemPlan& plan, const ElemParams<AccT<T>>& kp,
+                           cudaStream_t stream) {
+  if (plan.vw == 1) {
+    launch_elem_main<T, KIND, GI, 1>(plan, kp, stream);
+  } else {
+    launch_elem_main<T, KIND, GI, Vec16<T>::value>(plan, kp, stream);
+  }
+}
+
 template <typename T, int KIND>
 inline void launch_elem_kind(const ElemPlan& plan, const ElemParams<AccT<T>>& kp,
                              cudaStream_t stream) {
-  if (plan.vw == 1) {
-    launch_elem_main<T, KIND, 1>(plan, kp, stream);
-  } else {
-    launch_elem_main<T, KIND, Vec16<T>::value>(plan, kp, stream);
+  // The sigmoid focal loss's default gamma = 2 gets its own kernels, with the
+  // focal factor b * b folded in at compile time.
+  if constexpr (KIND == kSigmoidFocal) {
+    if (kp.gamma_int == 2) {
+      launch_elem_vw<T, KIND, 2>(plan, kp, stream);
+      return;
+    }
   }
+  launch_elem_vw<T, KIND, -1>(plan, kp, stream);
 }
 
 }  // namespace detail
@@ -1622,6 +1640,7 @@ cudaError_t launch_elem_loss(const ElemLossArgs& a, void* workspace, cudaStream_
   kp.gamma = static_cast<A>(a.gamma);
   kp.alpha = static_cast<A>(a.alpha);
   kp.use_alpha = a.alpha >= 0.0;
+  kp.gamma_int = focal_gamma_code(a.gamma);
   kp.delta = static_cast<A>(a.delta);
   kp.denom_parts =
       plan.n_denom > 0 ? reinterpret_cast<const double*>(ws + plan.off_denom) : nullptr;
