@@ -7,7 +7,6 @@ Skipped where there is no GPU or the extension was built without CUDA.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 import samplewt_ops
 from samplewt_ops import _loader, reference
@@ -555,25 +554,48 @@ def _error(fn, *args, **kw):
 
 
 def test_validation_mode_raises_like_cpu():
+    # The same exception type as on the CPU, naming the same argument. (The
+    # CPU op checks values in its C++ pre-pass; on CUDA, validation mode
+    # checks them in Python, so the wording may differ.)
     samplewt_ops.set_validation(True)
     x = torch.randn(6, 5)
     y = torch.tensor([0, 1, 7, 2, -100, 3])
+    y_neg = torch.tensor([0, 1, -3, 2, -100, 3])
     sw_bad = torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0, 1.0])
     sw_nan = torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0])
+    sw_inf = torch.tensor([1.0, float("inf"), 1.0, 1.0, 1.0, 1.0])
     y_ok = torch.tensor([0, 1, 4, 2, -100, 3])
     e = torch.randn(6, 3)
     cases = [
-        (samplewt_ops.cross_entropy, (x, y), {}),
-        (samplewt_ops.focal_loss, (x, y), {}),
-        (samplewt_ops.cross_entropy, (x, y_ok), dict(sample_weight=sw_bad)),
-        (samplewt_ops.focal_loss, (x, y_ok), dict(sample_weight=sw_nan)),
-        (samplewt_ops.mse_loss, (e, e), dict(sample_weight=sw_bad)),
-        (samplewt_ops.sigmoid_focal_loss, (e, e.sigmoid()), dict(sample_weight=sw_nan)),
+        (samplewt_ops.cross_entropy, (x, y), {}, "target"),
+        (samplewt_ops.cross_entropy, (x, y_neg), {}, "target"),
+        (samplewt_ops.focal_loss, (x, y), {}, "target"),
+        (samplewt_ops.cross_entropy, (x, y_ok), dict(sample_weight=sw_bad), "sample_weight"),
+        (samplewt_ops.focal_loss, (x, y_ok), dict(sample_weight=sw_nan), "sample_weight"),
+        (samplewt_ops.mse_loss, (e, e), dict(sample_weight=sw_bad), "sample_weight"),
+        (samplewt_ops.sigmoid_focal_loss, (e, e.sigmoid()), dict(sample_weight=sw_nan), "sample_weight"),
+        (samplewt_ops.binary_cross_entropy_with_logits, (e, e.sigmoid()), dict(sample_weight=sw_inf),
+         "sample_weight"),
     ]
-    for fn, args, kw in cases:
-        want = _error(fn, *args, **kw)
-        got = _error(fn, *_to(args, DEV), **{k: v.to(DEV) for k, v in kw.items()})
-        assert got == want
+    for fn, args, kw, arg in cases:
+        cpu_type, cpu_msg = _error(fn, *args, **kw)
+        cuda_type, cuda_msg = _error(fn, *_to(args, DEV), **{k: v.to(DEV) for k, v in kw.items()})
+        assert cuda_type is cpu_type, (fn.__name__, cpu_msg, cuda_msg)
+        assert arg in cpu_msg and arg in cuda_msg, (cpu_msg, cuda_msg)
+
+
+def test_validation_off_by_default_costs_no_sync():
+    # Without validation mode, invalid values reach the kernels unchecked.
+    samplewt_ops.set_validation(False)
+    x = torch.randn(6, 5, device=DEV)
+    y = torch.tensor([0, 1, 7, 2, -100, 3], device=DEV)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = samplewt_ops.cross_entropy(x, y, sample_weight=-torch.ones(6, device=DEV))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isnan(loss).item()
 
 
 @pytest.mark.parametrize("n,c", [(9, 37), (600, 4000), (6, 65536)])
