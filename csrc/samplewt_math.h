@@ -239,6 +239,25 @@ SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) 
           M::select(quad, d, delta * sign<M>(d))};
 }
 
+// One element of the element-wise loss KIND (an ElemLoss), for kernels that
+// are templated on the kind. Parameters a kind does not use are ignored.
+template <int KIND, class M>
+SWT_HD LossGrad<M> elem_loss(typename M::V x, typename M::V t, typename M::V pos_weight,
+                             typename M::V gamma, typename M::V alpha, bool use_alpha,
+                             int gamma_code, typename M::V delta) {
+  if constexpr (KIND == kSigmoidFocal) {
+    return sigmoid_focal<M>(x, t, gamma, alpha, use_alpha, gamma_code);
+  } else if constexpr (KIND == kBCEWithLogits) {
+    return bce_with_logits<M>(x, t, pos_weight);
+  } else if constexpr (KIND == kMSE) {
+    return mse<M>(x, t);
+  } else if constexpr (KIND == kL1) {
+    return l1<M>(x, t);
+  } else {
+    return huber<M>(x, t, delta);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Row losses (softmax over C classes). The kernels find m = max_j x_j and
 // s = sum_j exp(x_j - m), and pass the formulas below shifted logits

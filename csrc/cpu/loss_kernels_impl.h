@@ -252,24 +252,6 @@ void row_kernel_typed(const RowArgs& a) {
 
 // ---------------------------------------------------------------------------
 // Element-wise losses.
-template <int64_t KIND, class M>
-inline LossGrad<M> elem_loss(typename M::V x, typename M::V t, typename M::V pw,
-                             const ElemArgs& a) {
-  using V = typename M::V;
-  if constexpr (KIND == kSigmoidFocal) {
-    return sigmoid_focal<M>(x, t, M::splat(a.gamma), M::splat(a.alpha), a.alpha >= 0,
-                            focal_gamma_code(a.gamma));
-  } else if constexpr (KIND == kBCEWithLogits) {
-    return bce_with_logits<M>(x, t, pw);
-  } else if constexpr (KIND == kMSE) {
-    return mse<M>(x, t);
-  } else if constexpr (KIND == kL1) {
-    return l1<M>(x, t);
-  } else {
-    return huber<M>(x, t, V(static_cast<typename V::value_type>(a.delta)));
-  }
-}
-
 template <typename scalar_t, int64_t KIND>
 void elem_kernel_typed(const ElemArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -287,6 +269,9 @@ void elem_kernel_typed(const ElemArgs& a) {
   const auto* sample_weight = static_cast<const acc_t*>(a.sample_weight);
   const auto* grad_scale = static_cast<const acc_t*>(a.grad_scale);
   auto* sample_loss = static_cast<acc_t*>(a.sample_loss);
+  const V vgamma = M::splat(a.gamma), valpha = M::splat(a.alpha), vdelta = M::splat(a.delta);
+  const bool use_alpha = a.alpha >= 0;
+  const int gamma_code = focal_gamma_code(a.gamma);
 
   at::parallel_for(0, a.samples, grain_rows(S), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -301,7 +286,7 @@ void elem_kernel_typed(const ElemArgs& a) {
         const V xv = vload(input + off + j, n);
         const V tv = vload(target + off + j, n);
         const V pwv = pw ? V::loadu(pw + j, n) : V(1);
-        LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, a);
+        LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, vgamma, valpha, use_alpha, gamma_code, vdelta);
         if (w) {
           const V wv = V::loadu(w + j, n);
           lg.loss = lg.loss * wv;

@@ -1032,18 +1032,8 @@ struct ElemParams {
 template <int KIND, int GI, typename A>
 __device__ __forceinline__ LossGrad<ScalarMath<A>> elem_eval(A x, A t, A pw,
                                                              const ElemParams<A>& p) {
-  using M = ScalarMath<A>;
-  if constexpr (KIND == kSigmoidFocal) {
-    return sigmoid_focal<M>(x, t, p.gamma, p.alpha, p.use_alpha, GI >= 0 ? GI : p.gamma_int);
-  } else if constexpr (KIND == kBCEWithLogits) {
-    return bce_with_logits<M>(x, t, pw);
-  } else if constexpr (KIND == kMSE) {
-    return mse<M>(x, t);
-  } else if constexpr (KIND == kL1) {
-    return l1<M>(x, t);
-  } else {
-    return huber<M>(x, t, p.delta);
-  }
+  return elem_loss<KIND, ScalarMath<A>>(x, t, pw, p.gamma, p.alpha, p.use_alpha,
+                                        GI >= 0 ? GI : p.gamma_int, p.delta);
 }
 
 // Per-sample sums of one thread's elements.
