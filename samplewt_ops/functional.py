@@ -113,7 +113,8 @@ class _Rows:
         """A per-sample (N,) vector as one value per row."""
         if per_sample is None or self.positions == 1:
             return per_sample
-        return per_sample.repeat_interleave(self.positions)
+        # expand + reshape, not repeat_interleave: no device sync on CUDA.
+        return per_sample[:, None].expand(self.n, self.positions).reshape(-1)
 
     def unfold(self, per_row: Tensor) -> Tensor:
         return per_row.reshape(self.out_shape)
