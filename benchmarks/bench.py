@@ -535,7 +535,11 @@ class Progress:
 def _liger_fn():
     try:
         from liger_kernel.transformers import LigerCrossEntropyLoss
-    except Exception as e:  # not installed or no triton
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] == "liger_kernel":
+            return None, "not installed"
+        return None, f"liger_kernel not importable ({type(e).__name__}: {e.name})"
+    except Exception as e:  # no triton, or a version that does not fit
         return None, f"liger_kernel not importable ({type(e).__name__})"
     mod = LigerCrossEntropyLoss(reduction="none")
 
@@ -672,7 +676,7 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
         if is_cuda and case.liger and kind == "train":
             lfn, why = _liger_fn()
             if lfn is None:
-                k["liger"] = {"check": "n/a: " + why}
+                k["liger"] = {"check": why if why == "not installed" else "n/a: " + why}
             else:
                 if x_ip is None:
                     x_ip = torch.empty_like(xd).requires_grad_()
@@ -752,6 +756,8 @@ def _ms(row, name):
         return "ERROR"
     if chk.startswith("n/a"):
         return "n/a"
+    if chk == "not installed":
+        return chk
     return "-" if chk == "skipped" else chk[:10]
 
 

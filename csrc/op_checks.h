@@ -15,7 +15,8 @@
 
 #include <vector>
 
-#include "samplewt_math.h"
+#include "kernel_layout.h"
+#include "loss_kinds.h"
 
 namespace samplewt {
 namespace checks {
@@ -197,6 +198,75 @@ inline ElemInputs prepare_elem_inputs(int64_t kind, const Tensor& input, const T
   out.pos_weight = prepare_elem_weight(pos_weight, input, acc, "pos_weight");
   out.sample_weight = sample_weight_acc(sample_weight, out.samples, acc);
   return out;
+}
+
+// ---------------------------------------------------------------------------
+// From prepared tensors to the kernels' shared argument layout
+
+inline const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+inline float* stats_ptr(bool compute_stats, const Tensor& stats) {
+  return compute_stats ? stats.data_ptr<float>() : nullptr;
+}
+
+// The rows as the kernels read them, with unit column stride (other layouts
+// are copied first, and in place the caller copies the gradient back), and
+// the gradient buffer from `alloc(sizes, options)`, or the rows themselves.
+struct RowBuffers {
+  Tensor x, grad;
+};
+
+template <class Alloc>
+RowBuffers row_buffers(const Tensor& input, bool inplace, bool compute_grad, Alloc&& alloc) {
+  RowBuffers b;
+  b.x = input.stride(1) == 1 || input.size(1) <= 1 ? input : input.contiguous();
+  if (inplace) {
+    b.grad = b.x;
+  } else if (compute_grad) {
+    b.grad = alloc(input.sizes(), input.options());
+  }
+  return b;
+}
+
+inline void fill_row_layout(RowLayout& a, bool focal, const RowInputs& in, const RowBuffers& b,
+                            float* stats, int64_t ignore_index, double label_smoothing,
+                            double gamma) {
+  const int64_t R = b.x.size(0), C = b.x.size(1);
+  a.kind = focal ? kFocal : (in.prob ? kCrossEntropyProb : kCrossEntropyIndex);
+  a.rows = R;
+  a.cols = C;
+  a.input = b.x.data_ptr();
+  a.ld_input = R > 1 ? b.x.stride(0) : C;
+  a.grad = b.grad.defined() ? b.grad.data_ptr() : nullptr;
+  a.ld_grad = b.grad.defined() ? (R > 1 ? b.grad.stride(0) : C) : 0;
+  a.target = in.prob ? nullptr : in.target.data_ptr<int64_t>();
+  a.target_prob = in.prob ? in.target.data_ptr() : nullptr;
+  a.ld_target = C;
+  a.class_weight = ptr_or_null(in.class_weight);
+  a.stats = stats;
+  a.ignore_index = ignore_index;
+  a.label_smoothing = label_smoothing;
+  a.gamma = gamma;
+}
+
+inline void fill_elem_layout(ElemLayout& a, ElemLoss kind, const ElemInputs& in,
+                             const Tensor& grad, float* stats, double alpha, double gamma,
+                             double delta) {
+  a.kind = kind;
+  a.samples = in.samples;
+  a.per_sample = in.per_sample;
+  a.input = in.input.data_ptr();
+  a.target = in.target.data_ptr();
+  a.grad = grad.defined() ? grad.data_ptr() : nullptr;
+  a.weight = ptr_or_null(in.weight.values);
+  a.weight_full = in.weight.full;
+  a.pos_weight = ptr_or_null(in.pos_weight.values);
+  a.pos_weight_full = in.pos_weight.full;
+  a.sample_weight = ptr_or_null(in.sample_weight);
+  a.stats = stats;
+  a.gamma = gamma;
+  a.alpha = alpha;
+  a.delta = delta;
 }
 
 }  // namespace checks

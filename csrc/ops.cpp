@@ -1,6 +1,7 @@
 // The op registry: every samplewt_ops schema, defined once. Kernels register
-// per device in cpu/ops_cpu.cpp and cuda/ops_cuda.cu; fake (meta) kernels and
-// autograd are registered from Python (samplewt_ops/_ops.py).
+// per device in cpu/ops_cpu.cpp and cuda/ops_cuda.cu, through the shared op
+// wrappers of op_wrappers.h; fake (meta) kernels and autograd are registered
+// from Python (samplewt_ops/_ops.py).
 //
 // Conventions shared by all ops:
 // - reduction is 0 none, 1 mean, 2 sum (at::Reduction).
@@ -14,9 +15,6 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include <string>
-
-#include "cpu/kernel_args.h"
 
 extern "C" {
 // Importing samplewt_ops._C loads this library, which registers the ops.
@@ -64,5 +62,5 @@ TORCH_LIBRARY(samplewt_ops, m) {
       "float delta, int reduction, bool compute_grad, "
       "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
   // Which CPU instruction set the kernels dispatch to ("AVX512", ...).
-  m.def("cpu_isa() -> str", []() { return std::string(samplewt::cpu::selected_isa()); });
+  m.def("cpu_isa() -> str");
 }

@@ -17,6 +17,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "loss_kinds.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define SWT_HD __host__ __device__ __forceinline__
 #else
@@ -32,18 +34,6 @@
 
 namespace samplewt {
 inline namespace SWT_ISA_NAMESPACE {
-
-// Same values as at::Reduction so the Python layer can pass them through.
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
-// Loss kinds of the element-wise kernels.
-enum ElemLoss : int64_t {
-  kSigmoidFocal = 0,
-  kBCEWithLogits = 1,
-  kMSE = 2,
-  kL1 = 3,
-  kHuber = 4,
-};
 
 template <typename T>
 struct ScalarMath {
@@ -109,10 +99,19 @@ SWT_HD typename M::V dpow_unit(typename M::V b, typename M::V b_pow_gamma,
   return M::select(b > zero, gamma * b_pow_gamma / b, zero);
 }
 
+// Which closed form focal_pow takes for gamma (focal_gamma_code): the
+// integers 0..3 are their own codes; k + 1/2 have the codes below.
+enum FocalGammaCode : int {
+  kGammaGeneral = -1,  // exp(gamma log b)
+  kGammaHalf = 10,     // 0.5
+  kGammaOneHalf = 11,  // 1.5
+  kGammaTwoHalf = 12,  // 2.5
+};
+
 // The focal factor b^gamma and its derivative. The usual gammas go without a
 // log/exp per element: integers 0..3 by multiplication, and k + 1/2
 // (0.5, 1.5, 2.5) as b^k sqrt(b). focal_gamma_code() picks the case on the
-// host; -1 means the general exp(gamma log b).
+// host.
 template <class M>
 SWT_HD void focal_pow(typename M::V b, typename M::V gamma, int gamma_code,
                       typename M::V& b_pow, typename M::V& d_pow) {
@@ -123,19 +122,19 @@ SWT_HD void focal_pow(typename M::V b, typename M::V gamma, int gamma_code,
     case 1: b_pow = b; d_pow = one; return;
     case 2: b_pow = b * b; d_pow = M::splat(2.0) * b; return;
     case 3: d_pow = b * b; b_pow = d_pow * b; d_pow = M::splat(3.0) * d_pow; return;
-    case 10: {  // 0.5; the derivative is 0 at b = 0, where its factor is 0 too
+    case kGammaHalf: {  // the derivative is 0 at b = 0, where its factor is 0 too
       const V r = M::sqrt(b);
       b_pow = r;
       d_pow = M::select(b > zero, M::splat(0.5) / r, zero);
       return;
     }
-    case 11: {  // 1.5
+    case kGammaOneHalf: {
       const V r = M::sqrt(b);
       b_pow = b * r;
       d_pow = M::splat(1.5) * r;
       return;
     }
-    case 12: {  // 2.5
+    case kGammaTwoHalf: {
       const V r = M::sqrt(b);
       b_pow = b * b * r;
       d_pow = M::splat(2.5) * b * r;
@@ -150,9 +149,9 @@ SWT_HD void focal_pow(typename M::V b, typename M::V gamma, int gamma_code,
 SWT_HD int focal_gamma_code(double gamma) {
   for (int k = 0; k <= 3; ++k) {
     if (gamma == k) return k;
-    if (k < 3 && gamma == k + 0.5) return 10 + k;
+    if (k < 3 && gamma == k + 0.5) return kGammaHalf + k;
   }
-  return -1;
+  return kGammaGeneral;
 }
 
 // ---------------------------------------------------------------------------
@@ -164,19 +163,12 @@ struct LossGrad {
   typename M::V grad;
 };
 
-// Scalar parameters of the element-wise losses (unused ones are ignored).
-struct ElemParams {
-  double gamma = 2.0;   // sigmoid focal
-  double alpha = 0.25;  // sigmoid focal; < 0 disables the class balance term
-  double delta = 1.0;   // huber
-};
-
 // torchvision.ops.sigmoid_focal_loss:
 //   ce = BCE(x, t); 1 - p_t = t (1-p) + (1-t) p; loss = a_t ce (1-p_t)^gamma
 template <class M>
 SWT_HD LossGrad<M> sigmoid_focal(typename M::V x, typename M::V t,
                                  typename M::V gamma, typename M::V alpha,
-                                 bool use_alpha, int gamma_code = -1) {
+                                 bool use_alpha, int gamma_code = kGammaGeneral) {
   using V = typename M::V;
   const V one = M::splat(1.0), two = M::splat(2.0);
   const SigmoidParts<M> s = sigmoid_parts<M>(x);
@@ -344,6 +336,67 @@ SWT_HD FocalRow<T> focal_row(T logp, T gamma, T alpha) {
   FocalRow<T> r;
   r.loss = -alpha * mod * logp;
   r.g = mod - dmod * p * logp;
+  return r;
+}
+
+// The coefficients of one row, for the CPU and the CUDA row kernels alike.
+//
+// b_c, class c's coefficient in the loss's linear term sum_c b_c x_c (label
+// smoothing, probability targets): cw_c for index targets, and
+// cw_c ((1-eps) q_c + eps/C) for probability targets, with q_scale = 1-eps
+// and q_shift = eps/C. Without class weights (has_cw false) cw_c is 1 and
+// the value passed for it is ignored.
+template <class M>
+SWT_HD typename M::V linear_coef(int kind, bool has_cw, typename M::V cw_c, typename M::V q_c,
+                                 typename M::V q_scale, typename M::V q_shift) {
+  if (kind == kCrossEntropyProb) {
+    const typename M::V qa = q_scale * q_c + q_shift;
+    return has_cw ? qa * cw_c : qa;
+  }
+  return has_cw ? cw_c : M::splat(1.0);
+}
+
+// a_c of softmax_grad without the target's own term: eps/C cw_c for index
+// targets, b_c for probability targets, 0 for the focal loss.
+template <class M>
+SWT_HD typename M::V grad_coef(int kind, bool has_cw, typename M::V cw_c, typename M::V q_c,
+                               typename M::V q_scale, typename M::V q_shift) {
+  if (kind == kCrossEntropyProb) return linear_coef<M>(kind, has_cw, cw_c, q_c, q_scale, q_shift);
+  if (kind == kFocal) return M::splat(0.0);
+  return has_cw ? cw_c * q_shift : q_shift;
+}
+
+// A row's loss (without sample weight) and its gradient coefficients: the
+// gradient is A softmax_j - a_j, minus a_target at the target class.
+template <typename T>
+struct RowCoef {
+  T loss;
+  T A;
+  T a_target;
+};
+
+// From the row's log-sum-exp lse and target logit x_y (both may be shifted
+// by the row max), w_y the target's class weight (focal: its alpha; 1
+// without), sum_cw = sum_c cw_c, and the linear sums bx = sum_c b_c x_c and
+// b = sum_c b_c where the loss has a linear term.
+template <typename T>
+SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_classes,
+                                   T sum_cw, T bx, T b, T gamma) {
+  RowCoef<T> r;
+  if (kind == kCrossEntropyProb) {
+    r.A = b;
+    r.loss = lse * b - bx;
+    r.a_target = T(0);
+  } else if (kind == kFocal) {
+    const FocalRow<T> fr = focal_row<T>(x_y - lse, gamma, w_y);
+    r.loss = fr.loss;
+    r.A = r.a_target = w_y * fr.g;
+  } else {
+    const CERow<T> cr = ce_index_row<T>(lse, x_y, w_y, eps, num_classes, sum_cw, bx);
+    r.loss = cr.loss;
+    r.A = cr.A;
+    r.a_target = cr.a_target;
+  }
   return r;
 }
 

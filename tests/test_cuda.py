@@ -10,6 +10,11 @@ import torch
 
 import samplewt_ops
 from samplewt_ops import _loader, reference
+from samples import assert_outputs_close as _assert_outputs_close
+from samples import elem_cases as _elem_cases
+from samples import row_case as _row_case
+from samples import tol as _tol
+from samples import with_tail as _with_tail
 
 HAS_CUDA = torch.cuda.is_available() and _loader.has_kernel("cuda")
 pytestmark = pytest.mark.skipif(
@@ -32,24 +37,6 @@ ROW_SHAPES = [
 ]
 
 
-def _tol(dtype):
-    if dtype in (torch.float16, torch.bfloat16):
-        return dict(atol=1e-2, rtol=2e-2)
-    if dtype == torch.float64:
-        return dict(atol=1e-10, rtol=1e-8)
-    return dict(atol=1e-5, rtol=1e-4)
-
-
-def _to(args, device):
-    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-
-
-def _assert_outputs_close(got, want, dtype):
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        torch.testing.assert_close(a.cpu(), b.cpu(), equal_nan=True, **_tol(dtype))
-
-
 @pytest.fixture(autouse=True)
 def _validation_default():
     # Each test says what it wants; SAMPLEWT_VALIDATE of the environment must
@@ -57,29 +44,6 @@ def _validation_default():
     samplewt_ops.set_validation(False)
     yield
     samplewt_ops.set_validation(None)
-
-
-def _row_case(variant, n, c, dtype, gen):
-    x = (torch.randn(n, c, generator=gen) * 3).to(dtype)
-    y = torch.randint(0, c, (n,), generator=gen)
-    if n > 2:
-        y[n // 2] = -100
-    cw = torch.rand(c, generator=gen) + 0.1
-    sw = torch.rand(n, generator=gen)
-    if n > 3:
-        sw[1] = 0.0
-    if variant == "ce_index":
-        return "cross_entropy", (x, y, cw, sw, -100, 0.1, None, None, None)
-    if variant == "ce_plain":
-        return "cross_entropy", (x, y, None, None, -100, 0.0, None, None, None)
-    if variant == "ce_prob":
-        q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype)
-        return "cross_entropy", (x, q, cw, sw, -100, 0.2, None, None, None)
-    return "focal_loss", (x, y, cw, sw, 2.0, -100, None, None, None)
-
-
-def _with_tail(args, reduction, compute_grad, compute_stats):
-    return args[:-3] + (reduction, compute_grad, compute_stats)
 
 
 # ---------------------------------------------------------------------------
@@ -101,28 +65,6 @@ def test_row_ops_match_cpu(variant, n, c, dtype):
     got = op(*_to(fwd, DEV))
     assert got[1].numel() == 0 and got[2].numel() == 0
     _assert_outputs_close(got[:1], op(*fwd)[:1], dtype)
-
-
-def _elem_cases(shape, dtype, gen):
-    x = (torch.randn(shape, generator=gen) * 2).to(dtype)
-    t = (torch.rand(shape, generator=gen) < 0.3).to(dtype)
-    soft = torch.rand(shape, generator=gen).to(dtype)
-    n = shape[0] if len(shape) else 1
-    sw = torch.rand(n, generator=gen)
-    if n > 3:
-        sw[2] = 0.0
-    w = torch.rand(shape, generator=gen).to(dtype)
-    row = torch.rand(shape[1:], generator=gen).to(dtype) * 3 if len(shape) > 1 else None
-    yield "sigmoid_focal_loss", (x, t, sw, 0.25, 2.0)
-    yield "sigmoid_focal_loss", (x, soft, None, -1.0, 1.5)
-    yield "binary_cross_entropy_with_logits", (x, t, w, row, sw)
-    yield "binary_cross_entropy_with_logits", (x, soft, row, None, None)
-    yield "mse_loss", (x, soft, w, sw)
-    yield "mse_loss", (x, soft, row, sw)  # a weight row broadcast over samples
-    yield "l1_loss", (x, soft, None, sw)
-    yield "l1_loss", (x, soft, w, None)
-    yield "huber_loss", (x, soft, w, sw, 0.7)
-    yield "huber_loss", (x, soft, None, None, 1.0)
 
 
 # Samples of every kernel regime: lanes per sample 1/4/32, more sample tiles

@@ -131,23 +131,17 @@ void row_kernel_typed(const RowArgs& a) {
         }
       }
 
-      // Per-class weights of the loss's linear term sum_c b_c x_c: cw_c for
-      // index targets (label smoothing), cw_c ((1-eps) q_c + eps/C) for
-      // probability targets.
-      auto lin_coef = [&](int64_t j, int64_t n) -> V {
-        if (prob) {
-          V qa = vload(q + j, n) * V(q_scale) + V(q_shift);
-          return cw ? qa * V::loadu(cw + j, n) : qa;
-        }
-        return cw ? V::loadu(cw + j, n) : V(1);
+      // The per-class coefficients b_c and a_c (samplewt_math.h).
+      auto coef = [&](auto fn, int64_t j, int64_t n) -> V {
+        return fn(a.kind, cw != nullptr, cw ? V::loadu(cw + j, n) : V(0),
+                  prob ? vload(q + j, n) : V(0), V(q_scale), V(q_shift));
       };
-      // Coefficient a_c of class c in the gradient (see softmax_grad in
-      // samplewt_math.h), without the target's own term: eps/C cw_c for index
-      // targets, b_c for probability targets, 0 for focal.
-      auto grad_coef = [&](int64_t j, int64_t n) -> V {
-        if (prob) return lin_coef(j, n);
-        if (focal) return V(0);
-        return cw ? V::loadu(cw + j, n) * V(q_shift) : V(q_shift);
+      auto lin_coef = [&](int64_t j, int64_t n) {
+        return coef([](auto... v) { return linear_coef<M>(v...); }, j, n);
+      };
+      auto grad_coef_at = [&](int64_t j, int64_t n) -> V {
+        if (focal) return V(0);  // no class weight or target to load
+        return coef([](auto... v) { return grad_coef<M>(v...); }, j, n);
       };
       const bool linear = prob || eps != acc_t(0);
 
@@ -185,27 +179,13 @@ void row_kernel_typed(const RowArgs& a) {
       const acc_t log_s = std::log(hsum(vs));
 
       // The row's loss and gradient coefficients, from shifted logits.
-      acc_t loss, A, a_target = 0;
       const acc_t a_smooth = prob ? acc_t(0) : q_shift;
-      if (prob) {
-        A = hsum(vb);
-        loss = log_s * A - hsum(vbx);
-      } else {
-        if (focal) {
-          const acc_t alpha_y = cw ? cw[y] : acc_t(1);
-          FocalRow<acc_t> fr = focal_row<acc_t>(xs_y - log_s, gamma, alpha_y);
-          loss = fr.loss;
-          A = a_target = alpha_y * fr.g;
-        } else {
-          const acc_t cw_y = cw ? cw[y] : acc_t(1);
-          const acc_t sum_cw = static_cast<acc_t>(a.sum_class_weight);
-          CERow<acc_t> cr = ce_index_row<acc_t>(log_s, xs_y, cw_y, eps, acc_t(C), sum_cw,
-                                                linear ? hsum(vbx) : acc_t(0));
-          loss = cr.loss;
-          A = cr.A;
-          a_target = cr.a_target;
-        }
-      }
+      const acc_t w_y = (!prob && cw) ? cw[y] : acc_t(1);
+      const RowCoef<acc_t> rc = row_coefficients<acc_t>(
+          static_cast<int>(a.kind), log_s, xs_y, w_y, eps, acc_t(C),
+          static_cast<acc_t>(a.sum_class_weight), linear ? hsum(vbx) : acc_t(0),
+          linear ? hsum(vb) : acc_t(0), gamma);
+      const acc_t loss = rc.loss, A = rc.A, a_target = rc.a_target;
       row_loss[r] = loss;
 
       // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
@@ -215,7 +195,7 @@ void row_kernel_typed(const RowArgs& a) {
         V vsq(0), vl1(0);
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
-          const V av = grad_coef(j, n);
+          const V av = grad_coef_at(j, n);
           const V p = stash ? vload(g + j, n) * vinv_s
                             : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
           V u = softmax_grad_p<M>(p, vA, av);

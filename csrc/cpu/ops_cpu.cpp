@@ -1,16 +1,19 @@
-// CPU implementations of the samplewt_ops schemas (csrc/ops.cpp): argument
-// checks, the O(rows) pre-pass that fixes each row's gradient scale, the
-// call into the vectorised kernel of the selected instruction set, and the
-// final reduction.
+// CPU kernels of the samplewt_ops schemas (csrc/ops.cpp), behind the shared
+// op wrappers of op_wrappers.h: argument checks, the O(rows) pre-pass that
+// checks values and fixes each row's gradient scale, the call into the
+// vectorised kernel of the selected instruction set, and the final
+// reduction.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <tuple>
 
 #include "../op_checks.h"
+#include "../op_wrappers.h"
 #include "../samplewt_math.h"
 #include "large_buffer.h"
 #include "kernel_args.h"
@@ -95,31 +98,11 @@ void check_sample_weight_values(const Tensor& w) {
 
 Tensor empty_like_nothing(const Tensor& input) { return at::empty({0}, input.options()); }
 
-Tensor stats_or_empty(bool compute_stats, int64_t n, const Tensor& input) {
-  return compute_stats ? at::empty({n, 3}, input.options().dtype(at::kFloat))
-                       : at::empty({0}, input.options().dtype(at::kFloat));
-}
-
 // ---------------------------------------------------------------------------
 // Row losses
 
-struct RowOpArgs {
-  RowLoss kind;
-  const Tensor& input;
-  const Tensor& target;
-  const optional<Tensor>& class_weight;  // or focal alpha
-  const optional<Tensor>& sample_weight;
-  int64_t ignore_index;
-  double label_smoothing;
-  double gamma;
-  int64_t reduction;
-  bool compute_grad;
-  bool compute_stats;
-  bool inplace;  // write the gradient into input
-};
-
 // Returns (loss, grad, stats); grad is input itself when inplace.
-std::tuple<Tensor, Tensor, Tensor> row_loss(const RowOpArgs& o) {
+std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
   const Tensor& input = o.input;
   checks::RowInputs in = checks::prepare_row_inputs(
       o.kind == kFocal, input, o.target, o.class_weight, o.sample_weight, o.label_smoothing,
@@ -166,40 +149,20 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowOpArgs& o) {
     }
   });
 
-  // Kernels need unit column stride; other layouts are copied first and,
-  // in place, the gradient is copied back.
-  Tensor x = input.stride(1) == 1 || C <= 1 ? input : input.contiguous();
-  Tensor grad;
-  if (o.inplace) {
-    grad = x;
-  } else if (o.compute_grad) {
-    grad = alloc_large_buffer({R, C}, input.options());
-  }
+  const checks::RowBuffers buf = checks::row_buffers(input, o.inplace, o.compute_grad, alloc_large_buffer);
+  Tensor grad = buf.grad;
   Tensor row_loss_acc = at::empty({R}, input.options().dtype(acc));
   Tensor stats = stats_or_empty(o.compute_stats, R, input);
 
   RowArgs a;
-  a.kind = kind;
+  checks::fill_row_layout(a, o.kind == kFocal, in, buf, checks::stats_ptr(o.compute_stats, stats),
+                          o.ignore_index, o.label_smoothing, o.gamma);
   a.dtype = input.scalar_type();
-  a.rows = R;
-  a.cols = C;
-  a.input = x.data_ptr();
-  a.ld_input = R > 1 ? x.stride(0) : C;
-  a.grad = grad.defined() ? grad.data_ptr() : nullptr;
-  a.ld_grad = grad.defined() ? (R > 1 ? grad.stride(0) : C) : 0;
-  a.target = prob ? nullptr : target.data_ptr<int64_t>();
-  a.target_prob = prob ? target.data_ptr() : nullptr;
-  a.ld_target = C;
-  a.class_weight = cw.defined() ? cw.data_ptr() : nullptr;
   a.grad_scale = grad_scale.data_ptr();
   a.row_loss = row_loss_acc.data_ptr();
-  a.stats = o.compute_stats ? stats.data_ptr<float>() : nullptr;
-  a.ignore_index = o.ignore_index;
-  a.label_smoothing = o.label_smoothing;
-  a.gamma = o.gamma;
   a.sum_class_weight = sum_cw;
   if (R > 0 && C > 0) row_kernel()(a);
-  if (o.inplace && !x.is_same(input)) input.copy_(x);
+  if (o.inplace && !buf.x.is_same(input)) input.copy_(buf.x);
 
   // Reduction, in double so that large batches sum exactly enough.
   Tensor loss;
@@ -222,67 +185,12 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowOpArgs& o) {
   return {loss, grad, stats};
 }
 
-std::tuple<Tensor, Tensor, Tensor> cross_entropy(const Tensor& input, const Tensor& target,
-                                                 const optional<Tensor>& weight,
-                                                 const optional<Tensor>& sample_weight,
-                                                 int64_t ignore_index, double label_smoothing,
-                                                 int64_t reduction, bool compute_grad,
-                                                 bool compute_stats) {
-  return row_loss({kCrossEntropyIndex, input, target, weight, sample_weight, ignore_index,
-                   label_smoothing, 0.0, reduction, compute_grad, compute_stats, false});
-}
-
-std::tuple<Tensor, Tensor> cross_entropy_(Tensor& input, const Tensor& target,
-                                          const optional<Tensor>& weight,
-                                          const optional<Tensor>& sample_weight,
-                                          int64_t ignore_index, double label_smoothing,
-                                          int64_t reduction, bool compute_stats) {
-  auto out = row_loss({kCrossEntropyIndex, input, target, weight, sample_weight, ignore_index,
-                       label_smoothing, 0.0, reduction, true, compute_stats, true});
-  return {std::get<0>(out), std::get<2>(out)};
-}
-
-std::tuple<Tensor, Tensor, Tensor> focal_loss(const Tensor& input, const Tensor& target,
-                                              const optional<Tensor>& alpha,
-                                              const optional<Tensor>& sample_weight,
-                                              double gamma, int64_t ignore_index,
-                                              int64_t reduction, bool compute_grad,
-                                              bool compute_stats) {
-  return row_loss({kFocal, input, target, alpha, sample_weight, ignore_index, 0.0, gamma,
-                   reduction, compute_grad, compute_stats, false});
-}
-
-std::tuple<Tensor, Tensor> focal_loss_(Tensor& input, const Tensor& target,
-                                       const optional<Tensor>& alpha,
-                                       const optional<Tensor>& sample_weight, double gamma,
-                                       int64_t ignore_index, int64_t reduction,
-                                       bool compute_stats) {
-  auto out = row_loss({kFocal, input, target, alpha, sample_weight, ignore_index, 0.0, gamma,
-                       reduction, true, compute_stats, true});
-  return {std::get<0>(out), std::get<2>(out)};
-}
-
 // ---------------------------------------------------------------------------
 // Element-wise losses
 
 using checks::ElemWeight;
 
-struct ElemOpArgs {
-  ElemLoss kind;
-  const Tensor& input;
-  const Tensor& target;
-  const optional<Tensor>& weight;
-  const optional<Tensor>& pos_weight;
-  const optional<Tensor>& sample_weight;
-  double alpha, gamma, delta;
-  int64_t reduction;
-  bool compute_grad;
-  bool compute_stats;
-  // mse_loss and l1_loss with `weight`: PyTorch's mean divides by sum(weight).
-  bool mean_over_weight;
-};
-
-std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemOpArgs& o) {
+std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
   const Tensor& input = o.input;
   checks::ElemInputs in = checks::prepare_elem_inputs(
       o.kind, input, o.target, o.weight, o.pos_weight, o.sample_weight, o.gamma, o.delta,
@@ -291,10 +199,7 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemOpArgs& o) {
   const int64_t N = in.samples;
   const int64_t numel = input.numel();
   const int64_t S = in.per_sample;
-  Tensor x = in.input;
-  Tensor t = in.target;
-  ElemWeight w = in.weight;
-  ElemWeight pw = in.pos_weight;
+  const ElemWeight& w = in.weight;
   Tensor sw = in.sample_weight;
   if (sw.defined()) check_sample_weight_values(sw);
 
@@ -340,25 +245,12 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemOpArgs& o) {
   Tensor stats = stats_or_empty(o.compute_stats, N, input);
 
   ElemArgs a;
-  a.kind = o.kind;
+  checks::fill_elem_layout(a, o.kind, in, grad, checks::stats_ptr(o.compute_stats, stats),
+                           o.alpha, o.gamma, o.delta);
   a.dtype = input.scalar_type();
-  a.samples = N;
-  a.per_sample = S;
-  a.input = x.data_ptr();
-  a.target = t.data_ptr();
-  a.grad = grad.defined() ? grad.data_ptr() : nullptr;
   a.out_elem = out_elem.defined() ? out_elem.data_ptr() : nullptr;
-  a.weight = w.values.defined() ? w.values.data_ptr() : nullptr;
-  a.weight_full = w.full;
-  a.pos_weight = pw.values.defined() ? pw.values.data_ptr() : nullptr;
-  a.pos_weight_full = pw.full;
-  a.sample_weight = sw.defined() ? sw.data_ptr() : nullptr;
   a.grad_scale = grad_scale.defined() ? grad_scale.data_ptr() : nullptr;
   a.sample_loss = sample_loss.data_ptr();
-  a.stats = o.compute_stats ? stats.data_ptr<float>() : nullptr;
-  a.gamma = o.gamma;
-  a.alpha = o.alpha;
-  a.delta = o.delta;
   if (numel > 0) elem_kernel()(a);
 
   Tensor loss;
@@ -381,66 +273,20 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemOpArgs& o) {
   return {loss, grad, stats};
 }
 
-std::tuple<Tensor, Tensor, Tensor> sigmoid_focal_loss(const Tensor& input, const Tensor& target,
-                                                      const optional<Tensor>& sample_weight,
-                                                      double alpha, double gamma,
-                                                      int64_t reduction, bool compute_grad,
-                                                      bool compute_stats) {
-  optional<Tensor> none;
-  return elem_loss({kSigmoidFocal, input, target, none, none, sample_weight, alpha, gamma, 1.0,
-                    reduction, compute_grad, compute_stats, false});
-}
-
-std::tuple<Tensor, Tensor, Tensor> binary_cross_entropy_with_logits(
-    const Tensor& input, const Tensor& target, const optional<Tensor>& weight,
-    const optional<Tensor>& pos_weight, const optional<Tensor>& sample_weight,
-    int64_t reduction, bool compute_grad, bool compute_stats) {
-  return elem_loss({kBCEWithLogits, input, target, weight, pos_weight, sample_weight, 0.0, 0.0,
-                    1.0, reduction, compute_grad, compute_stats, false});
-}
-
-std::tuple<Tensor, Tensor, Tensor> mse_loss(const Tensor& input, const Tensor& target,
-                                            const optional<Tensor>& weight,
-                                            const optional<Tensor>& sample_weight,
-                                            int64_t reduction, bool compute_grad,
-                                            bool compute_stats) {
-  optional<Tensor> none;
-  return elem_loss({kMSE, input, target, weight, none, sample_weight, 0.0, 0.0, 1.0, reduction,
-                    compute_grad, compute_stats, true});
-}
-
-std::tuple<Tensor, Tensor, Tensor> l1_loss(const Tensor& input, const Tensor& target,
-                                           const optional<Tensor>& weight,
-                                           const optional<Tensor>& sample_weight,
-                                           int64_t reduction, bool compute_grad,
-                                           bool compute_stats) {
-  optional<Tensor> none;
-  return elem_loss({kL1, input, target, weight, none, sample_weight, 0.0, 0.0, 1.0, reduction,
-                    compute_grad, compute_stats, true});
-}
-
-std::tuple<Tensor, Tensor, Tensor> huber_loss(const Tensor& input, const Tensor& target,
-                                              const optional<Tensor>& weight,
-                                              const optional<Tensor>& sample_weight,
-                                              double delta, int64_t reduction,
-                                              bool compute_grad, bool compute_stats) {
-  optional<Tensor> none;
-  return elem_loss({kHuber, input, target, weight, none, sample_weight, 0.0, 0.0, delta,
-                    reduction, compute_grad, compute_stats, false});
-}
+struct CpuDevice {
+  static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) { return cpu::row_loss(o); }
+  static std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
+    return cpu::elem_loss(o);
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) {
-  m.impl("cross_entropy", &cross_entropy);
-  m.impl("cross_entropy_", &cross_entropy_);
-  m.impl("focal_loss", &focal_loss);
-  m.impl("focal_loss_", &focal_loss_);
-  m.impl("sigmoid_focal_loss", &sigmoid_focal_loss);
-  m.impl("binary_cross_entropy_with_logits", &binary_cross_entropy_with_logits);
-  m.impl("mse_loss", &mse_loss);
-  m.impl("l1_loss", &l1_loss);
-  m.impl("huber_loss", &huber_loss);
+TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) { OpWrappers<CpuDevice>::register_ops(m); }
+
+// cpu_isa takes no tensor: a kernel for every backend.
+TORCH_LIBRARY_IMPL(samplewt_ops, CompositeExplicitAutograd, m) {
+  m.impl("cpu_isa", []() { return std::string(selected_isa()); });
 }
 
 }  // namespace cpu

@@ -1,0 +1,25 @@
+// The loss kinds and reductions that the op layer, the CPU kernels and the
+// CUDA kernels all name. Outside the per-ISA namespace of samplewt_math.h:
+// plain enums, one definition for every translation unit.
+#pragma once
+
+#include <cstdint>
+
+namespace samplewt {
+
+// Same values as at::Reduction so the Python layer can pass them through.
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// Loss kinds of the row (softmax) kernels, on both devices.
+enum RowLoss : int64_t { kCrossEntropyIndex = 0, kCrossEntropyProb = 1, kFocal = 2 };
+
+// Loss kinds of the element-wise kernels.
+enum ElemLoss : int64_t {
+  kSigmoidFocal = 0,
+  kBCEWithLogits = 1,
+  kMSE = 2,
+  kL1 = 3,
+  kHuber = 4,
+};
+
+}  // namespace samplewt

@@ -1,0 +1,3 @@
+// Stand-in for the CUDA toolkit header under the host emulation.
+#pragma once
+#include "../emulator.h"
