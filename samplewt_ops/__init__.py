@@ -4,49 +4,22 @@
     >>> loss = samplewt_ops.cross_entropy(logits, labels, class_w, sample_weight=w)
 
 See README.md for the semantics of each weighting and the adaptive tables.
+The losses and their modules follow the op spec, ``samplewt_ops._spec.SPECS``.
 """
 from . import _loader, _ops  # noqa: F401  (loads and registers the kernels)
-from . import reference
+from . import functional, modules, reference
 from ._loader import backend
-from .functional import (
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    focal_loss,
-    huber_loss,
-    l1_loss,
-    mse_loss,
-    sigmoid_focal_loss,
-)
-from .modules import (
-    BCEWithLogitsLoss,
-    CrossEntropyLoss,
-    FocalLoss,
-    HuberLoss,
-    L1Loss,
-    MSELoss,
-    SigmoidFocalLoss,
-)
-from .reference import set_validation
+from ._validation import set_validation
+from .functional import *  # noqa: F401,F403  (one function per loss)
+from .modules import *  # noqa: F401,F403  (one module per loss)
 from .samplers import AdaptiveSampler, DistributedAdaptiveSampler
 from .weights import GHM, OHEM, AdaptiveWeights, GradNormEMA, LossEMA, SelfPaced, class_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "cross_entropy",
-    "focal_loss",
-    "sigmoid_focal_loss",
-    "binary_cross_entropy_with_logits",
-    "mse_loss",
-    "l1_loss",
-    "huber_loss",
-    "CrossEntropyLoss",
-    "FocalLoss",
-    "SigmoidFocalLoss",
-    "BCEWithLogitsLoss",
-    "MSELoss",
-    "L1Loss",
-    "HuberLoss",
+    *functional.__all__,
+    *modules.__all__,
     "class_weights",
     "AdaptiveWeights",
     "LossEMA",

@@ -1,4 +1,8 @@
-"""Fake kernels and autograd for the compiled ops (schemas live in csrc/ops.cpp).
+"""The compiled ops from Python: the keyword call, fake kernels and autograd.
+
+Everything here is built from the op spec (``_spec.SPECS``) and binds
+arguments by name, in the order the compiled schema gives
+(``_spec.SCHEMA_ARGS``), so no argument position is written down in Python.
 
 Every functional op returns (loss, grad, stats): the forward kernel has
 already written d(loss)/d(input), so backward only scales that saved gradient
@@ -8,35 +12,100 @@ themselves and are wrapped by InplaceGradLoss.
 from __future__ import annotations
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
 from . import _loader
-
-ROW_OPS = ("cross_entropy", "focal_loss")
-ELEM_OPS = (
-    "sigmoid_focal_loss",
-    "binary_cross_entropy_with_logits",
-    "mse_loss",
-    "l1_loss",
-    "huber_loss",
-)
-# Position of `reduction`, `compute_grad` and `compute_stats` in each schema.
-_SCHEMA_TAIL = {
-    "cross_entropy": 6,
-    "focal_loss": 6,
-    "sigmoid_focal_loss": 5,
-    "binary_cross_entropy_with_logits": 5,
-    "mse_loss": 4,
-    "l1_loss": 4,
-    "huber_loss": 5,
-}
-_NUM_ARGS = {name: pos + 3 for name, pos in _SCHEMA_TAIL.items()}
+from ._spec import SCHEMA_ARGS, SPECS, OpSpec
+from ._validation import tracing
 
 
-def _tracing(t: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling() or is_fake(t):
-        return True
-    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None
+def call(name: str, *, inplace: bool = False, **kwargs):
+    """Runs the op `name` (its `_` variant if `inplace`) with every argument
+    given by keyword."""
+    qualname = name + "_" if inplace else name
+    names = SCHEMA_ARGS[qualname]
+    if len(kwargs) != len(names) or not kwargs.keys() >= set(names):
+        missing = [n for n in names if n not in kwargs]
+        unexpected = [n for n in kwargs if n not in names]
+        raise TypeError(f"samplewt_ops.{qualname}: missing arguments {missing}, "
+                        f"unexpected arguments {unexpected}")
+    return getattr(torch.ops.samplewt_ops, qualname)(*[kwargs[n] for n in names])
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels: the checks of csrc/op_checks.h that need no data, and the
+# output shapes.
+
+
+def _check_fake_args(spec: OpSpec, a: dict) -> int:
+    """Checks the arguments of a loss op; returns its number of samples."""
+    x, t = a["input"], a["target"]
+    torch._check_value(a["reduction"] in (0, 1, 2),
+                       lambda: f"samplewt_ops: reduction must be 0, 1 or 2, got {a['reduction']}")
+    torch._check_type(x.dtype.is_floating_point,
+                      lambda: f"samplewt_ops: input must be floating point, got {x.dtype}")
+    if spec.rows:
+        torch._check_value(x.dim() == 2, lambda: f"samplewt_ops: input must be 2-D, got {x.shape}")
+        rows, c = x.shape
+        if t.dtype.is_floating_point:
+            torch._check_type(spec.prob_targets,
+                              lambda: f"samplewt_ops: {spec.name} target must hold class indices")
+            torch._check_value(t.shape == x.shape, lambda: f"samplewt_ops: target must have "
+                               f"input's shape {x.shape}, got {t.shape}")
+        else:
+            torch._check_type(t.dtype in (torch.int64, torch.int32),
+                              lambda: f"samplewt_ops: target must hold class indices, got {t.dtype}")
+            torch._check_value(t.shape == (rows,), lambda: f"samplewt_ops: target must have "
+                               f"shape ({rows},), got {t.shape}")
+        for name in spec.tensors:
+            w = a[name]
+            torch._check_value(w is None or w.shape == (c,), lambda: f"samplewt_ops: {name} "
+                               f"must have shape ({c},), got {w.shape}")
+        samples = rows
+    else:
+        torch._check_type(t.dtype.is_floating_point,
+                          lambda: f"samplewt_ops: target must be floating point, got {t.dtype}")
+        torch._check_value(t.shape == x.shape, lambda: f"samplewt_ops: target must have "
+                           f"input's shape {x.shape}, got {t.shape}")
+        for name in spec.tensors:
+            w = a[name]
+            torch._check_value(w is None or _broadcasts(w.shape, x.shape), lambda: f"samplewt_ops: "
+                               f"{name} of shape {w.shape} must broadcast to {x.shape}")
+        samples = x.shape[0] if x.dim() > 0 else 1
+    sw = a["sample_weight"]
+    if sw is not None:
+        torch._check_type(sw.dtype.is_floating_point,
+                          lambda: f"samplewt_ops: sample_weight must be floating point, got {sw.dtype}")
+        torch._check_value(sw.shape == (samples,), lambda: f"samplewt_ops: sample_weight must "
+                           f"have shape ({samples},), got {sw.shape}")
+    return samples
+
+
+def _broadcasts(shape, to) -> bool:
+    return len(shape) <= len(to) and all(s == 1 or s == d for s, d in zip(reversed(shape), reversed(to)))
+
+
+def _fake(spec: OpSpec, inplace: bool):
+    names = SCHEMA_ARGS[spec.name + "_" if inplace else spec.name]
+
+    def fake(*args, **kwargs):
+        a = dict(zip(names, args), **kwargs)
+        x = a["input"]
+        samples = _check_fake_args(spec, a)
+        if a["reduction"] == 0:
+            loss = x.new_empty((x.shape[0],) if spec.rows else x.shape)
+        else:
+            loss = x.new_empty(())
+        stats = x.new_empty((samples, 3) if a["compute_stats"] else (0,), dtype=torch.float32)
+        if inplace:
+            return loss, stats
+        grad = x.new_empty(x.shape) if a["compute_grad"] else x.new_empty((0,))
+        return loss, grad, stats
+
+    return fake
+
+
+# ---------------------------------------------------------------------------
+# Autograd
 
 
 def _is_one(grad_loss: torch.Tensor) -> bool:
@@ -47,34 +116,23 @@ def _is_one(grad_loss: torch.Tensor) -> bool:
         grad_loss.dim() == 0
         and grad_loss.device.type == "cpu"
         and not grad_loss.requires_grad
-        and not _tracing(grad_loss)
+        and not tracing(grad_loss)
         and grad_loss.item() == 1.0
     )
 
 
-def _scale(grad: torch.Tensor, grad_loss: torch.Tensor, row_op: bool) -> torch.Tensor:
+def _scale(grad: torch.Tensor, grad_loss: torch.Tensor, rows: bool) -> torch.Tensor:
     if grad_loss.dim() == 0:
         return grad if _is_one(grad_loss) else grad * grad_loss.to(grad.dtype)
-    if row_op:
+    if rows:
         return grad * grad_loss.to(grad.dtype).unsqueeze(-1)
     return grad * grad_loss.to(grad.dtype)
 
 
-def _register(name: str) -> None:
-    qualname = f"samplewt_ops::{name}"
-    tail = _SCHEMA_TAIL[name]
-    row_op = name in ROW_OPS
-
-    def fake(input, *args):
-        reduction, compute_grad, compute_stats = args[tail - 1 : tail + 2]
-        samples = input.shape[0] if input.dim() > 0 else 1
-        if reduction == 0:
-            loss = input.new_empty((input.shape[0],) if row_op else input.shape)
-        else:
-            loss = input.new_empty(())
-        grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
-        stats = input.new_empty((samples, 3) if compute_stats else (0,), dtype=torch.float32)
-        return loss, grad, stats
+def _register(spec: OpSpec) -> None:
+    name = spec.name
+    names = SCHEMA_ARGS[name]
+    at_input = names.index("input")
 
     def setup_context(ctx, inputs, output):
         _, grad, stats = output
@@ -86,11 +144,12 @@ def _register(name: str) -> None:
         # copies it otherwise. So for leaves the buffer is held on ctx, where
         # backward can hand it over; the inputs are kept (by reference) so
         # that a second backward (retain_graph) can recompute it.
-        ctx.handover = inputs[0].is_leaf and not _tracing(inputs[0])
+        x = inputs[at_input]
+        ctx.handover = x.is_leaf and not tracing(x)
         if ctx.handover:
             ctx.grad = grad
             ctx.inputs = inputs
-            ctx.version = inputs[0]._version
+            ctx.version = x._version
         else:
             ctx.save_for_backward(grad)
 
@@ -104,36 +163,24 @@ def _register(name: str) -> None:
         else:
             (grad,) = ctx.saved_tensors
         grad_input = None
-        if grad_loss is not None and ctx.needs_input_grad[0]:
-            grad_input = _scale(grad, grad_loss, row_op)
-        return (grad_input,) + (None,) * (_NUM_ARGS[name] - 1)
+        if grad_loss is not None and ctx.needs_input_grad[at_input]:
+            grad_input = _scale(grad, grad_loss, spec.rows)
+        return tuple(grad_input if i == at_input else None for i in range(len(names)))
 
     def _recompute_grad(ctx):
-        if ctx.inputs[0]._version != ctx.version:
+        if ctx.inputs[at_input]._version != ctx.version:
             raise RuntimeError(
                 f"samplewt_ops.{name}: input was modified in place after the forward pass, "
                 "so its gradient cannot be recomputed for a second backward"
             )
-        args = list(ctx.inputs)  # input first, so reduction sits at `tail`
-        args[tail + 1] = True  # compute_grad
-        args[tail + 2] = False  # compute_stats
+        args = dict(zip(names, ctx.inputs), compute_grad=True, compute_stats=False)
         with torch.no_grad():
-            return getattr(torch.ops.samplewt_ops, name)(*args)[1]
+            return call(name, **args)[1]
 
-    torch.library.register_fake(qualname)(fake)
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
-
-
-def _register_inplace(name: str) -> None:
-    tail = _SCHEMA_TAIL[name]
-
-    def fake(input, *args):
-        reduction, compute_stats = args[tail - 1], args[tail]
-        loss = input.new_empty((input.shape[0],) if reduction == 0 else ())
-        stats = input.new_empty((input.shape[0], 3) if compute_stats else (0,), dtype=torch.float32)
-        return loss, stats
-
-    torch.library.register_fake(f"samplewt_ops::{name}_")(fake)
+    torch.library.register_fake(f"samplewt_ops::{name}")(_fake(spec, False))
+    torch.library.register_autograd(f"samplewt_ops::{name}", backward, setup_context=setup_context)
+    if spec.inplace:
+        torch.library.register_fake(f"samplewt_ops::{name}_")(_fake(spec, True))
 
 
 class InplaceGradLoss(torch.autograd.Function):
@@ -141,17 +188,17 @@ class InplaceGradLoss(torch.autograd.Function):
 
     Backward scales that buffer in place and returns it, so forward plus
     backward allocates no N x C buffer. The logits are consumed, and backward
-    can run only once per forward.
+    can run only once per forward. `args` holds the op's other arguments, by
+    name.
     """
 
     @staticmethod
-    def forward(ctx, input, op, *args):
-        loss, stats = op(input, *args)
+    def forward(ctx, input, name, args):
+        loss, stats = call(name, inplace=True, input=input, **args)
         ctx.mark_non_differentiable(stats)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(input)
         ctx.consumed = False
-        ctx.num_args = len(args)
         return loss, stats
 
     @staticmethod
@@ -167,11 +214,9 @@ class InplaceGradLoss(torch.autograd.Function):
             grad.mul_(grad_loss.to(grad.dtype).unsqueeze(-1))
         elif not _is_one(grad_loss):
             grad.mul_(grad_loss.to(grad.dtype))
-        return (grad, None) + (None,) * ctx.num_args
+        return grad, None, None
 
 
 if _loader.COMPILED:
-    for _name in ROW_OPS + ELEM_OPS:
-        _register(_name)
-    for _name in ROW_OPS:
-        _register_inplace(_name)
+    for _spec_entry in SPECS.values():
+        _register(_spec_entry)

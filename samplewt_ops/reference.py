@@ -27,31 +27,45 @@ Conventions shared by all losses
 
 Validation
 ----------
-The ``check_*`` functions at the top are public and reused by
-``samplewt_ops.functional``.  Structural checks (types, shapes, devices,
-scalar arguments) always run and never synchronise with a device.  Checks
-that must read tensor *values* (target class range, sample_weight sign and
-finiteness) run on CPU tensors always; on other devices they run only when
-``SAMPLEWT_VALIDATE=1`` is set or :func:`set_validation` turned them on, since
-they would force a device synchronisation.  They are also skipped while
-``torch.compile`` traces and for fake/meta tensors.  When a value check is
-skipped, an out-of-range target class makes that sample's loss NaN in this
-reference instead of reading out of bounds.
+Every loss checks its arguments with ``samplewt_ops._validation``, in the
+same order as the public losses, so a bad argument raises the same error
+here as there.  Value checks (target class range, sample_weight sign and
+finiteness) run on CPU tensors always and on other devices only in
+validation mode (:func:`samplewt_ops.set_validation`, ``SAMPLEWT_VALIDATE=1``);
+when one is skipped, an out-of-range target class makes that sample's loss
+NaN instead of reading out of bounds.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import os
+import warnings
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _validation
+from ._validation import (
+    check_class_input,
+    check_class_target,
+    check_class_weight,
+    check_delta,
+    check_elementwise_target,
+    check_elementwise_weight,
+    check_focal_alpha,
+    check_gamma,
+    check_ignore_index,
+    check_input,
+    check_label_smoothing,
+    check_reduction,
+    check_same_device,
+    check_sample_weight,
+    check_sigmoid_alpha,
+    check_tensor,
+)
+
 __all__ = [
-    # losses
     "cross_entropy",
     "focal_loss",
     "sigmoid_focal_loss",
@@ -59,434 +73,38 @@ __all__ = [
     "mse_loss",
     "l1_loss",
     "huber_loss",
-    # validation helpers
-    "REDUCTIONS",
-    "FLOAT_DTYPES",
-    "set_validation",
-    "validation_enabled",
-    "acc_dtype",
-    "check_reduction",
-    "check_tensor",
-    "check_input",
-    "check_same_device",
-    "num_classes",
-    "check_class_input",
-    "is_prob_target",
-    "check_index_target",
-    "check_prob_target",
-    "check_class_weight",
-    "check_sample_weight",
-    "check_label_smoothing",
-    "check_ignore_index",
-    "check_gamma",
-    "check_delta",
-    "check_focal_alpha",
-    "check_sigmoid_alpha",
-    "check_elementwise_target",
-    "check_elementwise_weight",
 ]
 
-REDUCTIONS = ("none", "mean", "sum")
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-# ---------------------------------------------------------------------------
-# Validation switches
-
-_validation_override: Optional[bool] = None
-
-
-def set_validation(enabled: Optional[bool]) -> None:
-    """Turn value checks on accelerator tensors on (True) or off (False).
-
-    ``None`` restores the default, which follows the ``SAMPLEWT_VALIDATE``
-    environment variable (``1`` = on).  CPU tensors are always validated.
-    """
-    global _validation_override
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool or None, got {type(enabled).__name__}")
-    _validation_override = enabled
+# The validation helpers this module used to export; they live in
+# samplewt_ops._validation now (set_validation also as samplewt_ops.set_validation).
+_MOVED = frozenset({
+    "REDUCTIONS", "FLOAT_DTYPES", "set_validation", "validation_enabled", "check_reduction",
+    "check_tensor", "check_input", "check_same_device", "num_classes", "check_class_input",
+    "is_prob_target", "check_index_target", "check_prob_target", "check_class_weight",
+    "check_sample_weight", "check_label_smoothing", "check_ignore_index", "check_gamma",
+    "check_delta", "check_focal_alpha", "check_sigmoid_alpha", "check_elementwise_target",
+    "check_elementwise_weight",
+})
 
 
-def _tracing() -> bool:
-    try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:  # pragma: no cover - very old torch
-        return False
+def __getattr__(name: str):
+    if name == "acc_dtype":
+        _deprecated(name, "is private now")
+        return _acc_dtype
+    if name in _MOVED:
+        _deprecated(name, "moved to samplewt_ops._validation")
+        return getattr(_validation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _is_fake(t: Tensor) -> bool:
-    if t.device.type == "meta":
-        return True
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(is_fake(t))
+def _deprecated(name: str, why: str) -> None:
+    warnings.warn(f"samplewt_ops.reference.{name} {why}; the reference holds only the losses",
+                  DeprecationWarning, stacklevel=3)
 
 
-def validation_enabled(tensor: Optional[Tensor] = None) -> bool:
-    """Whether data-dependent (value) checks run for ``tensor``.
-
-    True for CPU tensors, False while torch.compile traces or for fake/meta
-    tensors; for other devices it follows :func:`set_validation`, then the
-    ``SAMPLEWT_VALIDATE`` environment variable (off by default).
-    """
-    if _tracing():
-        return False
-    if tensor is not None:
-        if _is_fake(tensor):
-            return False
-        if tensor.device.type == "cpu":
-            return True
-    if _validation_override is not None:
-        return _validation_override
-    return os.environ.get("SAMPLEWT_VALIDATE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _shape(t: Tensor) -> tuple:
-    return tuple(t.shape)
-
-
-# ---------------------------------------------------------------------------
-# Structural checks (always run, never synchronise)
-
-
-def check_reduction(reduction) -> str:
-    """Return ``reduction`` if it is "none", "mean" or "sum"; else ValueError."""
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(
-            f"reduction must be one of 'none', 'mean' or 'sum', got {reduction!r}"
-        )
-    return reduction
-
-
-def check_tensor(value, name: str, *, floating: Optional[bool] = None,
-                 allow_none: bool = False) -> Optional[Tensor]:
-    """Check that ``value`` is a tensor (or None when ``allow_none``).
-
-    ``floating=True`` requires a float16/bfloat16/float32/float64 dtype,
-    ``floating=False`` an integer (non-bool) dtype.  Raises TypeError naming
-    ``name``.
-    """
-    if value is None:
-        if allow_none:
-            return None
-        raise TypeError(f"{name} must be a torch.Tensor, got None")
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if floating is True and value.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor (float32, float64, float16 or "
-            f"bfloat16), got dtype {value.dtype}"
-        )
-    if floating is False and (value.dtype.is_floating_point or value.dtype.is_complex
-                              or value.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer tensor, got dtype {value.dtype}")
-    return value
-
-
-def check_input(input, name: str = "input", *, min_dim: int = 0) -> Tensor:
-    """Check the logits/prediction tensor: floating dtype, at least ``min_dim`` dims."""
-    check_tensor(input, name, floating=True)
-    if input.dim() < min_dim:
-        raise ValueError(
-            f"{name} must have at least {min_dim} dimension(s), got shape {_shape(input)}"
-        )
-    return input
-
-
-def check_same_device(**tensors) -> Optional[torch.device]:
-    """Check that all given (non-None) tensors live on one device.
-
-    Call as ``check_same_device(input=input, target=target, weight=weight)``;
-    the keyword names appear in the error.  Returns the common device.
-    Raises RuntimeError naming the two arguments that differ.
-    """
-    first_name, first_dev = None, None
-    for name, t in tensors.items():
-        if t is None or not isinstance(t, Tensor):
-            continue
-        if first_dev is None:
-            first_name, first_dev = name, t.device
-        elif t.device != first_dev:
-            raise RuntimeError(
-                f"expected all tensors on the same device, but {first_name} is on "
-                f"{first_dev} and {name} is on {t.device}"
-            )
-    return first_dev
-
-
-def num_classes(input: Tensor) -> int:
-    """Number of classes of a softmax input: dim 0 of (C,), else dim 1."""
-    return int(input.shape[0] if input.dim() == 1 else input.shape[1])
-
-
-def check_class_input(input, name: str = "input") -> int:
-    """Softmax input: floating, at least 1-D, at least one class; returns C."""
-    check_input(input, name, min_dim=1)
-    c = num_classes(input)
-    if c < 1:
-        raise ValueError(
-            f"{name} must have at least one class (class dimension "
-            f"{0 if input.dim() == 1 else 1}), got shape {_shape(input)}"
-        )
-    return c
-
-
-def is_prob_target(input: Tensor, target: Tensor) -> bool:
-    """True when ``target`` holds class probabilities, i.e. has input's shape.
-
-    This is PyTorch's rule; the dtype is checked separately, so an integer
-    target with input's shape is reported as a wrong dtype, not a wrong shape.
-    """
-    return _shape(target) == _shape(input)
-
-
-def _index_target_shape(input: Tensor) -> tuple:
-    if input.dim() == 1:
-        return ()
-    return (input.shape[0],) + tuple(input.shape[2:])
-
-
-def check_index_target(target, input: Tensor, *, ignore_index: int = -100,
-                       name: str = "target", input_name: str = "input",
-                       check_values: bool = True) -> Tensor:
-    """Check class-index targets for a softmax ``input`` of shape (N,C,d..) or (C,).
-
-    Structure: an integer (non-bool) tensor of shape (N,d..) (or () for an
-    unbatched (C,) input); a floating target raises TypeError.  Values (when
-    :func:`validation_enabled`): each class in [0, C) or equal to
-    ``ignore_index``, else IndexError.  Any integer dtype is accepted; it is
-    converted to int64 by the losses.  ``check_values=False`` leaves the
-    values to a caller that checks them itself (the compiled CPU kernels do).
-    """
-    check_tensor(target, name)
-    if target.dtype.is_floating_point or target.dtype.is_complex:
-        raise TypeError(
-            f"{name} must hold integer class indices of shape "
-            f"{_index_target_shape(input)} here, got a {target.dtype} tensor of shape "
-            f"{_shape(target)} (class-probability targets must have {input_name}'s "
-            f"shape {_shape(input)})"
-        )
-    if target.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype torch.bool")
-    expected = _index_target_shape(input)
-    if _shape(target) != expected:
-        raise ValueError(
-            f"{name} has shape {_shape(target)} but {input_name} of shape "
-            f"{_shape(input)} needs class-index targets of shape {expected}"
-        )
-    if check_values and target.numel() > 0 and validation_enabled(target):
-        c = num_classes(input)
-        t = target.detach()
-        bad = (t != ignore_index) & ((t < 0) | (t >= c))
-        if bool(bad.any()):
-            value = int(t[bad].reshape(-1)[0])
-            raise IndexError(
-                f"{name} contains class index {value}, out of range [0, {c}) and not "
-                f"ignore_index={ignore_index}"
-            )
-    return target
-
-
-def check_prob_target(target, input: Tensor, *, name: str = "target",
-                      input_name: str = "input") -> Tensor:
-    """Check class-probability targets: floating, same shape as ``input``."""
-    check_tensor(target, name)
-    if _shape(target) != _shape(input):
-        raise ValueError(
-            f"{name} has shape {_shape(target)}; class-probability targets must have "
-            f"{input_name}'s shape {_shape(input)}"
-        )
-    if target.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} has {input_name}'s shape, so it is read as class probabilities and "
-            f"must be floating point, got dtype {target.dtype} (class-index targets "
-            f"have shape {_index_target_shape(input)})"
-        )
-    return target
-
-
-def check_class_weight(weight, n_classes: int, name: str = "weight") -> Optional[Tensor]:
-    """Check an optional per-class weight: floating tensor of shape (C,)."""
-    if weight is None:
-        return None
-    check_tensor(weight, name, floating=True)
-    if _shape(weight) != (n_classes,):
-        raise ValueError(
-            f"{name} must have shape ({n_classes},), one value per class, got "
-            f"{_shape(weight)}"
-        )
-    return weight
-
-
-def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[bool] = None,
-                        name: str = "sample_weight",
-                        input_name: str = "input",
-                        check_values: bool = True) -> Optional[Tensor]:
-    """Check ``sample_weight`` against ``input`` and return it as a 1-D tensor.
-
-    Expected shape: ``(input.shape[0],)``; for an input without a batch
-    dimension (``unbatched=True``, default: ``input.dim() == 0``) shape ``()`` or
-    ``(1,)``, returned as ``(1,)``.  Must be floating point.  Values (when
-    :func:`validation_enabled`): finite and non-negative, else ValueError.
-    Returns None when ``sample_weight`` is None.
-    """
-    if sample_weight is None:
-        return None
-    check_tensor(sample_weight, name, floating=True)
-    if unbatched is None:
-        unbatched = input.dim() == 0
-    if unbatched:
-        if _shape(sample_weight) not in ((), (1,)):
-            raise ValueError(
-                f"{name} must have shape () or (1,) for an unbatched {input_name} of "
-                f"shape {_shape(input)}, got {_shape(sample_weight)}"
-            )
-        sample_weight = sample_weight.reshape(1)
-    else:
-        n = int(input.shape[0])
-        if _shape(sample_weight) != (n,):
-            raise ValueError(
-                f"{name} must have shape ({n},), one value per sample along "
-                f"{input_name}'s first dimension (shape {_shape(input)}), got "
-                f"{_shape(sample_weight)}"
-            )
-    if check_values and sample_weight.numel() > 0 and validation_enabled(sample_weight):
-        w = sample_weight.detach()
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError(f"{name} must be finite, but it contains NaN or infinity")
-        if bool((w < 0).any()):
-            raise ValueError(
-                f"{name} must be non-negative, but it contains {float(w.min())}"
-            )
-    return sample_weight
-
-
-_SYM_NUMBERS = tuple(t for t in (getattr(torch, "SymFloat", None), getattr(torch, "SymInt", None)) if t)
-
-
-def _check_real(value, name: str) -> float:
-    """A real Python number (not bool, not NaN), returned as float.
-
-    Written with comparisons only (no math.isnan) so that it also traces when
-    torch.compile(dynamic=True) turns the number into a symbolic float.
-    """
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real,) + _SYM_NUMBERS):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if isinstance(value, numbers.Real):
-        value = float(value)
-    if value != value:
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
-def _is_inf(value) -> bool:
-    return value == math.inf or value == -math.inf
-
-
-def check_label_smoothing(label_smoothing) -> float:
-    """label_smoothing must be a real number in [0, 1]."""
-    value = _check_real(label_smoothing, "label_smoothing")
-    if not (0.0 <= value and value <= 1.0):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
-    return value
-
-
-def check_ignore_index(ignore_index) -> int:
-    """ignore_index must be a Python int (not bool)."""
-    sym_int = getattr(torch, "SymInt", None)
-    if sym_int is not None and isinstance(ignore_index, sym_int):
-        return ignore_index
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    return int(ignore_index)
-
-
-def check_gamma(gamma) -> float:
-    """gamma (focusing parameter) must be a finite real number >= 0."""
-    value = _check_real(gamma, "gamma")
-    if not value >= 0.0 or _is_inf(value):
-        raise ValueError(f"gamma must be finite and >= 0, got {value}")
-    return value
-
-
-def check_delta(delta) -> float:
-    """delta (Huber threshold) must be a finite real number > 0."""
-    value = _check_real(delta, "delta")
-    if not value > 0.0 or _is_inf(value):
-        raise ValueError(f"delta must be finite and > 0, got {value}")
-    return value
-
-
-def check_focal_alpha(alpha, n_classes: int, name: str = "alpha"):
-    """Softmax focal alpha: None, a finite real number, or a float tensor (C,)."""
-    if alpha is None:
-        return None
-    if isinstance(alpha, Tensor):
-        return check_class_weight(alpha, n_classes, name)
-    value = _check_real(alpha, name)
-    if _is_inf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def check_sigmoid_alpha(alpha, name: str = "alpha") -> Optional[float]:
-    """Sigmoid focal alpha: a real number (< 0 disables it) or None (disabled)."""
-    if alpha is None:
-        return None
-    value = _check_real(alpha, name)
-    if _is_inf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def check_elementwise_target(target, input: Tensor, *, name: str = "target",
-                             input_name: str = "input") -> Tensor:
-    """Element-wise targets: floating point with exactly ``input``'s shape."""
-    check_tensor(target, name)
-    if target.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor, got dtype {target.dtype}"
-        )
-    if _shape(target) != _shape(input):
-        raise ValueError(
-            f"{name} must have {input_name}'s shape {_shape(input)}, got {_shape(target)}"
-        )
-    return target
-
-
-def check_elementwise_weight(weight, input: Tensor, *, name: str = "weight",
-                             broadcast: bool = False,
-                             input_name: str = "input") -> Optional[Tensor]:
-    """Element-wise ``weight``/``pos_weight``: floating point, and either exactly
-    ``input``'s shape or (``broadcast=True``) broadcastable to it without
-    changing ``input``'s shape."""
-    if weight is None:
-        return None
-    check_tensor(weight, name, floating=True)
-    if broadcast:
-        ok = weight.dim() <= input.dim()
-        if ok:
-            for ws, xs in zip(reversed(weight.shape), reversed(input.shape)):
-                if ws != xs and ws != 1:
-                    ok = False
-                    break
-        if not ok:
-            raise ValueError(
-                f"{name} of shape {_shape(weight)} cannot be broadcast to {input_name}'s "
-                f"shape {_shape(input)}"
-            )
-    elif _shape(weight) != _shape(input):
-        raise ValueError(
-            f"{name} must have {input_name}'s shape {_shape(input)}, got {_shape(weight)}"
-        )
-    return weight
 
 
 # ---------------------------------------------------------------------------
@@ -560,8 +178,45 @@ def _gather_targets(logp: Tensor, target: Tensor, ignore_index: int):
     return lp_y, safe, valid, valid & ~in_range
 
 
+def _masked(loss: Tensor, valid: Tensor, out_of_range: Tensor) -> Tensor:
+    """``loss`` with 0 at ignored positions and NaN at out-of-range targets."""
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return torch.where(out_of_range, torch.full_like(loss, float("nan")), loss)
+
+
 # ---------------------------------------------------------------------------
 # Softmax losses
+
+
+def _rows_start(input, target, reduction):
+    """The checks before a softmax loss's scalar arguments: (reduction, C)."""
+    reduction = check_reduction(reduction)
+    n_classes = check_class_input(input)
+    check_tensor(target, "target")
+    return reduction, n_classes
+
+
+def _rows_end(input, target, sample_weight, ignore_index, allow_prob):
+    """The checks after a softmax loss's class tensors: (sample_weight, prob)."""
+    sample_weight = check_sample_weight(sample_weight, input, unbatched=input.dim() == 1)
+    prob = check_class_target(target, input, ignore_index=ignore_index, allow_prob=allow_prob)
+    return sample_weight, prob
+
+
+def _log_softmax(input: Tensor, target: Tensor):
+    """(accumulation dtype, log p over the class dimension, target), batched."""
+    acc = _acc_dtype(input.dtype)
+    x = input.to(acc)
+    if input.dim() == 1:
+        x, target = x.unsqueeze(0), target.unsqueeze(0)
+    return acc, torch.log_softmax(x, dim=1), target
+
+
+def _reduce_rows(loss: Tensor, count, sample_weight, reduction: str, input: Tensor) -> Tensor:
+    out = _reduce(loss, count, sample_weight, reduction)
+    if input.dim() == 1 and reduction == "none":
+        out = out.squeeze(0)
+    return out.to(input.dtype)
 
 
 def cross_entropy(
@@ -603,37 +258,18 @@ def cross_entropy(
         >>> cross_entropy(x, y, sample_weight=torch.tensor([1.0, 3.0]))
         tensor(1.2060)
     """
-    reduction = check_reduction(reduction)
-    n_classes = check_class_input(input)
-    check_tensor(target, "target")
+    reduction, n_classes = _rows_start(input, target, reduction)
     eps = check_label_smoothing(label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     check_same_device(input=input, target=target, weight=weight, sample_weight=sample_weight)
     weight = check_class_weight(weight, n_classes, "weight")
-    unbatched = input.dim() == 1
-    sample_weight = check_sample_weight(sample_weight, input, unbatched=unbatched)
-    prob = is_prob_target(input, target)
-    if prob:
-        check_prob_target(target, input)
-        if ignore_index >= 0:
-            raise ValueError(
-                f"ignore_index={ignore_index} is not supported with class-probability "
-                f"targets (leave it negative)"
-            )
-    else:
-        check_index_target(target, input, ignore_index=ignore_index)
+    sample_weight, prob = _rows_end(input, target, sample_weight, ignore_index, allow_prob=True)
 
-    acc = acc_dtype(input.dtype)
-    x = input.to(acc)
-    t = target
-    if unbatched:
-        x = x.unsqueeze(0)
-        t = t.unsqueeze(0)
-    logp = torch.log_softmax(x, dim=1)
+    acc, logp, t = _log_softmax(input, target)
     cw = cw_b = None
     if weight is not None:
         cw = weight.to(acc)
-        cw_b = cw.reshape((1, n_classes) + (1,) * (x.dim() - 2))
+        cw_b = cw.reshape((1, n_classes) + (1,) * (logp.dim() - 2))
 
     if prob:
         q = t.to(acc)
@@ -655,15 +291,9 @@ def cross_entropy(
         if eps > 0.0:
             smooth = -(logp * cw_b).sum(dim=1) if cw_b is not None else -logp.sum(dim=1)
             loss = (1.0 - eps) * loss + (eps / n_classes) * smooth
-        zero = torch.zeros_like(loss)
-        loss = torch.where(valid, loss, zero)
-        loss = torch.where(out_of_range, torch.full_like(loss, float("nan")), loss)
-        count = torch.where(valid, cw_y, zero)
-
-    out = _reduce(loss, count, sample_weight, reduction)
-    if unbatched and reduction == "none":
-        out = out.squeeze(0)
-    return out.to(input.dtype)
+        loss = _masked(loss, valid, out_of_range)
+        count = torch.where(valid, cw_y, torch.zeros_like(loss))
+    return _reduce_rows(loss, count, sample_weight, reduction, input)
 
 
 def focal_loss(
@@ -697,26 +327,14 @@ def focal_loss(
         >>> focal_loss(x, y, gamma=2.0, sample_weight=torch.tensor([1.0, 3.0]))
         tensor(0.7237)
     """
-    reduction = check_reduction(reduction)
-    n_classes = check_class_input(input)
-    check_tensor(target, "target")
+    reduction, n_classes = _rows_start(input, target, reduction)
     gamma = check_gamma(gamma)
     ignore_index = check_ignore_index(ignore_index)
-    check_same_device(input=input, target=target,
-                      alpha=alpha if isinstance(alpha, Tensor) else None,
-                      sample_weight=sample_weight)
+    check_same_device(input=input, target=target, alpha=alpha, sample_weight=sample_weight)
     alpha = check_focal_alpha(alpha, n_classes)
-    unbatched = input.dim() == 1
-    sample_weight = check_sample_weight(sample_weight, input, unbatched=unbatched)
-    check_index_target(target, input, ignore_index=ignore_index)
+    sample_weight, _ = _rows_end(input, target, sample_weight, ignore_index, allow_prob=False)
 
-    acc = acc_dtype(input.dtype)
-    x = input.to(acc)
-    t = target
-    if unbatched:
-        x = x.unsqueeze(0)
-        t = t.unsqueeze(0)
-    logp = torch.log_softmax(x, dim=1)
+    acc, logp, t = _log_softmax(input, target)
     lp_y, safe, valid, out_of_range = _gather_targets(logp, t, ignore_index)
     one_minus_p = -torch.expm1(lp_y)
     loss = -_unit_pow(one_minus_p, gamma) * lp_y
@@ -724,29 +342,30 @@ def focal_loss(
         loss = loss * alpha.to(acc)[safe]
     elif alpha is not None:
         loss = loss * alpha
-    zero = torch.zeros_like(loss)
-    loss = torch.where(valid, loss, zero)
-    loss = torch.where(out_of_range, torch.full_like(loss, float("nan")), loss)
-    count = valid.to(acc)
-
-    out = _reduce(loss, count, sample_weight, reduction)
-    if unbatched and reduction == "none":
-        out = out.squeeze(0)
-    return out.to(input.dtype)
+    return _reduce_rows(_masked(loss, valid, out_of_range), valid.to(acc), sample_weight, reduction,
+                        input)
 
 
 # ---------------------------------------------------------------------------
 # Element-wise losses
 
 
-def _elementwise_prologue(fn_input, target, reduction, sample_weight, **weights):
+def _elementwise_start(input, target, reduction) -> str:
+    """The checks before a loss's scalar arguments."""
     reduction = check_reduction(reduction)
-    check_input(fn_input, "input")
+    check_input(input, "input")
     check_tensor(target, "target")
-    check_same_device(input=fn_input, target=target, sample_weight=sample_weight, **weights)
-    check_elementwise_target(target, fn_input)
-    sample_weight = check_sample_weight(sample_weight, fn_input)
-    return reduction, sample_weight
+    return reduction
+
+
+def _elementwise_end(input, target, sample_weight, broadcast=False, **weights):
+    """The checks after a loss's scalar arguments; returns sample_weight."""
+    check_same_device(input=input, target=target, **weights, sample_weight=sample_weight)
+    for name, weight in weights.items():
+        check_elementwise_weight(weight, input, name=name, broadcast=broadcast)
+    sample_weight = check_sample_weight(sample_weight, input)
+    check_elementwise_target(target, input)
+    return sample_weight
 
 
 def sigmoid_focal_loss(
@@ -779,10 +398,11 @@ def sigmoid_focal_loss(
         >>> sigmoid_focal_loss(x, t, reduction="sum")
         tensor(0.3434)
     """
-    reduction, sample_weight = _elementwise_prologue(input, target, reduction, sample_weight)
+    reduction = _elementwise_start(input, target, reduction)
     gamma = check_gamma(gamma)
     alpha = check_sigmoid_alpha(alpha)
-    acc = acc_dtype(input.dtype)
+    sample_weight = _elementwise_end(input, target, sample_weight)
+    acc = _acc_dtype(input.dtype)
     x = input.to(acc)
     t = target.to(acc)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
@@ -819,11 +439,10 @@ def binary_cross_entropy_with_logits(
         >>> binary_cross_entropy_with_logits(x, t, sample_weight=torch.tensor([1.0, 0.0]))
         tensor(0.1809)
     """
-    reduction, sample_weight = _elementwise_prologue(
-        input, target, reduction, sample_weight, weight=weight, pos_weight=pos_weight)
-    check_elementwise_weight(weight, input, name="weight", broadcast=True)
-    check_elementwise_weight(pos_weight, input, name="pos_weight", broadcast=True)
-    acc = acc_dtype(input.dtype)
+    reduction = _elementwise_start(input, target, reduction)
+    sample_weight = _elementwise_end(input, target, sample_weight, broadcast=True,
+                                     weight=weight, pos_weight=pos_weight)
+    acc = _acc_dtype(input.dtype)
     x = input.to(acc)
     t = target.to(acc)
     log_sig = F.logsigmoid(x)
@@ -837,11 +456,12 @@ def binary_cross_entropy_with_logits(
     return _reduce(loss, None, sample_weight, reduction).to(input.dtype)
 
 
-def _regression(kind, input, target, weight, sample_weight, reduction, delta=1.0):
-    reduction, sample_weight = _elementwise_prologue(
-        input, target, reduction, sample_weight, weight=weight)
-    check_elementwise_weight(weight, input, name="weight", broadcast=False)
-    acc = acc_dtype(input.dtype)
+def _regression(kind, input, target, weight, sample_weight, reduction, delta=None):
+    reduction = _elementwise_start(input, target, reduction)
+    if kind == "huber":
+        delta = check_delta(delta)
+    sample_weight = _elementwise_end(input, target, sample_weight, weight=weight)
+    acc = _acc_dtype(input.dtype)
     d = input.to(acc) - target.to(acc)
     if kind == "mse":
         loss = d * d
@@ -859,14 +479,8 @@ def _regression(kind, input, target, weight, sample_weight, reduction, delta=1.0
     return _reduce(loss, count, sample_weight, reduction).to(input.dtype)
 
 
-def mse_loss(
-    input: Tensor,
-    target: Tensor,
-    *,
-    weight: Optional[Tensor] = None,
-    sample_weight: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
+def mse_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
+             sample_weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     r"""Mean squared error ``l = v * (x - t)**2`` (``v`` = weight, input's shape).
 
     "mean": ``sum l / numel`` without weight, ``sum l / sum v`` with weight
@@ -884,14 +498,8 @@ def mse_loss(
     return _regression("mse", input, target, weight, sample_weight, reduction)
 
 
-def l1_loss(
-    input: Tensor,
-    target: Tensor,
-    *,
-    weight: Optional[Tensor] = None,
-    sample_weight: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
+def l1_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
+            sample_weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     r"""Absolute error ``l = v * |x - t|`` (``v`` = weight, input's shape).
 
     Reductions as :func:`mse_loss` ("mean" with weight divides by
@@ -907,15 +515,8 @@ def l1_loss(
     return _regression("l1", input, target, weight, sample_weight, reduction)
 
 
-def huber_loss(
-    input: Tensor,
-    target: Tensor,
-    *,
-    delta: float = 1.0,
-    weight: Optional[Tensor] = None,
-    sample_weight: Optional[Tensor] = None,
-    reduction: str = "mean",
-) -> Tensor:
+def huber_loss(input: Tensor, target: Tensor, *, delta: float = 1.0, weight: Optional[Tensor] = None,
+               sample_weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     r"""Huber loss with threshold ``delta`` > 0, ``d = x - t``::
 
         l = v * (0.5 d**2              if |d| < delta
@@ -931,5 +532,4 @@ def huber_loss(
         >>> huber_loss(x, t, sample_weight=torch.tensor([3.0, 1.0]))
         tensor(1.3594)
     """
-    delta = check_delta(delta)
     return _regression("huber", input, target, weight, sample_weight, reduction, delta)

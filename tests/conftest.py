@@ -1,4 +1,6 @@
-"""Shared fixtures. The sample generators live in tests/samples.py."""
+"""Shared fixtures: seeded random numbers. The sample generators of the raw
+ops (by keyword, through the op spec) live in tests/samples.py, importable
+from every test."""
 import os
 import sys
 
@@ -12,3 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def gen():
     """A seeded CPU generator, the same in every test and run."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def seeded(request):
+    """Seeds torch's global generator before the test: with the test
+    module's SEED (default 0), so each module keeps its own numbers."""
+    torch.manual_seed(getattr(request.module, "SEED", 0))

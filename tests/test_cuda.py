@@ -10,11 +10,11 @@ import torch
 
 import samplewt_ops
 from samplewt_ops import _loader, reference
+from samplewt_ops._ops import call
 from samples import assert_outputs_close as _assert_outputs_close
-from samples import elem_cases as _elem_cases
-from samples import row_case as _row_case
+from samples import ce_kwargs, elem_kwargs, elem_opcheck_samples, inplace_opcheck_samples, row_kwargs
+from samples import row_opcheck_samples, strided_row_kwargs, tail, to_device
 from samples import tol as _tol
-from samples import with_tail as _with_tail
 
 HAS_CUDA = torch.cuda.is_available() and _loader.has_kernel("cuda")
 pytestmark = pytest.mark.skipif(
@@ -55,16 +55,15 @@ def _validation_default():
 @pytest.mark.parametrize("variant", ["ce_index", "ce_plain", "ce_prob", "focal"])
 def test_row_ops_match_cpu(variant, n, c, dtype):
     gen = torch.Generator().manual_seed(n * 7 + c)
-    name, args = _row_case(variant, n, c, dtype, gen)
-    op = getattr(OPS, name)
+    name, kw = row_kwargs(variant, n, c, dtype, gen)
     for reduction in (0, 1, 2):
-        full = _with_tail(args, reduction, True, True)
-        _assert_outputs_close(op(*_to(full, DEV)), op(*full), dtype)
+        full = dict(kw, **tail(reduction, True, True))
+        _assert_outputs_close(call(name, **to_device(full, DEV)), call(name, **full), dtype)
     # Forward only: no gradient, no statistics.
-    fwd = _with_tail(args, 1, False, False)
-    got = op(*_to(fwd, DEV))
+    fwd = dict(kw, **tail(1, False, False))
+    got = call(name, **to_device(fwd, DEV))
     assert got[1].numel() == 0 and got[2].numel() == 0
-    _assert_outputs_close(got[:1], op(*fwd)[:1], dtype)
+    _assert_outputs_close(got[:1], call(name, **fwd)[:1], dtype)
 
 
 # Samples of every kernel regime: lanes per sample 1/4/32, more sample tiles
@@ -76,13 +75,12 @@ ELEM_SHAPES = [(), (7,), (6, 5), (4, 3, 2), (1000, 80), (70000, 3), (3, 5000), (
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_elementwise_ops_match_cpu(shape, dtype):
     gen = torch.Generator().manual_seed(len(shape) * 31 + sum(shape))
-    for name, args in _elem_cases(shape, dtype, gen):
-        op = getattr(OPS, name)
+    for name, kw in elem_kwargs(shape, dtype, gen):
         for reduction in (0, 1, 2):
-            full = args + (reduction, True, True)
-            _assert_outputs_close(op(*_to(full, DEV)), op(*full), dtype)
-        fwd = args + (1, False, False)
-        _assert_outputs_close(op(*_to(fwd, DEV))[:1], op(*fwd)[:1], dtype)
+            full = dict(kw, **tail(reduction, True, True))
+            _assert_outputs_close(call(name, **to_device(full, DEV)), call(name, **full), dtype)
+        fwd = dict(kw, **tail(1, False, False))
+        _assert_outputs_close(call(name, **to_device(fwd, DEV))[:1], call(name, **fwd)[:1], dtype)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "padded_aligned", "padded_unaligned", "offset"])
@@ -103,21 +101,16 @@ def test_row_ops_non_contiguous_and_misaligned(layout, c, dtype):
     else:  # the data pointer one element past a 16-byte boundary
         xd = torch.zeros(n * c + 1, dtype=dtype, device=DEV)[1:].view(n, c)
         xd.copy_(x)
-    y = torch.randint(0, c, (n,), generator=gen)
-    cw = torch.rand(c, generator=gen)
-    sw = torch.rand(n, generator=gen)
-    q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype)
-    for name, rest in (("cross_entropy", (y, cw, sw, -100, 0.1)),
-                       ("cross_entropy", (q, None, sw, -100, 0.0)),
-                       ("focal_loss", (y, cw, sw, 1.5, -100))):
-        tail = (1, True, True)
-        got = getattr(OPS, name)(xd, *_to(rest, DEV), *tail)
-        want = getattr(OPS, name)(x, *rest, *tail)
+    for name, rest in strided_row_kwargs(x, gen):
+        full = dict(rest, **tail(1, True, True))
+        got = call(name, input=xd, **to_device(full, DEV))
+        want = call(name, input=x, **full)
         _assert_outputs_close(got, want, dtype)
         # In place: the gradient lands in the view's own memory.
         xi = xd.clone() if layout == "transposed" else xd
         saved = xd.clone()
-        loss, stats = getattr(OPS, name + "_")(xi, *_to(rest, DEV), 1, True)
+        loss, stats = call(name, inplace=True, input=xi, **to_device(rest, DEV), reduction=1,
+                           compute_stats=True)
         torch.testing.assert_close(xi.cpu(), want[1], **_tol(dtype))
         torch.testing.assert_close(loss.cpu(), want[0], **_tol(dtype))
         xd.copy_(saved)
@@ -130,14 +123,15 @@ def test_elementwise_non_contiguous():
     w = torch.rand(40, 30, generator=gen)
     sw = torch.rand(40, generator=gen)
     xd, td, wd = (a.t().contiguous().to(DEV).t() for a in (x, t, w))
-    for name, args_d, args in (
-        ("mse_loss", (xd, td, wd, sw.to(DEV)), (x, t, w, sw)),
-        ("binary_cross_entropy_with_logits", (xd, td, wd, None, sw.to(DEV)), (x, t, w, None, sw)),
-        ("huber_loss", (xd, td, None, sw.to(DEV), 0.5), (x, t, None, sw, 0.5)),
+    for name, kw in (
+        ("mse_loss", dict(weight=w, sample_weight=sw)),
+        ("binary_cross_entropy_with_logits", dict(weight=w, pos_weight=None, sample_weight=sw)),
+        ("huber_loss", dict(weight=None, sample_weight=sw, delta=0.5)),
     ):
+        kw_d = dict(to_device(kw, DEV), weight=wd if kw["weight"] is not None else None)
         for reduction in (0, 1, 2):
-            got = getattr(OPS, name)(*args_d, reduction, True, True)
-            want = getattr(OPS, name)(*args, reduction, True, True)
+            got = call(name, input=xd, target=td, **kw_d, **tail(reduction, True, True))
+            want = call(name, input=x, target=t, **kw, **tail(reduction, True, True))
             _assert_outputs_close(got, want, torch.float32)
 
 
@@ -147,8 +141,8 @@ def test_cuda_kernels_are_deterministic():
         x = torch.randn(n, c, generator=gen).to(DEV)
         y = torch.randint(0, c, (n,), generator=gen).to(DEV)
         sw = torch.rand(n, generator=gen).to(DEV)
-        a = OPS.cross_entropy(x, y, None, sw, -100, 0.1, 1, True, True)
-        b = OPS.cross_entropy(x, y, None, sw, -100, 0.1, 1, True, True)
+        a = call("cross_entropy", **ce_kwargs(x, y, sw, 0.1), **tail(1, True, True))
+        b = call("cross_entropy", **ce_kwargs(x, y, sw, 0.1), **tail(1, True, True))
         for u, v in zip(a, b):
             assert torch.equal(u, v)
 
@@ -157,19 +151,20 @@ def test_empty_batches_like_cpu():
     for reduction in (0, 1, 2):
         x = torch.empty(0, 5)
         y = torch.empty(0, dtype=torch.long)
-        got = OPS.cross_entropy(x.to(DEV), y.to(DEV), None, None, -100, 0.0, reduction, True, True)
-        want = OPS.cross_entropy(x, y, None, None, -100, 0.0, reduction, True, True)
+        full = tail(reduction, True, True)
+        got = call("cross_entropy", **ce_kwargs(x.to(DEV), y.to(DEV)), **full)
+        want = call("cross_entropy", **ce_kwargs(x, y), **full)
         _assert_outputs_close(got, want, torch.float32)
-        e = torch.empty(0, 4)
-        got = OPS.mse_loss(e.to(DEV), e.to(DEV), None, None, reduction, True, True)
-        want = OPS.mse_loss(e, e, None, None, reduction, True, True)
+        e = dict(input=torch.empty(0, 4), target=torch.empty(0, 4), weight=None, sample_weight=None)
+        got = call("mse_loss", **to_device(e, DEV), **full)
+        want = call("mse_loss", **e, **full)
         _assert_outputs_close(got, want, torch.float32)
 
 
 def test_all_ignored_mean_is_nan_with_zero_gradient():
     x = torch.randn(6, 9, device=DEV)
     y = torch.full((6,), -100, device=DEV)
-    loss, grad, _ = OPS.cross_entropy(x, y, None, None, -100, 0.0, 1, True, False)
+    loss, grad, _ = call("cross_entropy", **ce_kwargs(x, y), **tail(1, True, False))
     assert torch.isnan(loss).item()
     assert torch.count_nonzero(grad).item() == 0
 
@@ -272,41 +267,14 @@ def test_elementwise_functions_match_reference(case, shape, dtype, reduction):
 # opcheck and gradcheck
 
 
-def _cuda_row_samples():
-    gen = torch.Generator().manual_seed(0)
-    for dtype in (torch.float32, torch.bfloat16):
-        for n, c in ((5, 1), (9, 37), (3, 1300), (4, 20000)):
-            x = torch.randn(n, c, generator=gen).to(dtype).to(DEV).requires_grad_()
-            y = torch.randint(0, c, (n,), generator=gen).to(DEV)
-            y[0] = -100
-            cw = torch.rand(c, generator=gen).to(DEV)
-            sw = torch.rand(n, generator=gen).to(DEV)
-            q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype).to(DEV)
-            for red in (0, 1, 2):
-                yield "cross_entropy", (x, y, cw, sw, -100, 0.1, red, True, True)
-                yield "focal_loss", (x, y, cw, sw, 2.0, -100, red, True, True)
-            yield "cross_entropy", (x, q, cw, sw, -100, 0.2, 1, True, True)
+def _cuda_opcheck_samples():
+    yield from row_opcheck_samples(torch.Generator().manual_seed(0), (torch.float32, torch.bfloat16),
+                                   ((5, 1), (9, 37), (3, 1300), (4, 20000)), device=DEV, plain=False)
+    yield from elem_opcheck_samples(torch.Generator().manual_seed(1), (torch.float32,),
+                                    ((6, 5), (4, 3, 2), (7,), (2, 9000)), device=DEV)
 
 
-def _cuda_elem_samples():
-    gen = torch.Generator().manual_seed(1)
-    for shape in ((6, 5), (4, 3, 2), (7,), (2, 9000)):
-        x = torch.randn(shape, generator=gen).to(DEV).requires_grad_()
-        t = (torch.rand(shape, generator=gen) < 0.3).float().to(DEV)
-        sw = torch.rand(shape[0], generator=gen).to(DEV)
-        w = torch.rand(shape, generator=gen).to(DEV)
-        pw = (torch.rand(shape[-1:], generator=gen) * 3).to(DEV)
-        for red in (0, 1, 2):
-            yield "sigmoid_focal_loss", (x, t, sw, 0.25, 2.0, red, True, True)
-            yield "binary_cross_entropy_with_logits", (x, t, w, pw, sw, red, True, True)
-            yield "mse_loss", (x, t, w, sw, red, True, True)
-            yield "l1_loss", (x, t, None, sw, red, True, False)
-            yield "huber_loss", (x, t, w, None, 0.5, red, True, True)
-
-
-@pytest.mark.parametrize(
-    "name,args", list(_cuda_row_samples()) + list(_cuda_elem_samples()) if HAS_CUDA else []
-)
+@pytest.mark.parametrize("name,args", list(_cuda_opcheck_samples()) if HAS_CUDA else [])
 def test_opcheck_cuda(name, args):
     torch.library.opcheck(getattr(OPS, name), args)
 
@@ -315,10 +283,8 @@ def test_opcheck_inplace_ops_cuda():
     x = torch.randn(6, 11, device=DEV)
     y = torch.randint(0, 11, (6,), device=DEV)
     sw = torch.rand(6, device=DEV)
-    torch.library.opcheck(OPS.cross_entropy_, (x.clone(), y, None, sw, -100, 0.0, 1, True),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(OPS.focal_loss_, (x.clone(), y, None, None, 2.0, -100, 1, False),
-                          test_utils=("test_schema", "test_faketensor"))
+    for name, args in inplace_opcheck_samples(x, y, sw):
+        torch.library.opcheck(getattr(OPS, name), args, test_utils=("test_schema", "test_faketensor"))
 
 
 def _gradcheck_cases():
@@ -521,7 +487,7 @@ def test_validation_mode_raises_like_cpu():
     ]
     for fn, args, kw, arg in cases:
         cpu_type, cpu_msg = _error(fn, *args, **kw)
-        cuda_type, cuda_msg = _error(fn, *_to(args, DEV), **{k: v.to(DEV) for k, v in kw.items()})
+        cuda_type, cuda_msg = _error(fn, *(a.to(DEV) for a in args), **to_device(kw, DEV))
         assert cuda_type is cpu_type, (fn.__name__, cpu_msg, cuda_msg)
         assert arg in cpu_msg and arg in cuda_msg, (cpu_msg, cuda_msg)
 
@@ -603,17 +569,17 @@ def test_big_index_bfloat16_beyond_2_pow_31():
     want_rows = torch.softmax(xs, 1)
     want_rows[torch.arange(len(rows)), y[rows]] -= 1.0
 
-    loss, grad, stats = OPS.cross_entropy(x, y, None, sw, -100, 0.0, 1, True, True)
+    loss, grad, stats = call("cross_entropy", **ce_kwargs(x, y, sw), **tail(1, True, True))
     torch.testing.assert_close(loss.float(), want_mean, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(stats[:, 0], per_row, atol=2e-2, rtol=1e-2)
     scale = (sw[rows] / sw.sum())[:, None]
     torch.testing.assert_close(grad[rows].float() / scale, want_rows, atol=1e-3, rtol=2e-2)
     del grad
 
-    loss_none, _, _ = OPS.cross_entropy(x, y, None, sw, -100, 0.0, 0, False, False)
+    loss_none, _, _ = call("cross_entropy", **ce_kwargs(x, y, sw), **tail(0, False, False))
     torch.testing.assert_close(loss_none.float(), (sw * per_row), atol=5e-2, rtol=1e-2)
 
     # In place: the gradient overwrites the logits.
-    loss_i, _ = OPS.cross_entropy_(x, y, None, sw, -100, 0.0, 1, False)
+    loss_i, _ = call("cross_entropy", inplace=True, **ce_kwargs(x, y, sw), reduction=1, compute_stats=False)
     torch.testing.assert_close(loss_i.float(), want_mean, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(x[rows].float() / scale, want_rows, atol=1e-3, rtol=2e-2)

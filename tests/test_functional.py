@@ -36,11 +36,8 @@ TOL = {
     torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
     torch.float16: dict(rtol=2e-3, atol=1e-5),
 }
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(20240607)
+SEED = 20240607
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 # ---------------------------------------------------------------------------

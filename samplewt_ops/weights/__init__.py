@@ -1,17 +1,8 @@
 """Sample weights: static class weights, the adaptive per-sample table and its policies."""
 
+from . import policies
 from .class_weights import class_weights
 from .policies import GHM, LOSS_NAMES, OHEM, GradNormEMA, LossEMA, SelfPaced, WeightPolicy
 from .table import AdaptiveWeights
 
-__all__ = [
-    "class_weights",
-    "AdaptiveWeights",
-    "WeightPolicy",
-    "LossEMA",
-    "GradNormEMA",
-    "SelfPaced",
-    "OHEM",
-    "GHM",
-    "LOSS_NAMES",
-]
+__all__ = ["class_weights", "AdaptiveWeights", *policies.__all__]

@@ -6,16 +6,11 @@ from typing import Sequence, Union
 
 import torch
 
+from .._validation import validation_enabled
+
 __all__ = ["class_weights"]
 
 _METHODS = ("inverse", "balanced", "effective")
-
-
-def _validation_enabled() -> bool:
-    # Same switch as the weight table; imported lazily to avoid a cycle.
-    from .table import _validation_enabled as enabled
-
-    return enabled()
 
 
 def class_weights(
@@ -79,7 +74,7 @@ def class_weights(
         raise TypeError(f"class_weights: targets must be an integer tensor of class indices, got dtype {targets.dtype}")
 
     flat = targets.reshape(-1).to(torch.int64)
-    check = flat.device.type == "cpu" or _validation_enabled()
+    check = flat.device.type == "cpu" or validation_enabled()
     if check and flat.numel() > 0 and not torch.compiler.is_compiling():
         lo, hi = int(flat.min()), int(flat.max())
         if lo < 0 or hi >= num_classes:

@@ -36,6 +36,9 @@ from typing import Dict
 
 import torch
 
+from .._spec import SPECS
+from .._validation import check_real
+
 __all__ = [
     "LOSS_NAMES",
     "WeightPolicy",
@@ -47,34 +50,11 @@ __all__ = [
 ]
 
 #: The loss names a policy may be asked about through ``policy.supports``.
-LOSS_NAMES = frozenset(
-    {
-        "cross_entropy",
-        "focal_loss",
-        "sigmoid_focal_loss",
-        "binary_cross_entropy_with_logits",
-        "mse_loss",
-        "l1_loss",
-        "huber_loss",
-    }
-)
-
-
-def _check_real(name: str, value, cls: str, *, lo=None, hi=None, lo_open=False, hi_open=False, allow_inf=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{cls}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise ValueError(f"{cls}: {name} must be finite, got {value!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{cls}: {name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{cls}: {name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
-    return v
+LOSS_NAMES = frozenset(SPECS)
 
 
 def _check_momentum(name: str, value, cls: str) -> float:
-    return _check_real(name, value, cls, lo=0.0, hi=1.0, hi_open=True)
+    return check_real(value, f"{cls}: {name}", lo=0.0, hi=1.0, hi_open=True, finite=True)
 
 
 class WeightPolicy:
@@ -154,9 +134,9 @@ class _RatioPolicy(WeightPolicy):
     def __init__(self, momentum: float = 0.9, power: float = 1.0, min_weight: float = 0.1, max_weight: float = 10.0):
         cls = type(self).__name__
         self.momentum = _check_momentum("momentum", momentum, cls)
-        self.power = _check_real("power", power, cls)
-        self.min_weight = _check_real("min_weight", min_weight, cls, lo=0.0)
-        self.max_weight = _check_real("max_weight", max_weight, cls, lo=0.0, allow_inf=True)
+        self.power = check_real(power, f"{cls}: power", finite=True)
+        self.min_weight = check_real(min_weight, f"{cls}: min_weight", lo=0.0, finite=True)
+        self.max_weight = check_real(max_weight, f"{cls}: max_weight", lo=0.0)
         if self.max_weight < self.min_weight:
             raise ValueError(f"{cls}: max_weight ({max_weight}) must be >= min_weight ({min_weight})")
 
@@ -254,8 +234,8 @@ class SelfPaced(WeightPolicy):
     """
 
     def __init__(self, threshold: float, growth: float = 1.1, soft: bool = False, momentum: float = 0.0):
-        self.threshold = _check_real("threshold", threshold, "SelfPaced", lo=0.0, lo_open=True)
-        self.growth = _check_real("growth", growth, "SelfPaced", lo=0.0, lo_open=True)
+        self.threshold = check_real(threshold, "SelfPaced: threshold", lo=0.0, lo_open=True, finite=True)
+        self.growth = check_real(growth, "SelfPaced: growth", lo=0.0, lo_open=True, finite=True)
         if not isinstance(soft, bool):
             raise TypeError(f"SelfPaced: soft must be a bool, got {type(soft).__name__}")
         self.soft = soft
@@ -317,7 +297,7 @@ class OHEM(WeightPolicy):
     per_batch = True
 
     def __init__(self, keep_ratio: float = 0.7, history_momentum: float = 0.9):
-        self.keep_ratio = _check_real("keep_ratio", keep_ratio, "OHEM", lo=0.0, hi=1.0, lo_open=True)
+        self.keep_ratio = check_real(keep_ratio, "OHEM: keep_ratio", lo=0.0, hi=1.0, lo_open=True, finite=True)
         self.history_momentum = _check_momentum("history_momentum", history_momentum, "OHEM")
         # exact decimal fraction, so that ceil(0.7 * 10) is 7 and not 8
         frac = Fraction(repr(self.keep_ratio))

@@ -1,6 +1,6 @@
 r"""The per-sample weight table :class:`AdaptiveWeights`.
 
-Protocol used by the losses (``weights=table, indices=idx``)::
+Protocol used by the losses (``table=table, indices=idx``)::
 
     idx = table.check_indices(indices, batch_size, input.device)
     table.check_loss("cross_entropy")
@@ -18,27 +18,14 @@ can be captured in a CUDA graph and traced by ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
-import os
 from typing import Dict
 
 import torch
 
+from .._validation import validation_enabled
 from .policies import LOSS_NAMES, WeightPolicy
 
 __all__ = ["AdaptiveWeights"]
-
-_VALIDATE_ENV = "SAMPLEWT_VALIDATE"
-
-
-def _validation_enabled() -> bool:
-    """Whether host-synchronising value checks run on accelerators.
-
-    One switch for the whole package: samplewt_ops.set_validation(), else the
-    ``SAMPLEWT_VALIDATE`` environment variable (``1`` = on).
-    """
-    from ..reference import validation_enabled
-
-    return validation_enabled()
 
 
 def _norm_device(device) -> torch.device:
@@ -167,7 +154,7 @@ class AdaptiveWeights:
             raise ValueError(f"indices is on {indices.device} but the AdaptiveWeights table is on {self.device}")
         indices = indices.to(torch.int64)
         # (while tracing, the environment switch is not consulted: accelerators skip the check)
-        if indices.device.type == "cpu" or (not torch.compiler.is_compiling() and _validation_enabled()):
+        if indices.device.type == "cpu" or (not torch.compiler.is_compiling() and validation_enabled()):
             self._check_range(indices)
         return indices
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from samplewt_ops import _validation
 from samplewt_ops.weights import GHM, OHEM, AdaptiveWeights, GradNormEMA, LossEMA, SelfPaced
 from samplewt_ops.weights import table as table_mod
 
@@ -158,12 +159,14 @@ def test_observe_shape_errors():
 
 
 def test_validation_switch(monkeypatch):
+    # One switch for the whole package, the table's included.
+    assert table_mod.validation_enabled is _validation.validation_enabled
     monkeypatch.delenv("SAMPLEWT_VALIDATE", raising=False)
-    assert not table_mod._validation_enabled()
+    assert not table_mod.validation_enabled()
     monkeypatch.setenv("SAMPLEWT_VALIDATE", "1")
-    assert table_mod._validation_enabled()
+    assert table_mod.validation_enabled()
     monkeypatch.setenv("SAMPLEWT_VALIDATE", "0")
-    assert not table_mod._validation_enabled()
+    assert not table_mod.validation_enabled()
 
 
 @pytest.mark.parametrize("bad, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError)])

@@ -1,0 +1,201 @@
+"""The op spec: one entry per loss, from which the Python side is built.
+
+Each entry says what Python must know about a loss: its family (``"row"``:
+softmax over (rows, C) with class targets; ``"elementwise"``: one loss per
+element), its own scalar and tensor arguments with their checks, whether a
+``_`` variant writes the gradient into the input, its mean rule and its
+reference.  From the table come the fake kernels and the autograd formula
+(``_ops``), the checks and dispatch of the public losses (``functional``),
+the modules, ``__all__``, ``LOSS_NAMES`` and the adaptive-table driver's
+mean rule (``weights``).
+
+The C++ schema (csrc/ops.cpp) stays the one source of argument *order*:
+Python binds arguments by name. At import, when the extension is compiled,
+every entry is checked against ``torch.ops.samplewt_ops.<op>.default._schema``
+and the order is read from there (:data:`SCHEMA_ARGS`).
+
+A new element-wise loss needs its formula and schema (C++), an entry here,
+its reference (reference.py), its public function (functional.py) and its
+tests; its module, ``__all__`` and ``LOSS_NAMES`` follow from the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from . import _loader, reference
+from . import _validation as V
+
+ROW = "row"
+ELEMENTWISE = "elementwise"
+
+# Mean rules: per sample, what reduction="mean" divides by (times its sample
+# weight); the adaptive-table driver needs it for per-batch policies.
+MEAN_CLASS_WEIGHT = "class_weight"  # sum of cw[y] over positions not ignored; positions for probabilities
+MEAN_NOT_IGNORED = "not_ignored"    # positions not ignored
+MEAN_ELEMENTS = "elements"          # elements per sample
+MEAN_WEIGHT = "weight"              # sum of `weight` per sample, else elements (PyTorch's weighted mean)
+MEAN_RULES = (MEAN_CLASS_WEIGHT, MEAN_NOT_IGNORED, MEAN_ELEMENTS, MEAN_WEIGHT)
+
+# The arguments every loss op has, around its own.
+COMMON_ARGS = {"input": "Tensor", "target": "Tensor", "sample_weight": "Optional[Tensor]",
+               "reduction": "int", "compute_grad": "bool", "compute_stats": "bool"}
+OUTPUTS = ("loss", "grad", "stats")
+INPLACE_OUTPUTS = ("loss", "stats")
+
+
+@dataclass(frozen=True, eq=False)
+class OpSpec:
+    """One loss op.
+
+    ``scalars`` and ``tensors`` map the op's own arguments (schema names, in
+    the order they are checked) to their checks: a scalar's as
+    ``check(value)``, a tensor's as ``check(value, input, name)``.
+    ``to_op`` maps an argument whose public form differs from the op's to
+    ``convert(value, input)``.
+    """
+
+    name: str
+    family: str
+    module: str
+    mean: str
+    reference: Callable
+    scalars: Dict[str, Callable] = field(default_factory=dict)
+    tensors: Dict[str, Callable] = field(default_factory=dict)
+    inplace: bool = False
+    prob_targets: bool = False
+    to_op: Dict[str, Callable] = field(default_factory=dict)
+    module_doc: Optional[str] = None
+
+    def __post_init__(self):
+        own = [*self.scalars, *self.tensors]
+        if (self.family not in (ROW, ELEMENTWISE) or self.mean not in MEAN_RULES
+                or len(set(own)) < len(own) or set(own) & set(COMMON_ARGS) or set(self.to_op) - set(own)
+                or (self.rows and "ignore_index" not in self.scalars)):
+            raise ValueError(f"samplewt_ops: inconsistent op spec of {self.name}: {self}")
+
+    @property
+    def rows(self) -> bool:
+        return self.family == ROW
+
+    def batch_size(self, input: torch.Tensor) -> int:
+        """Samples along input's first dimension (1 without a batch dimension)."""
+        return 1 if input.dim() == (1 if self.rows else 0) else input.shape[0]
+
+    def op_args(self, args: dict, input: torch.Tensor) -> dict:
+        """The loss's own arguments (checked, by name) as the op takes them."""
+        return {name: self.to_op[name](value, input) if name in self.to_op else value
+                for name, value in args.items()}
+
+    def expected_args(self, inplace: bool = False) -> Dict[str, str]:
+        """Every schema argument of the op (or its ``_`` variant) and its type."""
+        args = dict(COMMON_ARGS)
+        args.update({name: "Optional[Tensor]" for name in self.tensors})
+        args.update({name: "number" for name in self.scalars})
+        if inplace:
+            del args["compute_grad"]
+        return args
+
+
+def _class_alpha(alpha, input):
+    # One alpha for every class, as the op's per-class tensor.
+    if alpha is None or isinstance(alpha, torch.Tensor):
+        return alpha
+    return torch.full((V.num_classes(input),), alpha, dtype=torch.float32, device=input.device)
+
+
+def _sigmoid_alpha(alpha, input):
+    return -1.0 if alpha is None else alpha  # < 0: no balance term
+
+
+_SPEC_LIST = (
+    OpSpec("cross_entropy", ROW, "CrossEntropyLoss", MEAN_CLASS_WEIGHT, reference.cross_entropy,
+           scalars={"label_smoothing": V.check_label_smoothing, "ignore_index": V.check_ignore_index},
+           tensors={"weight": V.per_class}, inplace=True, prob_targets=True,
+           module_doc="""Module form of :func:`samplewt_ops.cross_entropy`.
+
+    Example:
+        >>> loss_fn = CrossEntropyLoss(weight=class_weights, label_smoothing=0.1)
+        >>> loss = loss_fn(logits, labels, sample_weight=w)
+    """),
+    OpSpec("focal_loss", ROW, "FocalLoss", MEAN_NOT_IGNORED, reference.focal_loss,
+           scalars={"gamma": V.check_gamma, "ignore_index": V.check_ignore_index},
+           tensors={"alpha": V.per_class_or_real}, inplace=True, to_op={"alpha": _class_alpha},
+           module_doc="Module form of :func:`samplewt_ops.focal_loss` (softmax focal loss)."),
+    OpSpec("sigmoid_focal_loss", ELEMENTWISE, "SigmoidFocalLoss", MEAN_ELEMENTS,
+           reference.sigmoid_focal_loss,
+           scalars={"gamma": V.check_gamma, "alpha": V.check_sigmoid_alpha},
+           to_op={"alpha": _sigmoid_alpha}),
+    OpSpec("binary_cross_entropy_with_logits", ELEMENTWISE, "BCEWithLogitsLoss", MEAN_ELEMENTS,
+           reference.binary_cross_entropy_with_logits,
+           tensors={"weight": V.broadcastable, "pos_weight": V.broadcastable}),
+    OpSpec("mse_loss", ELEMENTWISE, "MSELoss", MEAN_WEIGHT, reference.mse_loss,
+           tensors={"weight": V.same_shape}),
+    OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
+           tensors={"weight": V.same_shape}),
+    OpSpec("huber_loss", ELEMENTWISE, "HuberLoss", MEAN_ELEMENTS, reference.huber_loss,
+           scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape}),
+)
+
+#: Every loss, by name, in the order of the public API.
+SPECS: Dict[str, OpSpec] = {spec.name: spec for spec in _SPEC_LIST}
+
+#: The schema's argument names of every op and ``_`` variant, in schema order
+#: (filled at import when the extension is compiled).
+SCHEMA_ARGS: Dict[str, Tuple[str, ...]] = {}
+
+
+def _matches(want: Optional[str], got: Optional[str]) -> bool:
+    return want == got or (want == "number" and got in ("int", "float"))
+
+
+def check_schema(spec: OpSpec) -> Dict[str, Tuple[str, ...]]:
+    """Check ``spec`` against the compiled schemas of its op (and ``_``
+    variant); returns their argument names in schema order."""
+    found = {}
+    for inplace in (False, True) if spec.inplace else (False,):
+        qualname = spec.name + ("_" if inplace else "")
+        schema = getattr(torch.ops.samplewt_ops, qualname).default._schema
+        got = {a.name: str(a.type) for a in schema.arguments}
+        want = spec.expected_args(inplace)
+        outputs = tuple(r.name for r in schema.returns)
+        problems = [f"{name}: {want.get(name, 'absent')} in the spec, {got.get(name, 'absent')} in the schema"
+                    for name in sorted(set(got) | set(want)) if not _matches(want.get(name), got.get(name))]
+        if outputs != (INPLACE_OUTPUTS if inplace else OUTPUTS):
+            problems.append(f"returns {outputs}")
+        if inplace and not next(a for a in schema.arguments if a.name == "input").is_write:
+            problems.append("input is not written (Tensor(a!))")
+        if problems:
+            raise RuntimeError(f"samplewt_ops: the op spec of {qualname} (samplewt_ops/_spec.py) "
+                               f"does not match its schema (csrc/ops.cpp): " + "; ".join(problems))
+        found[qualname] = tuple(a.name for a in schema.arguments)
+    return found
+
+
+def _loss_ops() -> set:
+    """The registered ops that are losses (they return per-sample statistics)."""
+    names = set()
+    for qualname in torch._C._dispatch_get_all_op_names():
+        if qualname.startswith("samplewt_ops::"):
+            name = qualname.split("::", 1)[1]
+            schema = getattr(torch.ops.samplewt_ops, name).default._schema
+            if any(a.name == "compute_stats" for a in schema.arguments):
+                names.add(name)
+    return names
+
+
+def check_schemas() -> None:
+    """Every spec against its schema, and every loss op has a spec."""
+    SCHEMA_ARGS.clear()
+    for spec in SPECS.values():
+        SCHEMA_ARGS.update(check_schema(spec))
+    missing = sorted(_loss_ops() - set(SCHEMA_ARGS))
+    if missing:
+        raise RuntimeError(f"samplewt_ops: no op spec (samplewt_ops/_spec.py) for {', '.join(missing)}")
+
+
+if _loader.COMPILED:
+    check_schemas()
