@@ -17,7 +17,9 @@ PYTHON := $(VENV)/bin/python
 # pin; a venv that already has a torch keeps it.
 TORCH_SPEC ?= torch==2.13.0
 DEPS := $(VENV)/.deps-installed
-TEST_DEPS := setuptools wheel numpy ninja pybind11 pytest
+TEST_DEPS := setuptools wheel ninja pytest
+# make bench's extras (pyproject's [bench]): charts, and the digits dataset.
+BENCH_DEPS := matplotlib scikit-learn
 ARGS ?=
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export MAX_JOBS
@@ -29,7 +31,7 @@ $(PYTHON):
 
 $(DEPS): | $(PYTHON)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q $(TEST_DEPS) matplotlib scikit-learn
+	$(PYTHON) -m pip install -q $(TEST_DEPS) $(BENCH_DEPS)
 	touch $@
 
 build: $(DEPS)

@@ -23,7 +23,7 @@ Methods (every loss is samplewt_ops'):
   CE class-weighted inv.   cross_entropy with weight=class_weights(train targets, "inverse")
   CE class-weighted eff.   ... class_weights(..., "effective", beta=0.99) (Cui et al. 2019)
   focal                    focal_loss, gamma=2
-  LossEMA                  cross_entropy(weights=AdaptiveWeights(LossEMA()), indices=idx)
+  LossEMA                  cross_entropy(table=AdaptiveWeights(LossEMA()), indices=idx)
   GradNormEMA              the same with GradNormEMA()
   OHEM                     OHEM(keep_ratio=0.7)
   GHM                      GHM(bins=10, momentum=0.75)
@@ -143,9 +143,9 @@ def train_one(method: str, seed: int, epochs: int, data):
     if method in policies:
         table = so.AdaptiveWeights(n, policies[method]())
         if method == "SelfPaced":
-            loss_fn = lambda lg, t, i: so.cross_entropy(lg, t, weights=table, indices=i, reduction="sum") / t.shape[0]
+            loss_fn = lambda lg, t, i: so.cross_entropy(lg, t, table=table, indices=i, reduction="sum") / t.shape[0]
         else:
-            loss_fn = lambda lg, t, i: so.cross_entropy(lg, t, weights=table, indices=i)
+            loss_fn = lambda lg, t, i: so.cross_entropy(lg, t, table=table, indices=i)
     elif method == "plain CE":
         loss_fn = lambda lg, t, i: so.cross_entropy(lg, t)
     elif method.startswith("CE class-weighted"):

@@ -32,7 +32,9 @@ struct RowLayout {
 // Element-wise losses over `samples` samples of `per_sample` contiguous
 // elements each.
 struct ElemLayout {
-  ElemLoss kind = kMSE;
+  // An ElemLoss: samplewt_math.h, which holds the per-ISA formulas, is not
+  // included by this ISA-neutral header.
+  int64_t kind = 0;
   int64_t samples = 0, per_sample = 0;
   const void* input = nullptr;   // contiguous, input dtype
   const void* target = nullptr;  // contiguous, input dtype

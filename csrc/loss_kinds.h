@@ -1,5 +1,5 @@
-// The loss kinds and reductions that the op layer, the CPU kernels and the
-// CUDA kernels all name. Outside the per-ISA namespace of samplewt_math.h:
+// The row loss kinds and reductions that the op layer, the CPU kernels and
+// the CUDA kernels all name. Outside the per-ISA namespace of samplewt_math.h:
 // plain enums, one definition for every translation unit.
 #pragma once
 
@@ -13,13 +13,7 @@ enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 // Loss kinds of the row (softmax) kernels, on both devices.
 enum RowLoss : int64_t { kCrossEntropyIndex = 0, kCrossEntropyProb = 1, kFocal = 2 };
 
-// Loss kinds of the element-wise kernels.
-enum ElemLoss : int64_t {
-  kSigmoidFocal = 0,
-  kBCEWithLogits = 1,
-  kMSE = 2,
-  kL1 = 3,
-  kHuber = 4,
-};
+// The element-wise kinds (ElemLoss) are in samplewt_math.h, beside their
+// formulas.
 
 }  // namespace samplewt

@@ -17,6 +17,7 @@
 
 #include "kernel_layout.h"
 #include "loss_kinds.h"
+#include "samplewt_math.h"  // ElemLoss
 
 namespace samplewt {
 namespace checks {
@@ -165,11 +166,10 @@ struct ElemInputs {
   Tensor sample_weight;    // accumulation type (N), contiguous; or undefined
 };
 
-inline ElemInputs prepare_elem_inputs(int64_t kind, const Tensor& input, const Tensor& target,
+inline ElemInputs prepare_elem_inputs(const Tensor& input, const Tensor& target,
                                       const optional<Tensor>& weight,
                                       const optional<Tensor>& pos_weight,
-                                      const optional<Tensor>& sample_weight, double gamma,
-                                      double delta, int64_t reduction,
+                                      const optional<Tensor>& sample_weight, int64_t reduction,
                                       c10::DeviceType device) {
   check_float_input(input, device);
   check_reduction(reduction);
@@ -182,12 +182,6 @@ inline ElemInputs prepare_elem_inputs(int64_t kind, const Tensor& input, const T
                    target.scalar_type());
   TORCH_CHECK_VALUE(target.sizes() == input.sizes(), "samplewt_ops: target of shape ",
                     target.sizes(), " must have input's shape ", input.sizes());
-  if (kind == kSigmoidFocal) {
-    TORCH_CHECK_VALUE(gamma >= 0.0, "samplewt_ops: gamma must be >= 0, got ", gamma);
-  }
-  if (kind == kHuber) {
-    TORCH_CHECK_VALUE(delta > 0.0, "samplewt_ops: delta must be > 0, got ", delta);
-  }
   const at::ScalarType acc = acc_type(input.scalar_type());
   ElemInputs out;
   out.samples = input.dim() > 0 ? input.size(0) : 1;

@@ -1,5 +1,5 @@
-// The op wrappers of the samplewt_ops schemas (ops.cpp), written once for
-// every device. Each schema's arguments become a RowCall or an ElemCall; a
+// The op wrappers of the samplewt_ops schemas (op_schemas.h), written once
+// for every device. Each schema's arguments become a RowCall or an ElemCall; a
 // device supplies only
 //     static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall&);
 //     static std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall&);
@@ -11,9 +11,13 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
+#include <memory>
+#include <mutex>
 #include <tuple>
 
 #include "loss_kinds.h"
+#include "samplewt_math.h"  // ElemLoss, kElemOps
 
 namespace samplewt {
 
@@ -57,6 +61,79 @@ inline Tensor stats_or_empty(bool compute_stats, int64_t n, const Tensor& input)
                        : at::empty({0}, input.options().dtype(at::kFloat));
 }
 
+// The kernel of every element-wise op, whatever its schema: it binds the
+// schema's arguments by name to an ElemCall. So a new element-wise loss needs
+// no wrapper of its own, only its kElemOps entry and its schema.
+template <class Device>
+class ElemKernel final : public c10::OperatorKernel {
+ public:
+  explicit ElemKernel(const ElemOp& op) : op_(op) {}
+
+  void operator()(const c10::OperatorHandle& handle, c10::DispatchKeySet,
+                  torch::jit::Stack* stack) {
+    std::call_once(bound_, [&] { bind(handle.schema()); });
+    const size_t n = num_args_;
+    const c10::IValue* arg = stack->data() + (stack->size() - n);
+    const auto at = [&](Slot s) -> const c10::IValue* {
+      return index_[s] < 0 ? nullptr : arg + index_[s];
+    };
+    const auto tensor = [&](Slot s) -> optional<Tensor> {
+      const c10::IValue* v = at(s);
+      return v == nullptr || v->isNone() ? optional<Tensor>() : optional<Tensor>(v->toTensor());
+    };
+    const auto number = [&](Slot s, double fallback) {
+      const c10::IValue* v = at(s);
+      return v == nullptr ? fallback : v->toDouble();
+    };
+    const Tensor input = at(kInput)->toTensor();
+    const Tensor target = at(kTarget)->toTensor();
+    const optional<Tensor> weight = tensor(kWeight), pos_weight = tensor(kPosWeight),
+                           sample_weight = tensor(kSampleWeight);
+    // alpha < 0: no balance term; the defaults are the formulas' neutral values.
+    const double alpha = number(kAlpha, -1.0), gamma = number(kGamma, 0.0),
+                 delta = number(kDelta, 1.0);
+    TORCH_CHECK_VALUE(gamma >= 0.0, "samplewt_ops: gamma must be >= 0, got ", gamma);
+    TORCH_CHECK_VALUE(delta > 0.0, "samplewt_ops: delta must be > 0, got ", delta);
+    auto out = Device::elem_loss({op_.kind, input, target, weight, pos_weight, sample_weight,
+                                  alpha, gamma, delta, at(kReduction)->toInt(),
+                                  at(kComputeGrad)->toBool(), at(kComputeStats)->toBool(),
+                                  op_.mean_over_weight});
+    torch::jit::drop(*stack, n);
+    torch::jit::push(*stack, std::move(std::get<0>(out)), std::move(std::get<1>(out)),
+                     std::move(std::get<2>(out)));
+  }
+
+ private:
+  enum Slot {
+    kInput, kTarget, kWeight, kPosWeight, kSampleWeight, kAlpha, kGamma, kDelta,
+    kReduction, kComputeGrad, kComputeStats, kNumSlots
+  };
+
+  void bind(const c10::FunctionSchema& schema) {
+    static constexpr const char* kNames[kNumSlots] = {
+        "input", "target", "weight", "pos_weight", "sample_weight", "alpha", "gamma",
+        "delta", "reduction", "compute_grad", "compute_stats"};
+    index_.fill(-1);
+    const auto& args = schema.arguments();
+    num_args_ = args.size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      int slot = 0;
+      while (slot < kNumSlots && args[i].name() != kNames[slot]) ++slot;
+      if (slot < kNumSlots) index_[slot] = static_cast<int>(i);
+      TORCH_CHECK(slot < kNumSlots, "samplewt_ops: ", op_.name, "'s argument ",
+                  args[i].name(), " has no meaning for the element-wise kernels (op_wrappers.h)");
+    }
+    for (Slot s : {kInput, kTarget, kReduction, kComputeGrad, kComputeStats}) {
+      TORCH_CHECK(index_[s] >= 0, "samplewt_ops: ", op_.name, "'s schema lacks ", kNames[s]);
+    }
+  }
+
+  const ElemOp op_;
+  std::once_flag bound_;
+  std::array<int, kNumSlots> index_{};  // schema position of each slot, or -1
+  size_t num_args_ = 0;
+};
+
 template <class Device>
 struct OpWrappers {
   using Out3 = std::tuple<Tensor, Tensor, Tensor>;
@@ -95,61 +172,15 @@ struct OpWrappers {
                                             compute_stats, true}));
   }
 
-  static Out3 sigmoid_focal_loss(const Tensor& input, const Tensor& target,
-                                 const optional<Tensor>& sample_weight, double alpha,
-                                 double gamma, int64_t reduction, bool compute_grad,
-                                 bool compute_stats) {
-    const optional<Tensor> none;
-    return Device::elem_loss({kSigmoidFocal, input, target, none, none, sample_weight, alpha,
-                              gamma, 1.0, reduction, compute_grad, compute_stats, false});
-  }
-
-  static Out3 binary_cross_entropy_with_logits(const Tensor& input, const Tensor& target,
-                                               const optional<Tensor>& weight,
-                                               const optional<Tensor>& pos_weight,
-                                               const optional<Tensor>& sample_weight,
-                                               int64_t reduction, bool compute_grad,
-                                               bool compute_stats) {
-    return Device::elem_loss({kBCEWithLogits, input, target, weight, pos_weight, sample_weight,
-                              0.0, 0.0, 1.0, reduction, compute_grad, compute_stats, false});
-  }
-
-  // mse_loss and l1_loss share a signature and PyTorch's mean over sum(weight).
-  template <ElemLoss KIND>
-  static Out3 regression(const Tensor& input, const Tensor& target,
-                         const optional<Tensor>& weight, const optional<Tensor>& sample_weight,
-                         int64_t reduction, bool compute_grad, bool compute_stats) {
-    const optional<Tensor> none;
-    return Device::elem_loss({KIND, input, target, weight, none, sample_weight, 0.0, 0.0, 1.0,
-                              reduction, compute_grad, compute_stats, true});
-  }
-
-  static Out3 huber_loss(const Tensor& input, const Tensor& target,
-                         const optional<Tensor>& weight, const optional<Tensor>& sample_weight,
-                         double delta, int64_t reduction, bool compute_grad,
-                         bool compute_stats) {
-    const optional<Tensor> none;
-    return Device::elem_loss({kHuber, input, target, weight, none, sample_weight, 0.0, 0.0, delta,
-                              reduction, compute_grad, compute_stats, false});
-  }
-
-  // Calls `def(name, fn)` for every op: m.impl in a TORCH_LIBRARY_IMPL
-  // block, or another binding (the tests' emulation binds them with pybind).
-  template <class Def>
-  static void for_each_op(Def&& def) {
-    def("cross_entropy", &cross_entropy);
-    def("cross_entropy_", &cross_entropy_);
-    def("focal_loss", &focal_loss);
-    def("focal_loss_", &focal_loss_);
-    def("sigmoid_focal_loss", &sigmoid_focal_loss);
-    def("binary_cross_entropy_with_logits", &binary_cross_entropy_with_logits);
-    def("mse_loss", &regression<kMSE>);
-    def("l1_loss", &regression<kL1>);
-    def("huber_loss", &huber_loss);
-  }
-
   static void register_ops(torch::Library& m) {
-    for_each_op([&](const char* name, auto fn) { m.impl(name, fn); });
+    m.impl("cross_entropy", &cross_entropy);
+    m.impl("cross_entropy_", &cross_entropy_);
+    m.impl("focal_loss", &focal_loss);
+    m.impl("focal_loss_", &focal_loss_);
+    for (const ElemOp& op : kElemOps) {
+      m.impl(op.name, torch::CppFunction::makeFromBoxedFunctor(
+                          std::make_unique<ElemKernel<Device>>(op)));
+    }
   }
 
  private:

@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "loss_kinds.h"
 
@@ -33,6 +34,39 @@
 #endif
 
 namespace samplewt {
+
+// The element-wise losses. One is added here and nowhere else in C++ but its
+// schema (op_schemas.h): its kind (before kNumElemLosses), its op in
+// kElemOps, and its formula and branch in elem_loss() below. The op layer
+// registers every kElemOps entry on each device; both devices' kernels take
+// the kind through with_elem_loss().
+enum ElemLoss : int64_t {
+  kSigmoidFocal,
+  kBCEWithLogits,
+  kMSE,
+  kL1,
+  kHuber,
+  kNumElemLosses
+};
+
+struct ElemOp {
+  const char* name;  // the op's schema name
+  ElemLoss kind;
+  // reduction="mean" divides by sum(weight) when a weight is given, as
+  // F.mse_loss and F.l1_loss do; otherwise by the element count.
+  bool mean_over_weight;
+};
+
+inline constexpr ElemOp kElemOps[] = {
+    {"sigmoid_focal_loss", kSigmoidFocal, false},
+    {"binary_cross_entropy_with_logits", kBCEWithLogits, false},
+    {"mse_loss", kMSE, true},
+    {"l1_loss", kL1, true},
+    {"huber_loss", kHuber, false},
+};
+static_assert(sizeof(kElemOps) / sizeof(kElemOps[0]) == kNumElemLosses,
+              "every ElemLoss needs its op in kElemOps");
+
 inline namespace SWT_ISA_NAMESPACE {
 
 template <typename T>
@@ -246,7 +280,21 @@ SWT_HD LossGrad<M> elem_loss(typename M::V x, typename M::V t, typename M::V pos
   } else if constexpr (KIND == kL1) {
     return l1<M>(x, t);
   } else {
+    static_assert(KIND == kHuber, "elem_loss: a kind without a formula");
     return huber<M>(x, t, delta);
+  }
+}
+
+// Calls f(std::integral_constant<int, KIND>{}) for the runtime `kind`: the
+// one place where host code turns an ElemLoss into a kernel template argument.
+template <int KIND = 0, class F>
+inline void with_elem_loss(int64_t kind, F&& f) {
+  if constexpr (KIND + 1 >= kNumElemLosses) {
+    f(std::integral_constant<int, KIND>{});
+  } else if (kind == KIND) {
+    f(std::integral_constant<int, KIND>{});
+  } else {
+    with_elem_loss<KIND + 1>(kind, f);
   }
 }
 

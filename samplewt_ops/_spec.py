@@ -69,6 +69,7 @@ class OpSpec:
     prob_targets: bool = False
     to_op: Dict[str, Callable] = field(default_factory=dict)
     module_doc: Optional[str] = None
+    doc: str = ""  # the public function's docstring
 
     def __post_init__(self):
         own = [*self.scalars, *self.tensors]
@@ -120,24 +121,113 @@ _SPEC_LIST = (
     Example:
         >>> loss_fn = CrossEntropyLoss(weight=class_weights, label_smoothing=0.1)
         >>> loss = loss_fn(logits, labels, sample_weight=w)
+    """,
+           doc=r"""Cross-entropy with class weights and per-sample weights.
+
+    For class-index targets, with class weights :math:`cw`, label smoothing
+    :math:`\varepsilon` and :math:`\log p = \mathrm{log\_softmax}(x)`:
+
+    .. math::
+        \ell_i = (1-\varepsilon)\, cw_{y_i} (-\log p_{i,y_i})
+                 + \tfrac{\varepsilon}{C} \sum_c cw_c (-\log p_{i,c})
+
+    and ``reduction="mean"`` gives :math:`\sum_i w_i \ell_i / \sum_i w_i cw_{y_i}`
+    over the samples that are not ``ignore_index``. Class-probability targets
+    (input's shape) give :math:`\ell_i = -\sum_c cw_c q'_{ic} \log p_{ic}` and a
+    mean over :math:`\sum_i w_i`. Input may be (N, C), (N, C, d1..dk) or (C,).
+
+    ``inplace_grad=True`` writes d(loss)/d(input) into ``input``'s own memory,
+    so forward plus backward allocates no N x C buffer: the logits are
+    consumed (overwritten) and backward may run only once.
+
+    Example:
+        >>> x = torch.randn(4, 10, requires_grad=True)
+        >>> y = torch.tensor([1, 0, 9, 3])
+        >>> loss = samplewt_ops.cross_entropy(x, y, sample_weight=torch.tensor([1., 2., 0., 1.]))
+        >>> loss.backward()
     """),
     OpSpec("focal_loss", ROW, "FocalLoss", MEAN_NOT_IGNORED, reference.focal_loss,
            scalars={"gamma": V.check_gamma, "ignore_index": V.check_ignore_index},
            tensors={"alpha": V.per_class_or_real}, inplace=True, to_op={"alpha": _class_alpha},
-           module_doc="Module form of :func:`samplewt_ops.focal_loss` (softmax focal loss)."),
+           module_doc="Module form of :func:`samplewt_ops.focal_loss` (softmax focal loss).",
+           doc=r"""Softmax (multi-class) focal loss of Lin et al. 2017.
+
+    .. math:: \ell_i = -\alpha_{y_i} (1 - p_{i,y_i})^{\gamma} \log p_{i,y_i}
+
+    ``alpha`` is None (1), a float for every class, or a tensor (C,).
+    ``reduction="mean"`` gives :math:`\sum_i w_i \ell_i / \sum_i w_i` over the
+    samples that are not ``ignore_index``. With gamma=0 and alpha=None this is
+    cross_entropy. ``inplace_grad`` as in :func:`cross_entropy`.
+
+    Example:
+        >>> x = torch.randn(8, 5, requires_grad=True)
+        >>> y = torch.randint(0, 5, (8,))
+        >>> samplewt_ops.focal_loss(x, y, gamma=2.0, alpha=0.25).backward()
+    """),
     OpSpec("sigmoid_focal_loss", ELEMENTWISE, "SigmoidFocalLoss", MEAN_ELEMENTS,
            reference.sigmoid_focal_loss,
            scalars={"gamma": V.check_gamma, "alpha": V.check_sigmoid_alpha},
-           to_op={"alpha": _sigmoid_alpha}),
+           to_op={"alpha": _sigmoid_alpha},
+           doc=r"""Sigmoid focal loss, as torchvision.ops.sigmoid_focal_loss.
+
+    With :math:`p = \sigma(x)`, :math:`p_t = p t + (1-p)(1-t)` and
+    :math:`\alpha_t = \alpha t + (1-\alpha)(1-t)`:
+
+    .. math:: \ell = \alpha_t \, \mathrm{BCE}(x, t) \, (1 - p_t)^{\gamma}
+
+    ``alpha < 0`` turns the balance term off. The default reduction is "none".
+
+    Example:
+        >>> x = torch.randn(16, 80, requires_grad=True)
+        >>> t = (torch.rand(16, 80) < 0.1).float()
+        >>> samplewt_ops.sigmoid_focal_loss(x, t, reduction="mean").backward()
+    """),
     OpSpec("binary_cross_entropy_with_logits", ELEMENTWISE, "BCEWithLogitsLoss", MEAN_ELEMENTS,
            reference.binary_cross_entropy_with_logits,
-           tensors={"weight": V.broadcastable, "pos_weight": V.broadcastable}),
+           tensors={"weight": V.broadcastable, "pos_weight": V.broadcastable},
+           doc=r"""BCE with logits and pos_weight, as F.binary_cross_entropy_with_logits.
+
+    .. math:: \ell = w \left[(1-t)\,x + (1 + (pw - 1)\,t)\,\mathrm{softplus}(-x)\right]
+
+    ``weight`` and ``pos_weight`` broadcast to input; the mean divides by the
+    number of elements, each sample's count times its sample weight.
+
+    Example:
+        >>> x = torch.randn(32, 80, requires_grad=True)
+        >>> t = (torch.rand(32, 80) < 0.1).float()
+        >>> samplewt_ops.binary_cross_entropy_with_logits(x, t, pos_weight=torch.full((80,), 9.0))
+    """),
     OpSpec("mse_loss", ELEMENTWISE, "MSELoss", MEAN_WEIGHT, reference.mse_loss,
-           tensors={"weight": V.same_shape}),
+           tensors={"weight": V.same_shape},
+           doc=r"""Squared error :math:`\ell = weight\,(x - t)^2`, as F.mse_loss.
+
+    The mean is :math:`\sum_i w_i \sum_j \ell_{ij} / \sum_i w_i D_i`, where
+    :math:`D_i` is the element count of sample i, or :math:`\sum_j weight_{ij}`
+    when ``weight`` is given (PyTorch's weighted mean).
+
+    Example:
+        >>> pred = torch.randn(100, 16, requires_grad=True)
+        >>> samplewt_ops.mse_loss(pred, torch.randn(100, 16), sample_weight=torch.rand(100))
+    """),
     OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
-           tensors={"weight": V.same_shape}),
+           tensors={"weight": V.same_shape},
+           doc=r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
+
+    Example:
+        >>> samplewt_ops.l1_loss(torch.randn(8, 3), torch.randn(8, 3), sample_weight=torch.rand(8))
+    """),
     OpSpec("huber_loss", ELEMENTWISE, "HuberLoss", MEAN_ELEMENTS, reference.huber_loss,
-           scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape}),
+           scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape},
+           doc=r"""Huber loss, as F.huber_loss.
+
+    .. math:: \ell = weight \cdot \begin{cases} \tfrac12 d^2 & |d| < \delta \\
+              \delta (|d| - \tfrac12 \delta) & \text{otherwise} \end{cases}, \quad d = x - t
+
+    PyTorch's weighted mean divides by the element count, and so does this one.
+
+    Example:
+        >>> samplewt_ops.huber_loss(torch.randn(8, 3), torch.randn(8, 3), delta=0.5)
+    """),
 )
 
 #: Every loss, by name, in the order of the public API.

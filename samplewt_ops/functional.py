@@ -19,14 +19,17 @@ explicit ``sample_weight``, and the same kernel pass returns the per-sample
 loss, gradient norm and GHM magnitude that update the table. (``weights=`` is
 the table's former keyword: still accepted, with a DeprecationWarning.)
 
-Every loss is one entry of the op spec (``samplewt_ops._spec``); its function
-here has one line, into the shared path :func:`_loss`.
+Every loss is one entry of the op spec (``samplewt_ops._spec``), and its
+function here is made from that entry: the signature of its reference (with
+``table``, ``indices`` and, for the losses with an in-place variant,
+``inplace_grad``), the entry's docstring, and one call into the shared path
+:func:`_loss`.
 """
 from __future__ import annotations
 
-import functools
+import inspect
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -47,30 +50,6 @@ def _kernel(input) -> bool:
 
 def _needs_grad(input: Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
-
-
-def renamed_table(kwargs: dict, owner: str):
-    """Pops the deprecated ``weights=`` from the keywords of a call of
-    `owner` (with a DeprecationWarning) and returns it: the table."""
-    if "table" in kwargs:
-        raise TypeError(f"{owner}() got both table= and weights=, the deprecated name of table=; "
-                        "pass table= only")
-    if not torch.compiler.is_compiling():
-        warnings.warn(f"{owner}(weights=...) is deprecated: pass the adaptive weight table as table=",
-                      DeprecationWarning, stacklevel=3)
-    return kwargs.pop("weights")
-
-
-def _public(fn):
-    """A public loss, which also takes its table by the deprecated name ``weights=``."""
-
-    @functools.wraps(fn)
-    def loss(*args, **kwargs):
-        if "weights" in kwargs:
-            kwargs["table"] = renamed_table(kwargs, fn.__name__)
-        return fn(*args, **kwargs)
-
-    return loss
 
 
 # ---------------------------------------------------------------------------
@@ -149,14 +128,14 @@ def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: 
     return loss, (lay.per_sample_stats(stats) if want_stats else None)
 
 
-def _loss(name: str, input, target, sample_weight, reduction, table, indices,
-          inplace_grad: bool = False, **args) -> Tensor:
-    """Checks one call of the loss `name`, then runs the compiled kernel of
+def _loss(spec, input, target, sample_weight, reduction, table, indices,
+          inplace_grad: bool, **args) -> Tensor:
+    """Checks one call of the loss of `spec`, then runs the compiled kernel of
     input's device, or the reference; with a table, through weights.driver."""
     kernel = _kernel(input)
     # Value checks (target range, sample_weight sign) run once: in the CPU
     # kernel's O(N) pre-pass, in the reference, or here for other kernels.
-    call = check_loss_args(SPECS[name], input, target, sample_weight, reduction, args,
+    call = check_loss_args(spec, input, target, sample_weight, reduction, args,
                            check_values=kernel and input.device.type != "cpu")
     if kernel:
         op_args = call.spec.op_args(call.args, input)
@@ -174,150 +153,81 @@ def _loss(name: str, input, target, sample_weight, reduction, table, indices,
 
 
 # ---------------------------------------------------------------------------
-# The losses
+# The losses: one public function per op spec entry
 
 
-@_public
-def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
-                  sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
-                  reduction: str = "mean", label_smoothing: float = 0.0, inplace_grad: bool = False,
-                  table=None, indices: Optional[Tensor] = None) -> Tensor:
-    r"""Cross-entropy with class weights and per-sample weights.
+def _deprecated_table(extra: dict, owner: str, table, stacklevel: int = 3):
+    """The table passed by the deprecated name ``weights=`` (in `extra`, the
+    call's keywords that the signature does not name)."""
+    unknown = sorted(set(extra) - {"weights"})
+    if unknown:
+        raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
+    if table is not None:
+        raise TypeError(f"{owner}() got both table= and weights=, the deprecated name of table=; "
+                        "pass table= only")
+    if not torch.compiler.is_compiling():
+        warnings.warn(f"{owner}(weights=...) is deprecated: pass the adaptive weight table as table=",
+                      DeprecationWarning, stacklevel=stacklevel)
+    return extra["weights"]
 
-    For class-index targets, with class weights :math:`cw`, label smoothing
-    :math:`\varepsilon` and :math:`\log p = \mathrm{log\_softmax}(x)`:
 
-    .. math::
-        \ell_i = (1-\varepsilon)\, cw_{y_i} (-\log p_{i,y_i})
-                 + \tfrac{\varepsilon}{C} \sum_c cw_c (-\log p_{i,c})
+def renamed_table(kwargs: dict, owner: str):
+    """Pops the deprecated ``weights=`` from the keywords of a call of
+    `owner` (with a DeprecationWarning) and returns it: the table."""
+    if "table" in kwargs:
+        raise TypeError(f"{owner}() got both table= and weights=, the deprecated name of table=; "
+                        "pass table= only")
+    return _deprecated_table({"weights": kwargs.pop("weights")}, owner, None, stacklevel=4)
 
-    and ``reduction="mean"`` gives :math:`\sum_i w_i \ell_i / \sum_i w_i cw_{y_i}`
-    over the samples that are not ``ignore_index``. Class-probability targets
-    (input's shape) give :math:`\ell_i = -\sum_c cw_c q'_{ic} \log p_{ic}` and a
-    mean over :math:`\sum_i w_i`. Input may be (N, C), (N, C, d1..dk) or (C,).
 
-    ``inplace_grad=True`` writes d(loss)/d(input) into ``input``'s own memory,
-    so forward plus backward allocates no N x C buffer: the logits are
-    consumed (overwritten) and backward may run only once.
+# Arguments that every loss takes, passed to _loss by position.
+_COMMON = ("input", "target", "sample_weight", "reduction")
 
-    Example:
-        >>> x = torch.randn(4, 10, requires_grad=True)
-        >>> y = torch.tensor([1, 0, 9, 3])
-        >>> loss = samplewt_ops.cross_entropy(x, y, sample_weight=torch.tensor([1., 2., 0., 1.]))
-        >>> loss.backward()
+
+def _public_loss(spec) -> Callable:
+    """The public function of `spec`: its reference's signature, plus
+    ``inplace_grad`` (ops with a ``_`` variant), ``table`` and ``indices``,
+    with the spec's docstring; its body is one call of :func:`_loss`.
+
+    Written out as source, like dataclasses' methods, so that it has a real
+    signature and binds its arguments at Python's speed.
     """
-    return _loss("cross_entropy", input, target, sample_weight, reduction, table, indices, inplace_grad,
-                 weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    ref = inspect.signature(spec.reference)
+    kw = inspect.Parameter.KEYWORD_ONLY
+    extra = [inspect.Parameter("table", kw, default=None),
+             inspect.Parameter("indices", kw, default=None, annotation="Optional[Tensor]")]
+    if spec.inplace:
+        extra.insert(0, inspect.Parameter("inplace_grad", kw, default=False, annotation="bool"))
+    params = [*ref.parameters.values(), *extra]
+    defaults, text, star = {}, [], False
+    for p in params:
+        if p.kind is kw and not star:
+            text.append("*")
+            star = True
+        if p.default is p.empty:
+            text.append(p.name)
+        else:
+            defaults[p.name] = p.default
+            text.append(f"{p.name}=_defaults[{p.name!r}]")
+    own = ", ".join(f"{p.name}={p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
+    source = (
+        f"def {spec.name}({', '.join(text)}, **deprecated):\n"
+        f"    if deprecated:\n"
+        f"        table = _deprecated_table(deprecated, {spec.name!r}, table)\n"
+        f"    return _loss(_spec, input, target, sample_weight, reduction, table, indices, "
+        f"{'inplace_grad' if spec.inplace else 'False'}, {own})\n"
+    )
+    namespace = {"_defaults": defaults, "_spec": spec, "_loss": _loss,
+                 "_deprecated_table": _deprecated_table}
+    exec(compile(source, f"<samplewt_ops.{spec.name}>", "exec"), namespace)
+    fn = namespace[spec.name]
+    fn.__module__ = __name__
+    fn.__doc__ = spec.doc
+    fn.__annotations__ = {**{p.name: p.annotation for p in params if p.annotation is not p.empty},
+                          "return": "Tensor"}
+    # The signature to show: without the catch-all for the deprecated name.
+    fn.__signature__ = ref.replace(parameters=params)
+    return fn
 
 
-@_public
-def focal_loss(input: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None,
-               sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
-               reduction: str = "mean", inplace_grad: bool = False, table=None,
-               indices: Optional[Tensor] = None) -> Tensor:
-    r"""Softmax (multi-class) focal loss of Lin et al. 2017.
-
-    .. math:: \ell_i = -\alpha_{y_i} (1 - p_{i,y_i})^{\gamma} \log p_{i,y_i}
-
-    ``alpha`` is None (1), a float for every class, or a tensor (C,).
-    ``reduction="mean"`` gives :math:`\sum_i w_i \ell_i / \sum_i w_i` over the
-    samples that are not ``ignore_index``. With gamma=0 and alpha=None this is
-    cross_entropy. ``inplace_grad`` as in :func:`cross_entropy`.
-
-    Example:
-        >>> x = torch.randn(8, 5, requires_grad=True)
-        >>> y = torch.randint(0, 5, (8,))
-        >>> samplewt_ops.focal_loss(x, y, gamma=2.0, alpha=0.25).backward()
-    """
-    return _loss("focal_loss", input, target, sample_weight, reduction, table, indices, inplace_grad,
-                 gamma=gamma, alpha=alpha, ignore_index=ignore_index)
-
-
-@_public
-def sigmoid_focal_loss(input: Tensor, target: Tensor, *, alpha: float = 0.25, gamma: float = 2.0,
-                       sample_weight: Optional[Tensor] = None, reduction: str = "none", table=None,
-                       indices: Optional[Tensor] = None) -> Tensor:
-    r"""Sigmoid focal loss, as torchvision.ops.sigmoid_focal_loss.
-
-    With :math:`p = \sigma(x)`, :math:`p_t = p t + (1-p)(1-t)` and
-    :math:`\alpha_t = \alpha t + (1-\alpha)(1-t)`:
-
-    .. math:: \ell = \alpha_t \, \mathrm{BCE}(x, t) \, (1 - p_t)^{\gamma}
-
-    ``alpha < 0`` turns the balance term off. The default reduction is "none".
-
-    Example:
-        >>> x = torch.randn(16, 80, requires_grad=True)
-        >>> t = (torch.rand(16, 80) < 0.1).float()
-        >>> samplewt_ops.sigmoid_focal_loss(x, t, reduction="mean").backward()
-    """
-    return _loss("sigmoid_focal_loss", input, target, sample_weight, reduction, table, indices,
-                 alpha=alpha, gamma=gamma)
-
-
-@_public
-def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
-                                     pos_weight: Optional[Tensor] = None,
-                                     sample_weight: Optional[Tensor] = None, reduction: str = "mean",
-                                     table=None, indices: Optional[Tensor] = None) -> Tensor:
-    r"""BCE with logits and pos_weight, as F.binary_cross_entropy_with_logits.
-
-    .. math:: \ell = w \left[(1-t)\,x + (1 + (pw - 1)\,t)\,\mathrm{softplus}(-x)\right]
-
-    ``weight`` and ``pos_weight`` broadcast to input; the mean divides by the
-    number of elements, each sample's count times its sample weight.
-
-    Example:
-        >>> x = torch.randn(32, 80, requires_grad=True)
-        >>> t = (torch.rand(32, 80) < 0.1).float()
-        >>> samplewt_ops.binary_cross_entropy_with_logits(x, t, pos_weight=torch.full((80,), 9.0))
-    """
-    return _loss("binary_cross_entropy_with_logits", input, target, sample_weight, reduction, table,
-                 indices, weight=weight, pos_weight=pos_weight)
-
-
-@_public
-def mse_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
-             sample_weight: Optional[Tensor] = None, reduction: str = "mean", table=None,
-             indices: Optional[Tensor] = None) -> Tensor:
-    r"""Squared error :math:`\ell = weight\,(x - t)^2`, as F.mse_loss.
-
-    The mean is :math:`\sum_i w_i \sum_j \ell_{ij} / \sum_i w_i D_i`, where
-    :math:`D_i` is the element count of sample i, or :math:`\sum_j weight_{ij}`
-    when ``weight`` is given (PyTorch's weighted mean).
-
-    Example:
-        >>> pred = torch.randn(100, 16, requires_grad=True)
-        >>> samplewt_ops.mse_loss(pred, torch.randn(100, 16), sample_weight=torch.rand(100))
-    """
-    return _loss("mse_loss", input, target, sample_weight, reduction, table, indices, weight=weight)
-
-
-@_public
-def l1_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
-            sample_weight: Optional[Tensor] = None, reduction: str = "mean", table=None,
-            indices: Optional[Tensor] = None) -> Tensor:
-    r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
-
-    Example:
-        >>> samplewt_ops.l1_loss(torch.randn(8, 3), torch.randn(8, 3), sample_weight=torch.rand(8))
-    """
-    return _loss("l1_loss", input, target, sample_weight, reduction, table, indices, weight=weight)
-
-
-@_public
-def huber_loss(input: Tensor, target: Tensor, *, delta: float = 1.0,
-               weight: Optional[Tensor] = None, sample_weight: Optional[Tensor] = None,
-               reduction: str = "mean", table=None, indices: Optional[Tensor] = None) -> Tensor:
-    r"""Huber loss, as F.huber_loss.
-
-    .. math:: \ell = weight \cdot \begin{cases} \tfrac12 d^2 & |d| < \delta \\
-              \delta (|d| - \tfrac12 \delta) & \text{otherwise} \end{cases}, \quad d = x - t
-
-    PyTorch's weighted mean divides by the element count, and so does this one.
-
-    Example:
-        >>> samplewt_ops.huber_loss(torch.randn(8, 3), torch.randn(8, 3), delta=0.5)
-    """
-    return _loss("huber_loss", input, target, sample_weight, reduction, table, indices,
-                 delta=delta, weight=weight)
+globals().update({name: _public_loss(spec) for name, spec in SPECS.items()})

@@ -59,7 +59,8 @@ def _module(spec) -> type:
     """The module class of a loss: its constructor takes the functional's
     arguments (and the deprecated ``weights=`` for ``table=``)."""
     fn = getattr(F, spec.name)
-    params = [p for name, p in inspect.signature(fn).parameters.items() if name not in _CALL_ARGS]
+    params = [p for name, p in inspect.signature(fn).parameters.items()
+              if name not in _CALL_ARGS and p.kind is not p.VAR_KEYWORD]
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     signature = inspect.Signature([self_param, *params])
 

@@ -456,25 +456,17 @@ def binary_cross_entropy_with_logits(
     return _reduce(loss, None, sample_weight, reduction).to(input.dtype)
 
 
-def _regression(kind, input, target, weight, sample_weight, reduction, delta=None):
-    reduction = _elementwise_start(input, target, reduction)
-    if kind == "huber":
-        delta = check_delta(delta)
+def _regression(formula, input, target, weight, sample_weight, reduction, mean_over_weight):
+    """The element-wise `formula` of d = input - target, times weight; PyTorch's
+    "mean" of mse and l1 with a weight divides by its sum (mean_over_weight)."""
     sample_weight = _elementwise_end(input, target, sample_weight, weight=weight)
     acc = _acc_dtype(input.dtype)
-    d = input.to(acc) - target.to(acc)
-    if kind == "mse":
-        loss = d * d
-    elif kind == "l1":
-        loss = d.abs()
-    else:
-        ad = d.abs()
-        loss = torch.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+    loss = formula(input.to(acc) - target.to(acc))
     count = None
     if weight is not None:
         w = weight.to(acc)
         loss = loss * w
-        if kind != "huber":  # PyTorch: mse/l1 "mean" divides by weight.sum()
+        if mean_over_weight:
             count = w.expand_as(loss)
     return _reduce(loss, count, sample_weight, reduction).to(input.dtype)
 
@@ -495,7 +487,8 @@ def mse_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
         >>> mse_loss(x, t, sample_weight=torch.tensor([3.0, 1.0]))
         tensor(5.)
     """
-    return _regression("mse", input, target, weight, sample_weight, reduction)
+    reduction = _elementwise_start(input, target, reduction)
+    return _regression(lambda d: d * d, input, target, weight, sample_weight, reduction, True)
 
 
 def l1_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
@@ -503,16 +496,18 @@ def l1_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
     r"""Absolute error ``l = v * |x - t|`` (``v`` = weight, input's shape).
 
     Reductions as :func:`mse_loss` ("mean" with weight divides by
-    ``sum v``, as PyTorch).
+    ``sum v``, as PyTorch).  With ``weight`` and sample weights ``w = (3, 1)``
+    on ``x = [[1, 2], [3, 4]]``, ``t = 0``, ``v = [[1, 0], [1, 1]]``:
+    ``(3 * 1 + 1 * 7) / (3 * 1 + 1 * 2) = 2``.
 
     Example::
 
-        >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-        >>> t = torch.zeros(2, 2)
-        >>> l1_loss(x, t, sample_weight=torch.tensor([3.0, 1.0]))
+        >>> x, v = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+        >>> l1_loss(x, torch.zeros(2, 2), weight=v, sample_weight=torch.tensor([3.0, 1.0]))
         tensor(2.)
     """
-    return _regression("l1", input, target, weight, sample_weight, reduction)
+    reduction = _elementwise_start(input, target, reduction)
+    return _regression(torch.abs, input, target, weight, sample_weight, reduction, True)
 
 
 def huber_loss(input: Tensor, target: Tensor, *, delta: float = 1.0, weight: Optional[Tensor] = None,
@@ -532,4 +527,12 @@ def huber_loss(input: Tensor, target: Tensor, *, delta: float = 1.0, weight: Opt
         >>> huber_loss(x, t, sample_weight=torch.tensor([3.0, 1.0]))
         tensor(1.3594)
     """
-    return _regression("huber", input, target, weight, sample_weight, reduction, delta)
+    reduction = _elementwise_start(input, target, reduction)
+    delta = check_delta(delta)
+
+    def huber(d):
+        ad = d.abs()
+        return torch.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+
+    # PyTorch's weighted "mean" divides by the element count.
+    return _regression(huber, input, target, weight, sample_weight, reduction, False)

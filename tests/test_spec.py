@@ -29,6 +29,31 @@ def test_every_loss_has_its_function_module_and_name():
 
 
 @pytest.mark.parametrize("name", list(SPECS))
+def test_public_function_is_made_from_its_spec(name):
+    spec = SPECS[name]
+    fn = getattr(samplewt_ops, name)
+    ref = inspect.signature(spec.reference).parameters
+    public = inspect.signature(fn).parameters
+    extra = (["inplace_grad"] if spec.inplace else []) + ["table", "indices"]
+    assert list(public) == list(ref) + extra
+    assert all(public[p].default == ref[p].default and public[p].kind == ref[p].kind for p in ref)
+    assert all(public[p].kind is inspect.Parameter.KEYWORD_ONLY for p in extra)
+    assert fn.__doc__ == spec.doc and "Example" in fn.__doc__ and fn.__name__ == name
+    assert fn.__module__ == "samplewt_ops.functional"
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_public_function_refuses_unknown_keywords(name):
+    fn = getattr(samplewt_ops, name)
+    x = torch.randn(4, 3)
+    t = torch.zeros(4, dtype=torch.long) if SPECS[name].rows else torch.rand(4, 3)
+    with pytest.raises(TypeError, match=f"{name}\\(\\) got an unexpected keyword argument 'no_such'"):
+        fn(x, t, no_such=1)
+    with pytest.raises(TypeError, match="positional"):
+        fn(x, t, *([None] * 8))
+
+
+@pytest.mark.parametrize("name", list(SPECS))
 def test_module_signature_is_the_functional_one(name):
     fn = inspect.signature(getattr(samplewt_ops, name)).parameters
     mod = inspect.signature(getattr(samplewt_ops, SPECS[name].module)).parameters

@@ -1,6 +1,7 @@
 // The CPU loss kernels, compiled once per instruction set.
 //
-// kernels_<isa>.cpp defines CPU_CAPABILITY (and its CPU_CAPABILITY_<ISA>
+// Each unit (kernels_default.cpp, and through isa_unit.h kernels_avx2.cpp and
+// kernels_avx512.cpp) defines CPU_CAPABILITY (and its CPU_CAPABILITY_<ISA>
 // flag, which selects at::vec's implementation), SWT_ISA_NAMESPACE and the
 // compiler target, then includes this file. Row kernels follow ATen's
 // SoftMaxKernel: rows in parallel with at::parallel_for, each row swept with
@@ -299,17 +300,6 @@ void elem_kernel_typed(const ElemArgs& a) {
   });
 }
 
-template <typename scalar_t>
-void elem_kernel_dispatch_kind(const ElemArgs& a) {
-  switch (a.kind) {
-    case kSigmoidFocal: return elem_kernel_typed<scalar_t, kSigmoidFocal>(a);
-    case kBCEWithLogits: return elem_kernel_typed<scalar_t, kBCEWithLogits>(a);
-    case kMSE: return elem_kernel_typed<scalar_t, kMSE>(a);
-    case kL1: return elem_kernel_typed<scalar_t, kL1>(a);
-    default: return elem_kernel_typed<scalar_t, kHuber>(a);
-  }
-}
-
 }  // namespace CPU_CAPABILITY
 
 namespace CPU_CAPABILITY {
@@ -319,8 +309,9 @@ void row_loss_kernel(const RowArgs& a) {
 }
 
 void elem_loss_kernel(const ElemArgs& a) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "samplewt_elem_loss",
-                                  [&] { elem_kernel_dispatch_kind<scalar_t>(a); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "samplewt_elem_loss", [&] {
+    with_elem_loss(a.kind, [&](auto kind) { elem_kernel_typed<scalar_t, decltype(kind)::value>(a); });
+  });
 }
 }  // namespace CPU_CAPABILITY
 

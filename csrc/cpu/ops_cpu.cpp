@@ -98,6 +98,34 @@ void check_sample_weight_values(const Tensor& w) {
 
 Tensor empty_like_nothing(const Tensor& input) { return at::empty({0}, input.options()); }
 
+// The pre-pass's last step for "mean": each nonzero gradient scale (a sample
+// weight) divided by the denominator. A weight of 0 stays 0 even when the
+// denominator is 0.
+template <typename scalar_t>
+void divide_scales_by(scalar_t* gs, int64_t n, double denom) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (gs[i] != scalar_t(0)) gs[i] = static_cast<scalar_t>(gs[i] / denom);
+  }
+}
+
+// The sum or mean loss from the kernels' first n per-item losses (item_loss,
+// accumulation dtype, without sample weight) and the sample weights sw (when
+// defined). Summed in double so that large batches sum exactly enough.
+Tensor reduced_loss(const Tensor& item_loss, const Tensor& sw, int64_t n, int64_t reduction,
+                    double denom, const Tensor& input) {
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(item_loss.scalar_type(), "samplewt_reduce", [&] {
+    const scalar_t* l = item_loss.data_ptr<scalar_t>();
+    const scalar_t* w = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
+    for (int64_t i = 0; i < n; ++i) {
+      total += w ? static_cast<double>(w[i]) * static_cast<double>(l[i])
+                 : static_cast<double>(l[i]);
+    }
+  });
+  if (reduction == kMean) total /= denom;
+  return at::scalar_tensor(total, input.options());
+}
+
 // ---------------------------------------------------------------------------
 // Row losses
 
@@ -142,11 +170,7 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
       denom += share;
       gs[r] = static_cast<scalar_t>(wr);
     }
-    if (o.reduction == kMean) {
-      for (int64_t r = 0; r < R; ++r) {
-        if (gs[r] != scalar_t(0)) gs[r] = static_cast<scalar_t>(gs[r] / denom);
-      }
-    }
+    if (o.reduction == kMean) divide_scales_by(gs, R, denom);
   });
 
   const checks::RowBuffers buf = checks::row_buffers(input, o.inplace, o.compute_grad, alloc_large_buffer);
@@ -164,25 +188,11 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
   if (R > 0 && C > 0) row_kernel()(a);
   if (o.inplace && !buf.x.is_same(input)) input.copy_(buf.x);
 
-  // Reduction, in double so that large batches sum exactly enough.
-  Tensor loss;
-  if (o.reduction == kNone) {
-    loss = (sw.defined() ? row_loss_acc * sw : row_loss_acc).to(input.scalar_type());
-  } else {
-    double total = 0.0;
-    AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_row_reduce", [&] {
-      const scalar_t* l = row_loss_acc.data_ptr<scalar_t>();
-      const scalar_t* w = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
-      for (int64_t r = 0; r < R; ++r) {
-        total += w ? static_cast<double>(w[r]) * static_cast<double>(l[r])
-                   : static_cast<double>(l[r]);
-      }
-    });
-    if (o.reduction == kMean) total /= denom;
-    loss = at::scalar_tensor(total, input.options());
-  }
-  if (!grad.defined()) grad = empty_like_nothing(input);
-  return {loss, grad, stats};
+  const Tensor loss =
+      o.reduction == kNone
+          ? (sw.defined() ? row_loss_acc * sw : row_loss_acc).to(input.scalar_type())
+          : reduced_loss(row_loss_acc, sw, R, o.reduction, denom, input);
+  return {loss, grad.defined() ? grad : empty_like_nothing(input), stats};
 }
 
 // ---------------------------------------------------------------------------
@@ -193,8 +203,7 @@ using checks::ElemWeight;
 std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
   const Tensor& input = o.input;
   checks::ElemInputs in = checks::prepare_elem_inputs(
-      o.kind, input, o.target, o.weight, o.pos_weight, o.sample_weight, o.gamma, o.delta,
-      o.reduction, c10::DeviceType::CPU);
+      input, o.target, o.weight, o.pos_weight, o.sample_weight, o.reduction, c10::DeviceType::CPU);
   const at::ScalarType acc = acc_type(input.scalar_type());
   const int64_t N = in.samples;
   const int64_t numel = input.numel();
@@ -230,11 +239,7 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
         denom += wi * share;
         gs[i] = static_cast<scalar_t>(wi);
       }
-      if (o.reduction == kMean) {
-        for (int64_t i = 0; i < N; ++i) {
-          if (gs[i] != scalar_t(0)) gs[i] = static_cast<scalar_t>(gs[i] / denom);
-        }
-      }
+      if (o.reduction == kMean) divide_scales_by(gs, N, denom);
     });
   }
 
@@ -253,24 +258,12 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
   a.sample_loss = sample_loss.data_ptr();
   if (numel > 0) elem_kernel()(a);
 
-  Tensor loss;
-  if (o.reduction == kNone) {
-    loss = out_elem;
-  } else {
-    double total = 0.0;
-    AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_elem_reduce", [&] {
-      const scalar_t* l = sample_loss.data_ptr<scalar_t>();
-      const scalar_t* wp = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
-      for (int64_t i = 0; i < (numel > 0 ? N : 0); ++i) {
-        total += wp ? static_cast<double>(wp[i]) * static_cast<double>(l[i])
-                    : static_cast<double>(l[i]);
-      }
-    });
-    if (o.reduction == kMean) total /= denom;
-    loss = at::scalar_tensor(total, input.options());
-  }
-  if (!grad.defined()) grad = empty_like_nothing(input);
-  return {loss, grad, stats};
+  // The kernel did not run on an empty input: its sample losses are unset.
+  const Tensor loss = o.reduction == kNone
+                          ? out_elem
+                          : reduced_loss(sample_loss, sw, numel > 0 ? N : 0, o.reduction,
+                                         denom, input);
+  return {loss, grad.defined() ? grad : empty_like_nothing(input), stats};
 }
 
 struct CpuDevice {

@@ -108,8 +108,7 @@ template <class B>
 std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
   const Tensor& input = o.input;
   checks::ElemInputs in = checks::prepare_elem_inputs(
-      o.kind, input, o.target, o.weight, o.pos_weight, o.sample_weight, o.gamma, o.delta,
-      o.reduction, B::kDevice);
+      input, o.target, o.weight, o.pos_weight, o.sample_weight, o.reduction, B::kDevice);
   const auto guard = B::guard(input);
   const int64_t N = in.samples;
 

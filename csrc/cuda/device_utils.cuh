@@ -132,21 +132,19 @@ struct Pack<double> {
   }
 };
 
-template <>
-struct Pack<__half> {
-  static __device__ __forceinline__ void two(unsigned w, float& lo, float& hi) {
-    lo = __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)));
-    hi = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
-  }
+// The 16-bit types: eight values, two per 32-bit word (the lower half
+// first). Bits supplies two(word, lo, hi), the word's two values as floats,
+// and bits(f), f rounded to the type's 16 bits.
+template <class Bits>
+struct Pack16 {
   static __device__ __forceinline__ unsigned join(float lo, float hi) {
-    return static_cast<unsigned>(__half_as_ushort(__float2half_rn(lo))) |
-           (static_cast<unsigned>(__half_as_ushort(__float2half_rn(hi))) << 16);
+    return static_cast<unsigned>(Bits::bits(lo)) | (static_cast<unsigned>(Bits::bits(hi)) << 16);
   }
   static __device__ __forceinline__ void unpack(const uint4& u, float (&v)[8]) {
-    two(u.x, v[0], v[1]);
-    two(u.y, v[2], v[3]);
-    two(u.z, v[4], v[5]);
-    two(u.w, v[6], v[7]);
+    Bits::two(u.x, v[0], v[1]);
+    Bits::two(u.y, v[2], v[3]);
+    Bits::two(u.z, v[4], v[5]);
+    Bits::two(u.w, v[6], v[7]);
   }
   static __device__ __forceinline__ uint4 pack(const float (&v)[8]) {
     return make_uint4(join(v[0], v[1]), join(v[2], v[3]), join(v[4], v[5]), join(v[6], v[7]));
@@ -154,24 +152,25 @@ struct Pack<__half> {
 };
 
 template <>
-struct Pack<__nv_bfloat16> {
+struct Pack<__half> : Pack16<Pack<__half>> {
+  static __device__ __forceinline__ void two(unsigned w, float& lo, float& hi) {
+    lo = __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)));
+    hi = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
+  }
+  static __device__ __forceinline__ unsigned short bits(float f) {
+    return __half_as_ushort(__float2half_rn(f));
+  }
+};
+
+template <>
+struct Pack<__nv_bfloat16> : Pack16<Pack<__nv_bfloat16>> {
   // bfloat16 -> float is exact: the 16 bits are the float's upper half.
   static __device__ __forceinline__ void two(unsigned w, float& lo, float& hi) {
     lo = __uint_as_float(w << 16);
     hi = __uint_as_float(w & 0xffff0000u);
   }
-  static __device__ __forceinline__ unsigned join(float lo, float hi) {
-    return static_cast<unsigned>(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
-           (static_cast<unsigned>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
-  }
-  static __device__ __forceinline__ void unpack(const uint4& u, float (&v)[8]) {
-    two(u.x, v[0], v[1]);
-    two(u.y, v[2], v[3]);
-    two(u.z, v[4], v[5]);
-    two(u.w, v[6], v[7]);
-  }
-  static __device__ __forceinline__ uint4 pack(const float (&v)[8]) {
-    return make_uint4(join(v[0], v[1]), join(v[2], v[3]), join(v[4], v[5]), join(v[6], v[7]));
+  static __device__ __forceinline__ unsigned short bits(float f) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
   }
 };
 

@@ -1,6 +1,5 @@
-// Element-wise kernels: sigmoid_focal_loss, binary_cross_entropy_with_logits,
-// mse_loss, l1_loss and huber_loss over `samples` samples of `per_sample`
-// contiguous elements: G lanes per sample for short samples, blocks over
+// Element-wise kernels (every ElemLoss of samplewt_math.h) over `samples`
+// samples of `per_sample` contiguous elements: G lanes per sample for short samples, blocks over
 // (sample, chunk) items for long ones. The per-element formulas are those of
 // samplewt_math.h, evaluated through ScalarMath<acc_t>.
 #pragma once

@@ -35,29 +35,65 @@ inline int prepass_grid(int64_t n, int64_t per_block) {
   return static_cast<int>(max64(1, min64(ceil_div(n, per_block), 256)));
 }
 
-enum RowRegime : int { kRowSmall = 0, kRowBlock = 1, kRowSplit = 2 };
+// Grid of the small kernels over n rows or samples, group lanes each: at
+// most 8 blocks per multiprocessor, the blocks striding over the rest.
+inline int64_t small_grid(int64_t n, int group, int64_t sms) {
+  return max64(1, min64(ceil_div(n, kSmallBlock / group), sms * 8));
+}
 
-struct RowPlan {
-  bool run = false;   // rows > 0 and cols > 0
-  int regime = kRowSmall;
+// What the plans of both families hold alike.
+struct LaunchPlan {
+  bool run = false;   // anything to compute (rows or samples, and columns, > 0)
+  int regime = 0;     // RowRegime or ElemRegime
   int vw = 1;         // elements per access
-  int group = 32;     // small: lanes per row
-  int block = 256;    // threads per block of the main kernel(s)
+  int group = 32;     // small kernels: lanes per row or sample
   int64_t grid = 1;   // blocks of the main kernel(s)
-  int nch = 1;        // split: chunks per row
-  int chunk = 0;      // split: elements per chunk
   int n_denom = 0;    // pre-pass blocks (0: denominator is denom_const)
   double denom_const = 0.0;
-  int64_t n_loss_parts = 0;
-  size_t off_denom = 0, off_loss = 0, off_part = 0, off_xy = 0, off_stat = 0;
-  size_t bytes = 0;
+  int64_t n_loss_parts = 0;  // the main kernels' partial sums of the loss
+  size_t off_denom = 0, off_loss = 0;
+  size_t bytes = 0;   // workspace
+};
+
+// The final reduction of plan p (p.run already set) and the workspace's
+// first two regions, for its partials. The mean divides by the sum of a
+// pre-pass of n_prepass blocks (n_prepass > 0), or else by the constant
+// `count`; sum and mean add up n_loss_parts partials of the main kernels.
+// Returns the workspace offset past the two regions.
+inline size_t plan_reduction(LaunchPlan& p, int reduction, int n_prepass, double count,
+                             int64_t n_loss_parts) {
+  if (reduction == kMean) {
+    if (p.run && n_prepass > 0) {
+      p.n_denom = n_prepass;
+    } else {
+      p.denom_const = p.run ? count : 0.0;
+    }
+  }
+  if (reduction != kNone && p.run) p.n_loss_parts = n_loss_parts;
+  size_t off = 0;
+  p.off_denom = off;
+  off += align_up(sizeof(double) * p.n_denom);
+  p.off_loss = off;
+  off += align_up(sizeof(double) * p.n_loss_parts);
+  return off;
+}
+
+// Bytes of the accumulation type: double for double inputs, else float.
+inline size_t acc_bytes(size_t elem) { return elem == 8 ? 8 : 4; }
+
+enum RowRegime : int { kRowSmall = 0, kRowBlock = 1, kRowSplit = 2 };
+
+struct RowPlan : LaunchPlan {
+  int block = 256;    // threads per block of the main kernel(s)
+  int nch = 1;        // split: chunks per row
+  int chunk = 0;      // split: elements per chunk
+  size_t off_part = 0, off_xy = 0, off_stat = 0;
 };
 
 inline RowPlan plan_row_loss(const RowArgs& a, size_t elem) {
   RowPlan p;
   const int64_t R = a.rows, C = a.cols;
   const int64_t sms = max64(1, a.num_sms);
-  const size_t acc = elem == 8 ? 8 : 4;
   p.run = R > 0 && C > 0;
   const bool prob = a.kind == kCrossEntropyProb;
   const bool vec = aligned16(a.input, a.ld_input, R, elem) &&
@@ -69,7 +105,7 @@ inline RowPlan plan_row_loss(const RowArgs& a, size_t elem) {
     p.regime = kRowSmall;
     p.group = nv <= 2 ? 1 : (nv <= 24 ? 4 : 32);
     p.block = kSmallBlock;
-    p.grid = max64(1, min64(ceil_div(R, kSmallBlock / p.group), sms * 8));
+    p.grid = small_grid(R, p.group, sms);
   } else {
     p.block = nv <= 1024 ? 128 : (nv <= 4096 ? 256 : kBigBlockMax);
     // Too few rows to fill the GPU: cut each row into chunks of at least
@@ -88,20 +124,13 @@ inline RowPlan plan_row_loss(const RowArgs& a, size_t elem) {
       p.grid = max64(1, min64(R, sms * (2048 / p.block)));
     }
   }
-  if (a.reduction == kMean) {
-    if (p.run && (!prob || a.sample_weight)) {
-      p.n_denom = prepass_grid(R, 4 * 256);
-    } else {
-      p.denom_const = p.run ? static_cast<double>(R) : 0.0;
-    }
-  }
-  if (a.reduction != kNone && p.run) p.n_loss_parts = p.regime == kRowSplit ? R : p.grid;
-  size_t off = 0;
-  p.off_denom = off;
-  off += align_up(sizeof(double) * p.n_denom);
-  p.off_loss = off;
-  off += align_up(sizeof(double) * p.n_loss_parts);
+  // Index targets and sample weights need the pre-pass; probability
+  // targets without sample weights divide by the number of rows.
+  const int n_prepass = (!prob || a.sample_weight) ? prepass_grid(R, 4 * 256) : 0;
+  size_t off = plan_reduction(p, a.reduction, n_prepass, static_cast<double>(R),
+                              p.regime == kRowSplit ? R : p.grid);
   if (p.regime == kRowSplit && p.run) {
+    const size_t acc = acc_bytes(elem);
     p.off_part = off;
     off += align_up(acc * 4 * R * p.nch);
     p.off_xy = off;
@@ -115,25 +144,15 @@ inline RowPlan plan_row_loss(const RowArgs& a, size_t elem) {
 
 enum ElemRegime : int { kElemRows = 0, kElemChunk = 1 };
 
-struct ElemPlan {
-  bool run = false;  // numel > 0
-  int regime = kElemRows;
-  int vw = 1;
-  int group = 32;
-  int64_t grid = 1;
-  int64_t nch = 1, chunk = 0;
-  int n_denom = 0;
-  double denom_const = 0.0;
-  int64_t n_loss_parts = 0;
-  size_t off_denom = 0, off_loss = 0, off_ws = 0;
-  size_t bytes = 0;
+struct ElemPlan : LaunchPlan {
+  int64_t nch = 1, chunk = 0;  // chunk regime: chunks per sample, elements per chunk
+  size_t off_ws = 0;
 };
 
 inline ElemPlan plan_elem_loss(const ElemArgs& a, size_t elem) {
   ElemPlan p;
   const int64_t N = a.samples, S = a.per_sample;
   const int64_t sms = max64(1, a.num_sms);
-  const size_t acc = elem == 8 ? 8 : 4;
   p.run = N > 0 && S > 0;
   const bool vec = aligned16(a.input, S, N, elem) && aligned16(a.target, S, N, elem) &&
                    aligned16(a.grad, S, N, elem) &&
@@ -145,30 +164,26 @@ inline ElemPlan plan_elem_loss(const ElemArgs& a, size_t elem) {
   if (!chunked) {
     p.regime = kElemRows;
     p.group = nv <= 1 ? 1 : (nv <= 24 ? 4 : 32);
-    p.grid = max64(1, min64(ceil_div(N, kSmallBlock / p.group), sms * 8));
+    p.grid = small_grid(N, p.group, sms);
   } else {
     p.regime = kElemChunk;
     p.chunk = static_cast<int64_t>(kChunkBlock) * p.vw * 4;
     p.nch = ceil_div(S, p.chunk);
     p.grid = max64(1, min64(N * p.nch, sms * 8));
   }
+  // Sample weights, or the weights that mse/l1 divide by, need the pre-pass
+  // (a warp per sample when the weights are full); else the mean divides
+  // by the number of elements.
   const bool weight_share = a.mean_over_weight && a.weight != nullptr;
-  if (a.reduction == kMean) {
-    if (p.run && (a.sample_weight || weight_share)) {
-      p.n_denom = (weight_share && a.weight_full) ? prepass_grid(N, 8) : prepass_grid(N, 4 * 256);
-    } else {
-      p.denom_const = p.run ? static_cast<double>(N) * static_cast<double>(S) : 0.0;
-    }
+  int n_prepass = 0;
+  if (a.sample_weight || weight_share) {
+    n_prepass = (weight_share && a.weight_full) ? prepass_grid(N, 8) : prepass_grid(N, 4 * 256);
   }
-  if (a.reduction != kNone && p.run) p.n_loss_parts = p.grid;
-  size_t off = 0;
-  p.off_denom = off;
-  off += align_up(sizeof(double) * p.n_denom);
-  p.off_loss = off;
-  off += align_up(sizeof(double) * p.n_loss_parts);
+  size_t off = plan_reduction(p, a.reduction, n_prepass,
+                              static_cast<double>(N) * static_cast<double>(S), p.grid);
   if (p.regime == kElemChunk && p.nch > 1 && a.stats && p.run) {
     p.off_ws = off;
-    off += align_up(acc * 3 * N * p.nch);
+    off += align_up(acc_bytes(elem) * 3 * N * p.nch);
   }
   p.bytes = off > 0 ? off : 256;
   return p;

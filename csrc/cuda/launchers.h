@@ -53,10 +53,17 @@ inline size_t workspace_bytes(const ElemArgs& a, size_t elem_size) {
   return elem_loss_workspace_bytes(a, elem_size);
 }
 
+// The launchers' explicit instantiations: declared here for every dtype,
+// defined by each launcher unit (row_loss_<dtype>.cu: SWT_INSTANTIATE_ROW_LOSS,
+// elem_loss_<dtype>.cu: SWT_INSTANTIATE_ELEM_LOSS).
 #define SWT_FOR_EACH_KERNEL_DTYPE(X) X(float) X(double) X(__half) X(__nv_bfloat16)
-#define SWT_EXTERN_LAUNCHERS(T)                                                              \
-  extern template cudaError_t launch_row_loss<T>(const RowArgs&, void*, cudaStream_t);   \
-  extern template cudaError_t launch_elem_loss<T>(const ElemArgs&, void*, cudaStream_t);
+#define SWT_ROW_LAUNCHER(T) cudaError_t launch_row_loss<T>(const RowArgs&, void*, cudaStream_t)
+#define SWT_ELEM_LAUNCHER(T) cudaError_t launch_elem_loss<T>(const ElemArgs&, void*, cudaStream_t)
+#define SWT_INSTANTIATE_ROW_LOSS(T) template SWT_ROW_LAUNCHER(T);
+#define SWT_INSTANTIATE_ELEM_LOSS(T) template SWT_ELEM_LAUNCHER(T);
+#define SWT_EXTERN_LAUNCHERS(T)          \
+  extern template SWT_ROW_LAUNCHER(T);  \
+  extern template SWT_ELEM_LAUNCHER(T);
 SWT_FOR_EACH_KERNEL_DTYPE(SWT_EXTERN_LAUNCHERS)
 #undef SWT_EXTERN_LAUNCHERS
 

@@ -471,16 +471,30 @@ __global__ void __launch_bounds__(kBigBlockMax, MinBlocks<T>::k512)
 
 // --- split rows: chunks of one row on several blocks -------------------------
 
+// The chunk that a block of the split kernels handles: block b holds chunk k
+// of row r, columns [c0, c1).
+struct SplitChunk {
+  int64_t b, r;
+  int k, c0, c1;
+};
+
+template <typename A>
+__device__ __forceinline__ SplitChunk split_chunk(const RowParams<A>& p) {
+  SplitChunk ch;
+  ch.b = blockIdx.x;
+  ch.r = ch.b / p.nch;
+  ch.k = static_cast<int>(ch.b - ch.r * p.nch);
+  ch.c0 = ch.k * p.chunk;
+  ch.c1 = min(p.cols, ch.c0 + p.chunk);
+  return ch;
+}
+
 template <typename T, int KIND, int VW>
 __global__ void __launch_bounds__(kSplitBlock, MinBlocks<T>::k256)
     row_split_partial_kernel(const RowParams<AccT<T>> p) {
   using A = AccT<T>;
   __shared__ A sh[4][32];
-  const int64_t b = blockIdx.x;
-  const int64_t r = b / p.nch;
-  const int k = static_cast<int>(b - r * p.nch);
-  const int c0 = k * p.chunk;
-  const int c1 = min(p.cols, c0 + p.chunk);
+  const auto [b, r, k, c0, c1] = split_chunk(p);
   const RowTarget<A> t = row_target<KIND>(p, r, true);
   A* part = p.ws_part + 4 * b;
   if (!t.live) {
@@ -520,11 +534,7 @@ __global__ void __launch_bounds__(kSplitBlock, MinBlocks<T>::k256)
   __shared__ double sh_d[32];
   __shared__ A sh[4][32];
   const double denom = block_denominator(p.denom_parts, p.n_denom, p.denom_const, sh_d);
-  const int64_t b = blockIdx.x;
-  const int64_t r = b / p.nch;
-  const int k = static_cast<int>(b - r * p.nch);
-  const int c0 = k * p.chunk;
-  const int c1 = min(p.cols, c0 + p.chunk);
+  const auto [b, r, k, c0, c1] = split_chunk(p);
   const int tid = static_cast<int>(threadIdx.x);
   const bool want_stats = p.stats != nullptr;
   const RowTarget<A> t = row_target<KIND>(p, r, true);

@@ -1,8 +1,10 @@
-// The CUDA op layer (csrc/cuda/cuda_ops.h) on the host emulation: the nine
-// ops take CPU tensors and run the CUDA launchers, planners and kernels of
-// the extension on them. Also exposes the launch planners.
+// The CUDA op layer (csrc/cuda/cuda_ops.h) on the host emulation: every
+// schema of the extension, defined again as the library samplewt_emu, whose
+// CPU kernels are the CUDA op wrappers, launchers, planners and kernels run on
+// CPU tensors. Also exposes the launch planners.
 #include <torch/extension.h>
 
+#include "../op_schemas.h"
 #include "cuda_ops.h"
 
 namespace {
@@ -120,9 +122,13 @@ void selftest_sync(int which) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_num_sms", [](int n) { g_num_sms = n; });
-  EmuOps::for_each_op([&](const char* name, auto fn) { m.def(name, fn); });
   m.def("plan_row", &plan_row);
   m.def("selftest_sum", &selftest_sum);
   m.def("selftest_sync", &selftest_sync);
   m.def("plan_elem", &plan_elem);
 }
+
+TORCH_LIBRARY(samplewt_emu, m) { samplewt::define_ops(m); }
+
+// Registered as the CPU kernels, the way ops_cuda.cu registers them for CUDA.
+TORCH_LIBRARY_IMPL(samplewt_emu, CPU, m) { EmuOps::register_ops(m); }

@@ -1,0 +1,169 @@
+"""Timing and peak memory of one call, for benchmarks/bench.py.
+
+CPU: torch.utils.benchmark.Timer, median of >= MIN_RUNS timed runs after warm-up, on
+NTHREADS threads; CUDA: CUDA events around every call, median. An untimed setup (fresh
+logits for a call that consumes its input) runs before each timed call. Peak memory: see
+the comment above cpu_peak_bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import statistics
+
+import torch
+from torch.utils import benchmark
+
+NTHREADS = os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------
+
+MIN_RUNS = 5
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_cpu(call, setup=None, min_time=1.0, warmup=2):
+    """Median seconds of >= MIN_RUNS timed runs after warm-up, with torch.utils.benchmark.
+
+    Without setup: Timer.blocked_autorange (blocks of calls; more blocks until min_time
+    and at least MIN_RUNS measurements).
+    With setup (inplace mode, the call consumes its input): every run is Timer.timeit(1)
+    whose untimed `setup` statement restores fresh logits first, so the copy is not in
+    the time and every timed call sees real logits.
+    """
+    glb = {"call": call, "setup": setup}
+    if setup is None:
+        t = benchmark.Timer(stmt="call()", globals=glb, num_threads=NTHREADS)
+        est = max(t.timeit(1).median for _ in range(max(1, warmup)))
+        times = []
+        while len(times) < MIN_RUNS:
+            m = t.blocked_autorange(min_run_time=max(min_time, (MIN_RUNS + 0.5) * est))
+            times.extend(m.times)
+        return statistics.median(times), len(times)
+    t = benchmark.Timer(stmt="call()", setup="setup()", globals=glb, num_threads=NTHREADS)
+    for _ in range(max(1, warmup)):
+        t.timeit(1)
+    times, spent = [], 0.0
+    while len(times) < MIN_RUNS or (spent < min_time and len(times) < 500):
+        dt = t.timeit(1).median
+        times.append(dt)
+        spent += dt
+    return statistics.median(times), len(times)
+
+
+def time_cuda(call, setup=None, min_time=1.0, warmup=3):
+    """Median seconds from CUDA events around each call (setup, if any, runs before the
+    start event on the same stream, so it is excluded)."""
+    for _ in range(max(1, warmup)):
+        if setup:
+            setup()
+        call()
+    torch.cuda.synchronize()
+    times, spent = [], 0.0
+    while len(times) < max(MIN_RUNS, 10) or (spent < min_time and len(times) < 1000):
+        if setup:
+            setup()
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
+        s.record()
+        call()
+        e.record()
+        e.synchronize()
+        dt = s.elapsed_time(e) / 1e3
+        times.append(dt)
+        spent += dt
+    return statistics.median(times), len(times)
+
+
+# ----------------------------------------------------------------------------------------
+# Peak memory
+# ----------------------------------------------------------------------------------------
+# CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus what was
+#       allocated before the call.
+# CPU:  torch has no CPU max_memory_allocated, so one call runs under
+#       torch.profiler.profile(profile_memory=True). Every allocation and free made through
+#       PyTorch's CPU allocator (ours' kernels, eager ATen ops, autograd, and the buffers
+#       of inductor-generated code, which all allocate via at::empty*) is recorded as a
+#       "[memory]" event with a signed byte count; summing them in time order gives the
+#       exact running total of live bytes, and its maximum is the peak extra bytes of the
+#       call (it includes the returned gradient). This is byte-exact and independent of
+#       page-fault or glibc caching behaviour.
+#       Memory obtained outside that allocator (e.g. a kernel that mmaps its own buffer)
+#       would be invisible to it, so as a cross-check the same call is also measured by
+#       the resident-set high-water mark: writing "5" to /proc/self/clear_refs resets
+#       VmHWM to the current RSS (Linux >= 4.0), and VmHWM - RSS after the call is the
+#       peak of touched pages. For logits of >= 256 MB (where glibc mmaps and unmaps every
+#       such buffer, so RSS tracks live bytes) the table marks a figure with "†" when the
+#       RSS peak exceeds the allocator peak by more than half the logits' size; both numbers
+#       are in the JSON. (For small tensors glibc heap re-use makes RSS unreliable.)
+
+_libc = None
+
+
+def malloc_trim():
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL("libc.so.6")
+        _libc.malloc_trim(0)
+    except Exception:
+        pass
+
+
+def _proc_status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_peak_bytes(call, setup=None):
+    """(allocator peak bytes, RSS high-water-mark bytes or None) of one call; see above."""
+    if setup:
+        setup()
+    gc.collect()
+    malloc_trim()  # return freed heap pages so that re-used memory is faulted in again
+    base = None
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _proc_status("VmRSS")
+    except OSError:
+        pass
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        call()
+    hwm = _proc_status("VmHWM") if base is not None else None
+    evs = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    evs.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in evs:
+        live += e.nbytes()
+        peak = max(peak, live)
+    rss = max(0, hwm - base) if (base is not None and hwm is not None) else None
+    return peak, rss
+
+
+def cuda_peak_bytes(call, setup=None):
+    if setup:
+        setup()
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base

@@ -1,0 +1,62 @@
+// Every samplewt_ops schema, defined once: the extension's registry
+// (ops.cpp) defines them, and so does the tests' host emulation of the CUDA
+// kernels, under its own namespace.
+//
+// Conventions shared by all ops:
+// - reduction is 0 none, 1 mean, 2 sum (at::Reduction).
+// - compute_grad=False writes no gradient and returns an empty `grad`.
+// - compute_stats=True also returns per-sample statistics (samples, 3) float32:
+//   the loss without sample weight, the L2 norm of its gradient, and the GHM
+//   gradient magnitude. They feed the adaptive weight tables.
+// - Row ops (cross_entropy, focal_loss) take input (rows, C) with unit column
+//   stride; the Python layer folds (N, C, d1..dk) and (C,) into that form.
+// - The `_` variants write the gradient into `input` itself (inplace_grad).
+// - An element-wise op's arguments are bound by name (op_wrappers.h): its own
+//   scalars are among alpha, gamma and delta, its tensors among weight and
+//   pos_weight.
+#pragma once
+
+#include <torch/library.h>
+
+namespace samplewt {
+
+inline void define_ops(torch::Library& m) {
+  m.def(
+      "cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
+      "int ignore_index, float label_smoothing, int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+  m.def(
+      "cross_entropy_(Tensor(a!) input, Tensor target, Tensor? weight, Tensor? sample_weight, "
+      "int ignore_index, float label_smoothing, int reduction, "
+      "bool compute_stats) -> (Tensor loss, Tensor stats)");
+  m.def(
+      "focal_loss(Tensor input, Tensor target, Tensor? alpha, Tensor? sample_weight, "
+      "float gamma, int ignore_index, int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+  m.def(
+      "focal_loss_(Tensor(a!) input, Tensor target, Tensor? alpha, Tensor? sample_weight, "
+      "float gamma, int ignore_index, int reduction, "
+      "bool compute_stats) -> (Tensor loss, Tensor stats)");
+  m.def(
+      "sigmoid_focal_loss(Tensor input, Tensor target, Tensor? sample_weight, float alpha, "
+      "float gamma, int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+  m.def(
+      "binary_cross_entropy_with_logits(Tensor input, Tensor target, Tensor? weight, "
+      "Tensor? pos_weight, Tensor? sample_weight, int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+  m.def(
+      "mse_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
+      "int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+  m.def(
+      "l1_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
+      "int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+  m.def(
+      "huber_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
+      "float delta, int reduction, bool compute_grad, "
+      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+}
+
+}  // namespace samplewt
