@@ -168,17 +168,9 @@ def train_one(method: str, seed: int, epochs: int, data):
     else:
         raise ValueError(method)
 
-    model.train()
-    for _ in range(epochs):
-        order = torch.tensor(list(sampler)) if sampler is not None else torch.randperm(n, generator=gen)
-        for s in range(0, n, BATCH):
-            idx = order[s : s + BATCH]
-            loss = loss_fn(model(xtr[idx]), ytr[idx], idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if table is not None:
-            table.step_epoch()
+    loss = run_epochs(model, opt, loss_fn, xtr, ytr, epochs, table,
+                      lambda: torch.tensor(list(sampler)) if sampler is not None
+                      else torch.randperm(n, generator=gen))
 
     model.eval()
     with torch.no_grad():
@@ -190,6 +182,27 @@ def train_one(method: str, seed: int, epochs: int, data):
         "per_class_recall": recall,
         "final_train_loss": float(loss.detach()),
     }
+
+
+def run_epochs(model, opt, loss_fn, xtr, ytr, epochs: int, table, order, before_epoch=None):
+    """Trains `epochs` epochs, each over the sample order `order()` in
+    batches of BATCH with ``loss_fn(logits, targets, indices)``, stepping the
+    table's epoch after each; returns the last batch's loss."""
+    model.train()
+    loss = None
+    for _ in range(epochs):
+        if before_epoch is not None:
+            before_epoch()
+        perm = order()
+        for s in range(0, perm.shape[0], BATCH):
+            idx = perm[s : s + BATCH]
+            loss = loss_fn(model(xtr[idx]), ytr[idx], idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if table is not None:
+            table.step_epoch()
+    return loss
 
 
 def summarise(values):
@@ -230,22 +243,69 @@ def plot(summary, path):
     plt.close(fig)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def training_config(args) -> dict:
+    """The model and training settings, for a result's JSON."""
+    return {"model": "MLP 64-128-10 ReLU", "optimizer": f"Adam lr={LR}", "batch_size": BATCH,
+            "epochs": args.epochs, "seeds": list(range(args.seeds)), "threads": args.threads}
+
+
+def environment() -> dict:
+    """The machine and versions, for a result's JSON."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "samplewt_ops": getattr(so, "__version__", "?"),
+        "backend": so.backend(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def write_results(result: dict, out: str, name: str, plot_to) -> None:
+    """Writes <out>/<name>.json and, with matplotlib, the chart <name>.png
+    through ``plot_to(path)``."""
+    os.makedirs(out, exist_ok=True)
+    jpath = os.path.join(out, f"{name}.json")
+    with open(jpath, "w") as f:
+        json.dump(result, f, indent=1)
+    ppath = os.path.join(out, f"{name}.png")
+    try:
+        plot_to(ppath)
+    except ImportError as e:  # matplotlib missing: keep the JSON
+        print(f"plot skipped: {e}", file=sys.stderr)
+        ppath = None
+    print(f"\nwrote {jpath}" + (f" and {ppath}" if ppath else ""))
+
+
+def arg_parser(doc: str, epochs: int, quick_epochs: int) -> argparse.ArgumentParser:
+    """The options both digits benchmarks share."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=epochs)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; the model is tiny)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of the methods (exact names)")
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 5 epochs, no files written")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"2 seeds, {quick_epochs} epochs, no files written")
+    ap.set_defaults(quick_epochs=quick_epochs)
+    return ap
+
+
+def parse_args(ap: argparse.ArgumentParser, argv, all_methods) -> tuple:
+    """(args, methods): --quick applied, threads set, the methods checked."""
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs = 2, 5
+        args.seeds, args.epochs = 2, args.quick_epochs
     torch.set_num_threads(args.threads)
-    methods = args.methods or METHODS
-    unknown = [m for m in methods if m not in METHODS]
+    methods = args.methods or all_methods
+    unknown = [m for m in methods if m not in all_methods]
     if unknown:
-        ap.error(f"unknown methods {unknown}; choose from {METHODS}")
+        ap.error(f"unknown methods {unknown}; choose from {all_methods}")
+    return args, methods
+
+
+def main(argv=None):
+    args, methods = parse_args(arg_parser(__doc__, 60, 5), argv, METHODS)
 
     t0 = time.time()
     per_seed = {m: [] for m in methods}
@@ -291,7 +351,6 @@ def main(argv=None):
 
     if args.quick:
         return 0
-    os.makedirs(args.out, exist_ok=True)
     result = {
         "benchmark": "imbalanced_digits",
         "config": {
@@ -300,36 +359,15 @@ def main(argv=None):
             "n_max": N_MAX,
             "test_per_class": TEST_PER_CLASS,
             "minority_classes": N_MINORITY,
-            "model": "MLP 64-128-10 ReLU",
-            "optimizer": f"Adam lr={LR}",
-            "batch_size": BATCH,
-            "epochs": args.epochs,
-            "seeds": list(range(args.seeds)),
-            "threads": args.threads,
+            **training_config(args),
         },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "samplewt_ops": getattr(so, "__version__", "?"),
-            "backend": so.backend(),
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
+        "environment": environment(),
         "elapsed_s": time.time() - t0,
         "splits": {str(k): v for k, v in splits.items()},
         "summary": summary,
         "per_seed": per_seed,
     }
-    jpath = os.path.join(args.out, "imbalanced_digits.json")
-    with open(jpath, "w") as f:
-        json.dump(result, f, indent=1)
-    ppath = os.path.join(args.out, "imbalanced_digits.png")
-    try:
-        plot(summary, ppath)
-    except ImportError as e:  # matplotlib missing: keep the JSON
-        print(f"plot skipped: {e}", file=sys.stderr)
-        ppath = None
-    print(f"\nwrote {jpath}" + (f" and {ppath}" if ppath else ""))
+    write_results(result, args.out, "imbalanced_digits", lambda path: plot(summary, path))
     return 0
 
 

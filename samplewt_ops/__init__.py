@@ -7,13 +7,14 @@ See README.md for the semantics of each weighting and the adaptive tables.
 The losses and their modules follow the op spec, ``samplewt_ops._spec.SPECS``.
 """
 from . import _loader, _ops  # noqa: F401  (loads and registers the kernels)
-from . import functional, modules, reference
+from . import functional, modules, reference, weights
 from ._loader import backend
 from ._validation import set_validation
 from .functional import *  # noqa: F401,F403  (one function per loss)
 from .modules import *  # noqa: F401,F403  (one module per loss)
+from .data import IndexedDataset
 from .samplers import AdaptiveSampler, DistributedAdaptiveSampler
-from .weights import GHM, OHEM, AdaptiveWeights, GradNormEMA, LossEMA, SelfPaced, class_weights
+from .weights import GHM, OHEM, AdaptiveWeights, GradNormEMA, LossEMA, SelfPaced, SmallLoss, class_weights
 
 __version__ = "0.1.0"
 
@@ -22,13 +23,10 @@ __all__ = [
     *modules.__all__,
     "class_weights",
     "AdaptiveWeights",
-    "LossEMA",
-    "GradNormEMA",
-    "SelfPaced",
-    "OHEM",
-    "GHM",
+    *(name for name in weights.policies.__all__ if name not in ("LOSS_NAMES", "WeightPolicy")),
     "AdaptiveSampler",
     "DistributedAdaptiveSampler",
+    "IndexedDataset",
     "backend",
     "set_validation",
     "reference",

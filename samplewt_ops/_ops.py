@@ -6,7 +6,7 @@ arguments by name, in the order the compiled schema gives
 
 Every functional op returns (loss, grad, stats): the forward kernel has
 already written d(loss)/d(input), so backward only scales that saved gradient
-by grad_output. The in-place `_` variants write the gradient into the logits
+by grad_output (and negates it for the target of a loss of input - target). The in-place `_` variants write the gradient into the logits
 themselves and are wrapped by InplaceGradLoss.
 """
 from __future__ import annotations
@@ -133,6 +133,7 @@ def _register(spec: OpSpec) -> None:
     name = spec.name
     names = SCHEMA_ARGS[name]
     at_input = names.index("input")
+    at_target = names.index("target")
 
     def setup_context(ctx, inputs, output):
         _, grad, stats = output
@@ -145,6 +146,7 @@ def _register(spec: OpSpec) -> None:
         # backward can hand it over; the inputs are kept (by reference) so
         # that a second backward (retain_graph) can recompute it.
         x = inputs[at_input]
+        ctx.target_dtype = inputs[at_target].dtype
         ctx.handover = x.is_leaf and not tracing(x)
         if ctx.handover:
             ctx.grad = grad
@@ -162,10 +164,16 @@ def _register(spec: OpSpec) -> None:
                 ctx.grad = None
         else:
             (grad,) = ctx.saved_tensors
-        grad_input = None
-        if grad_loss is not None and ctx.needs_input_grad[at_input]:
-            grad_input = _scale(grad, grad_loss, spec.rows)
-        return tuple(grad_input if i == at_input else None for i in range(len(names)))
+        need_input = ctx.needs_input_grad[at_input]
+        need_target = spec.negated_target_grad and ctx.needs_input_grad[at_target]
+        grad_input = grad_target = None
+        if grad_loss is not None and (need_input or need_target):
+            scaled = _scale(grad, grad_loss, spec.rows)
+            grad_input = scaled if need_input else None
+            grad_target = scaled.neg().to(ctx.target_dtype) if need_target else None
+        grads = [None] * len(names)
+        grads[at_input], grads[at_target] = grad_input, grad_target
+        return tuple(grads)
 
     def _recompute_grad(ctx):
         if ctx.inputs[at_input]._version != ctx.version:

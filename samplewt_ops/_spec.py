@@ -69,11 +69,19 @@ class OpSpec:
     prob_targets: bool = False
     to_op: Dict[str, Callable] = field(default_factory=dict)
     module_doc: Optional[str] = None
+    # The loss is a function of input - target: d/dtarget = -d/dinput, from
+    # the gradient the kernel already wrote.
+    negated_target_grad: bool = False
+    # The dtype of the result with a floating-point target of another dtype,
+    # as torch's counterpart gives it: "promote" (torch.result_type of both),
+    # "target" (F.binary_cross_entropy_with_logits) or "input" (F.huber_loss).
+    result_dtype: str = "promote"
     doc: str = ""  # the public function's docstring
 
     def __post_init__(self):
         own = [*self.scalars, *self.tensors]
         if (self.family not in (ROW, ELEMENTWISE) or self.mean not in MEAN_RULES
+                or self.result_dtype not in ("promote", "target", "input")
                 or len(set(own)) < len(own) or set(own) & set(COMMON_ARGS) or set(self.to_op) - set(own)
                 or (self.rows and "ignore_index" not in self.scalars)):
             raise ValueError(f"samplewt_ops: inconsistent op spec of {self.name}: {self}")
@@ -102,10 +110,12 @@ class OpSpec:
 
 
 def _class_alpha(alpha, input):
-    # One alpha for every class, as the op's per-class tensor.
+    # One alpha for every class, as the op's per-class tensor, in the input's
+    # accumulation type: float64 keeps a Python float exact for float64 inputs.
     if alpha is None or isinstance(alpha, torch.Tensor):
         return alpha
-    return torch.full((V.num_classes(input),), alpha, dtype=torch.float32, device=input.device)
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return torch.full((V.num_classes(input),), alpha, dtype=dtype, device=input.device)
 
 
 def _sigmoid_alpha(alpha, input):
@@ -185,6 +195,7 @@ _SPEC_LIST = (
     OpSpec("binary_cross_entropy_with_logits", ELEMENTWISE, "BCEWithLogitsLoss", MEAN_ELEMENTS,
            reference.binary_cross_entropy_with_logits,
            tensors={"weight": V.broadcastable, "pos_weight": V.broadcastable},
+           result_dtype="target",
            doc=r"""BCE with logits and pos_weight, as F.binary_cross_entropy_with_logits.
 
     .. math:: \ell = w \left[(1-t)\,x + (1 + (pw - 1)\,t)\,\mathrm{softplus}(-x)\right]
@@ -199,6 +210,7 @@ _SPEC_LIST = (
     """),
     OpSpec("mse_loss", ELEMENTWISE, "MSELoss", MEAN_WEIGHT, reference.mse_loss,
            tensors={"weight": V.same_shape},
+           negated_target_grad=True,
            doc=r"""Squared error :math:`\ell = weight\,(x - t)^2`, as F.mse_loss.
 
     The mean is :math:`\sum_i w_i \sum_j \ell_{ij} / \sum_i w_i D_i`, where
@@ -211,6 +223,7 @@ _SPEC_LIST = (
     """),
     OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
            tensors={"weight": V.same_shape},
+           negated_target_grad=True,
            doc=r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
 
     Example:
@@ -218,6 +231,8 @@ _SPEC_LIST = (
     """),
     OpSpec("huber_loss", ELEMENTWISE, "HuberLoss", MEAN_ELEMENTS, reference.huber_loss,
            scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape},
+           negated_target_grad=True,
+           result_dtype="input",
            doc=r"""Huber loss, as F.huber_loss.
 
     .. math:: \ell = weight \cdot \begin{cases} \tfrac12 d^2 & |d| < \delta \\

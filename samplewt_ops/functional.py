@@ -36,7 +36,7 @@ from torch import Tensor
 
 from . import _loader, _ops
 from ._spec import SPECS
-from ._validation import check_loss_args, num_classes
+from ._validation import check_loss_args, check_sample_weight, num_classes
 from .weights import driver
 
 __all__ = list(SPECS)
@@ -77,6 +77,8 @@ class _Rows(_Samples):
     """Row (softmax) ops: (N, C, d1..dk) and (C,) inputs folded to (rows, C)."""
 
     def __init__(self, input: Tensor, target: Tensor, prob: bool):
+        if not prob and target.dtype not in (torch.int64, torch.int32):
+            target = target.long()  # the kernels read int64 or int32 indices
         self.n = 1 if input.dim() == 1 else input.shape[0]
         self.out_shape = tuple(target.shape) if not prob else (
             () if input.dim() == 1 else (input.shape[0],) + tuple(input.shape[2:])
@@ -119,13 +121,27 @@ def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: 
     lay = _Rows(call.input, call.target, call.prob) if spec.rows else _Samples(call.input, call.target)
     args = dict(op_args, target=lay.t, sample_weight=lay.expand(sample_weight),
                 reduction=_REDUCTION[reduction], compute_stats=want_stats)
+    compute_grad = _needs_grad(lay.x) or (spec.negated_target_grad and _needs_grad(lay.t))
     if inplace_grad and _needs_grad(lay.x):
         loss, stats = _ops.InplaceGradLoss.apply(lay.x, spec.name, args)
     else:
-        loss, _, stats = _ops.call(spec.name, input=lay.x, compute_grad=_needs_grad(lay.x), **args)
+        loss, _, stats = _ops.call(spec.name, input=lay.x, compute_grad=compute_grad, **args)
     if reduction == "none":
         loss = lay.unfold(loss)
     return loss, (lay.per_sample_stats(stats) if want_stats else None)
+
+
+def _differentiated(call) -> set:
+    """The tensor arguments other than input that autograd must differentiate
+    and the kernel does not: the target of a loss of input - target is done by
+    the kernel's own gradient."""
+    if not torch.is_grad_enabled():
+        return set()
+    tensors = {"target": call.target, "sample_weight": call.sample_weight,
+               **{name: call.args[name] for name in call.spec.tensors}}
+    if call.spec.negated_target_grad:
+        del tensors["target"]
+    return {name for name, t in tensors.items() if isinstance(t, Tensor) and t.requires_grad}
 
 
 def _loss(spec, input, target, sample_weight, reduction, table, indices,
@@ -137,10 +153,26 @@ def _loss(spec, input, target, sample_weight, reduction, table, indices,
     # kernel's O(N) pre-pass, in the reference, or here for other kernels.
     call = check_loss_args(spec, input, target, sample_weight, reduction, args,
                            check_values=kernel and input.device.type != "cpu")
+    if spec.result_dtype != "input" and target.dtype != input.dtype and target.dtype.is_floating_point:
+        dtype = target.dtype if spec.result_dtype == "target" else torch.result_type(input, target)
+        if dtype != input.dtype:
+            input = input.to(dtype)
+            call = call._replace(input=input)
+    differentiated = _differentiated(call) if kernel else ()
+    if kernel and differentiated - {"sample_weight"}:
+        kernel = False  # the reference differentiates every argument
+    if "sample_weight" in differentiated and input.device.type == "cpu":
+        # The kernel, which checks sample_weight's values on the CPU, won't see it.
+        check_sample_weight(call.sample_weight, input, unbatched=input.dim() == (1 if spec.rows else 0))
     if kernel:
         op_args = call.spec.op_args(call.args, input)
 
         def run(sw, red, want_stats):
+            if "sample_weight" in differentiated:
+                # The kernel's unreduced loss, reduced here: autograd then
+                # differentiates sample_weight too, at O(N).
+                per, stats = _run_kernel(call, op_args, None, "none", want_stats, inplace_grad)
+                return driver.weighted_reduce(call, per, sw, red), stats
             return _run_kernel(call, op_args, sw, red, want_stats, inplace_grad)
     else:
         def run(sw, red, want_stats):

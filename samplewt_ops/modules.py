@@ -30,29 +30,30 @@ class _WeightedLoss(nn.Module):
         super().__init__()
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
-        self._kwargs = {}
-        for key, value in list(bound.arguments.items())[1:]:
-            if key in self._buffers_kw and isinstance(value, Tensor):
+        # Every argument is an attribute, as in torch.nn's losses (loss.reduction,
+        # loss.ignore_index, ...); tensors are buffers (None allowed) so that
+        # .to() moves them, and changing an attribute changes the next call.
+        self._arg_names = tuple(bound.arguments)[1:]
+        for key in self._arg_names:
+            value = bound.arguments[key]
+            if key in self._buffers_kw and (value is None or isinstance(value, Tensor)):
                 self.register_buffer(key, value)
             else:
-                self._kwargs[key] = value
-
-    def _all_kwargs(self) -> dict:
-        kw = dict(self._kwargs)
-        for key in self._buffers_kw:
-            if key in self._buffers:
-                kw[key] = self._buffers[key]
-        return kw
+                setattr(self, key, value)
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None,
                 indices: Optional[Tensor] = None) -> Tensor:
-        kw = self._all_kwargs()
+        kw = {key: getattr(self, key) for key in self._arg_names}
         if kw.get("table") is not None or indices is not None:
             kw["indices"] = indices
         return type(self)._fn(input, target, sample_weight=sample_weight, **kw)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._kwargs.items() if v is not None)
+        # The arguments that differ from their defaults (torch.nn shows none).
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._arg_names
+                         if not isinstance(getattr(self, k), Tensor)
+                         and getattr(self, k) is not self._defaults[k]
+                         and getattr(self, k) != self._defaults[k])
 
 
 def _module(spec) -> type:
@@ -75,6 +76,7 @@ def _module(spec) -> type:
     return type(spec.module, (_WeightedLoss,), {
         "__init__": __init__, "__doc__": doc, "__module__": __name__,
         "_fn": staticmethod(fn), "_buffers_kw": tuple(spec.tensors),
+        "_defaults": {name: p.default for name, p in signature.parameters.items()},
     })
 
 

@@ -2,7 +2,7 @@
 
 from . import policies
 from .class_weights import class_weights
-from .policies import GHM, LOSS_NAMES, OHEM, GradNormEMA, LossEMA, SelfPaced, WeightPolicy
+from .policies import GHM, LOSS_NAMES, OHEM, GradNormEMA, LossEMA, SelfPaced, SmallLoss, WeightPolicy
 from .table import AdaptiveWeights
 
 __all__ = ["class_weights", "AdaptiveWeights", *policies.__all__]

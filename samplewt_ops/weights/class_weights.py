@@ -21,18 +21,22 @@ def class_weights(
 ) -> torch.Tensor:
     r"""Per-class weights from the class counts of ``targets``.
 
-    With :math:`N` the number of targets, :math:`K` = ``num_classes`` and
-    :math:`n_c` the number of targets equal to class :math:`c`:
+    With :math:`N` the number of targets, :math:`K` = ``num_classes``,
+    :math:`n_c` the number of targets equal to class :math:`c` and
+    :math:`K_{present}` the number of classes with :math:`n_c > 0`:
 
     * ``"inverse"``:   :math:`w_c = N / n_c`
-    * ``"balanced"``:  :math:`w_c = N / (K\,n_c)` (scikit-learn's ``"balanced"``;
-      the weights average to 1 over the samples)
+    * ``"balanced"``:  :math:`w_c = N / (K_{present}\,n_c)`, exactly
+      scikit-learn's ``compute_class_weight("balanced", classes=<the classes
+      present>, y=targets)``: the weights average to 1 over the samples,
+      :math:`\frac1N \sum_i w_{y_i} = 1`, also when some classes never occur
     * ``"effective"``: the *effective number of samples* of Cui et al., CVPR 2019,
       "Class-Balanced Loss Based on Effective Number of Samples":
       :math:`w_c \propto (1-\beta) / (1-\beta^{n_c})`, normalised so that the
-      weights sum to :math:`K`.
+      weights sum to :math:`K` (as in the paper's code; absent classes count
+      with weight 0, so the present classes' weights sum to :math:`K`)
 
-    A class that does not occur (:math:`n_c = 0`) gets weight 0.
+    A class that does not occur (:math:`n_c = 0`) gets weight 0 in every method.
 
     The result can be passed as the ``weight`` argument of
     :func:`samplewt_ops.cross_entropy` or ``alpha`` of
@@ -56,6 +60,12 @@ def class_weights(
         >>> cat, dog = 0, 1
         >>> class_weights(torch.tensor([cat, cat, dog, dog, dog]), 2)
         tensor([2.5000, 1.6667])
+
+    Class 2 never occurs: "balanced" divides by the 3 classes present, not by
+    ``num_classes`` = 4 (4 / (3 * 2), 4 / (3 * 1), 0, 4 / (3 * 1))::
+
+        >>> class_weights([0, 0, 1, 3], 4, method="balanced")
+        tensor([0.6667, 1.3333, 0.0000, 1.3333])
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise TypeError(f"class_weights: num_classes must be an int, got {type(num_classes).__name__}")
@@ -91,7 +101,9 @@ def class_weights(
     if method == "inverse":
         w = total / n_c
     elif method == "balanced":
-        w = total / (num_classes * n_c)
+        # K_present, not num_classes: scikit-learn's "balanced" over the classes
+        # that occur (stays a device tensor: no host sync).
+        w = total / (present.sum().to(torch.float64) * n_c)
     else:
         raw = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(float(beta), dtype=torch.float64, device=flat.device), n_c))
         raw = torch.where(present, raw, torch.zeros_like(raw))

@@ -44,7 +44,7 @@ def reference_stats(call: LossCall) -> Tensor:
     return torch.stack((loss, g_norm, ghm), dim=1)
 
 
-def _mean_share(call: LossCall, batch: int) -> Tensor:
+def _mean_share(call: LossCall, batch: int, dtype=torch.float32) -> Tensor:
     """Per sample: what the loss's reduction="mean" divides by (its mean rule)."""
     spec, input, args = call.spec, call.input, call.args
     weight = args.get("weight")
@@ -52,16 +52,32 @@ def _mean_share(call: LossCall, batch: int) -> Tensor:
         t = call.target.reshape(batch, -1)
         valid = t != args["ignore_index"]
         if spec.mean == MEAN_CLASS_WEIGHT and weight is not None:
-            per = torch.where(valid, weight.float()[t.clamp(0, num_classes(input) - 1)], 0.0)
+            per = torch.where(valid, weight.to(dtype)[t.clamp(0, num_classes(input) - 1)], 0.0)
         else:
-            per = valid.float()
+            per = valid.to(dtype)
         return per.sum(1)
     if spec.mean == MEAN_WEIGHT and weight is not None:
-        return weight.float().reshape(batch, -1).sum(1)
+        return weight.to(dtype).reshape(batch, -1).sum(1)
     per = input.numel() // batch if batch else 0  # elements per sample
     if spec.rows:
         per //= num_classes(input)  # positions per sample
-    return torch.full((batch,), float(per), device=input.device)
+    return torch.full((batch,), float(per), dtype=dtype, device=input.device)
+
+
+def weighted_reduce(call: LossCall, per: Tensor, w: Tensor, reduction: str,
+                    mean_weight: Tensor = None) -> Tensor:
+    """The unreduced loss `per` of `call` times the per-sample weights `w`,
+    reduced: "mean" is sum_i w_i l_i / sum_i m_i s_i, with s_i the sample's
+    share of the mean (its mean rule) and m = mean_weight (default w).
+    Differentiable in `per` and in `w`."""
+    batch = call.spec.batch_size(call.input)
+    w_b = w.reshape((batch,) + (1,) * (per.dim() - 1)) if per.dim() > 0 else w.reshape(())
+    weighted = per * w_b.to(per.dtype)
+    if reduction != "mean":
+        return weighted if reduction == "none" else weighted.sum()
+    m = w if mean_weight is None else mean_weight
+    share = _mean_share(call, batch, torch.float64 if m.dtype == torch.float64 else torch.float32)
+    return weighted.sum() / (m * share.to(m.dtype)).sum()
 
 
 def table_loss(call: LossCall, run: Callable, table, indices) -> Tensor:
@@ -91,10 +107,5 @@ def table_loss(call: LossCall, run: Callable, table, indices) -> Tensor:
     stats = stats.detach()
     bw = table.batch_weights(indices, loss=stats[:, 0], g=stats[:, 2], valid=valid).to(per.dtype)
     table.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2], valid=valid)
-    bw_b = bw.reshape((batch,) + (1,) * (per.dim() - 1)) if per.dim() > 0 else bw.reshape(())
-    weighted = per * bw_b
-    if reduction != "mean":
-        return weighted if reduction == "none" else weighted.sum()
-    sw = torch.ones_like(bw) if sample_weight is None else sample_weight.to(bw.dtype)
-    share = _mean_share(call, batch)
-    return weighted.sum() / (bw * sw * share.to(bw.dtype)).sum()
+    mean_weight = bw if sample_weight is None else bw * sample_weight.to(bw.dtype)
+    return weighted_reduce(call, per, bw, reduction, mean_weight)

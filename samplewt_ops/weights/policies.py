@@ -18,7 +18,7 @@ and the first observation of a sample initialises its EMA to :math:`x`.
 Two families of policies exist:
 
 * history policies (``per_batch = False``: :class:`LossEMA`,
-  :class:`GradNormEMA`, :class:`SelfPaced`) weight a batch from the state as it
+  :class:`GradNormEMA`, :class:`SelfPaced`, :class:`SmallLoss`) weight a batch from the state as it
   was *before* the batch (the weights never depend on the batch's own loss);
 * per-batch policies (``per_batch = True``: :class:`OHEM`, :class:`GHM`)
   weight a batch from the batch's own per-sample losses or gradient
@@ -47,6 +47,7 @@ __all__ = [
     "SelfPaced",
     "OHEM",
     "GHM",
+    "SmallLoss",
 ]
 
 #: The loss names a policy may be asked about through ``policy.supports``.
@@ -437,3 +438,109 @@ class GHM(WeightPolicy):
         d = s.index_select(0, self.bin_of(table.policy_state["g_ema"])) * self.bins
         w = s.sum() / torch.where(d > 0, d, torch.ones_like(d))
         return torch.where(seen & (d > 0), w, torch.ones_like(w))
+
+
+class SmallLoss(WeightPolicy):
+    r"""Small-loss selection against noisy labels, in the spirit of Co-teaching
+    (Han et al., "Co-teaching: Robust Training of Deep Neural Networks with
+    Extremely Noisy Labels", NeurIPS 2018), with one network and the loss EMA
+    as the ranking statistic.
+
+    Networks fit clean labels before they memorise wrong ones, so a sample
+    whose loss stays high is likely mislabelled.  After :math:`e` calls of
+    ``table.step_epoch()`` (``table.epoch``) the forget rate is
+
+    .. math:: f_e = \tau \cdot \min\!\left(1,\ \frac{e}{T_k}\right)
+
+    (:math:`\tau` = ``forget_rate``, :math:`T_k` = ``ramp_epochs``; :math:`f_e
+    = \tau` from the start when :math:`T_k = 0`).  With :math:`S` the samples
+    seen at least once, the :math:`k_e = |S| - \lfloor f_e |S| \rfloor` seen
+    samples with the smallest loss EMA get weight 1, the other seen samples
+    ``min_weight``, unseen samples 1:
+
+    .. math::
+
+        w_i = \begin{cases} 1 & i \notin S \ \text{or}\ \operatorname{rank}_S(i) < k_e \\
+                            w_{\min} & \text{otherwise,} \end{cases}
+
+    where :math:`\operatorname{rank}_S(i)` is the 0-based position of sample
+    :math:`i` when the seen samples are sorted by loss EMA, equal EMAs in
+    dataset-index order (a NaN EMA ranks last).  :math:`\lfloor f_e |S|\rfloor`
+    is computed exactly in integers, :math:`\tau` taken as the nearest fraction
+    with a denominator of at most :math:`10^6` (0.2 is 1/5).
+
+    A history policy (``per_batch = False``): a batch's weights are the rule
+    above on the table as it was before the batch, and ``table.weights`` is
+    the same rule on every sample.  Each batch's weights rank the whole table
+    (one ``argsort`` of ``num_samples`` values on the device, no host
+    synchronisation).  The policy keeps no tensors of its own (the epoch
+    counter is the table's), so ``state_dict`` and ``sync()`` need nothing
+    more; every rank calls ``step_epoch()``.
+
+    With ``min_weight = 0`` a batch can have all weights 0, where a weighted
+    mean is 0/0: use ``reduction="sum"`` divided by the batch size, or a
+    ``min_weight > 0``.
+
+    Example::
+
+        >>> policy = SmallLoss(forget_rate=0.2, ramp_epochs=10)
+        >>> table = AdaptiveWeights(len(dataset), policy)
+        >>> # epoch e: the 20% * min(1, e / 10) seen samples with the largest
+        >>> # loss EMA get weight 0
+        >>> loss = cross_entropy(logits, y, table=table, indices=idx, reduction="sum") / len(y)
+
+    Args:
+        forget_rate: final fraction :math:`\tau \in [0, 1)` of the seen samples
+            that is down-weighted (Co-teaching sets it to the noise rate).
+        ramp_epochs: :math:`T_k \ge 0`, epochs over which the rate grows linearly from 0.
+        min_weight: weight :math:`w_{\min} \in [0, 1]` of the forgotten samples.
+        momentum: momentum of the table's loss EMA, in [0, 1) (0: the loss of
+            the last batch that contained the sample).
+    """
+
+    def __init__(self, forget_rate: float, ramp_epochs: int = 10, min_weight: float = 0.0, momentum: float = 0.9):
+        self.forget_rate = check_real(forget_rate, "SmallLoss: forget_rate", lo=0.0, hi=1.0, hi_open=True, finite=True)
+        if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int):
+            raise TypeError(f"SmallLoss: ramp_epochs must be an int, got {type(ramp_epochs).__name__}")
+        if ramp_epochs < 0:
+            raise ValueError(f"SmallLoss: ramp_epochs must be >= 0, got {ramp_epochs}")
+        self.ramp_epochs = ramp_epochs
+        self.min_weight = check_real(min_weight, "SmallLoss: min_weight", lo=0.0, hi=1.0, finite=True)
+        self.momentum = _check_momentum("momentum", momentum, "SmallLoss")
+        frac = Fraction(repr(self.forget_rate)).limit_denominator(10**6)
+        self._num, self._den = frac.numerator, frac.denominator
+
+    @property
+    def history_momentum(self) -> float:  # type: ignore[override]
+        return self.momentum
+
+    def config(self):
+        return {
+            "forget_rate": self.forget_rate,
+            "ramp_epochs": self.ramp_epochs,
+            "min_weight": self.min_weight,
+            "momentum": self.momentum,
+        }
+
+    def num_forgotten(self, epoch, n_seen):
+        r""":math:`\lfloor f_e\, n\rfloor` with integer arithmetic (ints or int64 tensors)."""
+        if self.ramp_epochs == 0:
+            return (self._num * n_seen) // self._den
+        if isinstance(epoch, torch.Tensor):
+            e = epoch.clamp(max=self.ramp_epochs)
+        else:
+            e = min(epoch, self.ramp_epochs)
+        return (self._num * e * n_seen) // (self._den * self.ramp_epochs)
+
+    def all_weights(self, table):
+        ema = table.loss_ema
+        seen = table.seen_count > 0
+        n_seen = seen.sum()
+        kept = n_seen - self.num_forgotten(table.epoch, n_seen)
+        # order by (unseen, loss EMA with NaN as +inf, index): two stable sorts
+        score = torch.nan_to_num(ema, nan=math.inf)
+        order = torch.sort(score, stable=True).indices
+        order = order.index_select(0, torch.sort((~seen).index_select(0, order).to(torch.uint8), stable=True).indices)
+        rank = torch.empty_like(order).index_put_((order,), torch.arange(ema.shape[0], device=ema.device))
+        w = torch.where(rank < kept, torch.ones_like(ema), torch.full_like(ema, self.min_weight))
+        return torch.where(seen, w, torch.ones_like(w))

@@ -55,7 +55,7 @@ class AdaptiveWeights:
         num_samples: size of the dataset (> 0).
         policy: a policy from :mod:`samplewt_ops.weights.policies`
             (:class:`LossEMA`, :class:`GradNormEMA`, :class:`SelfPaced`,
-            :class:`OHEM`, :class:`GHM`).
+            :class:`OHEM`, :class:`GHM`, :class:`SmallLoss`).
         device: device of the state tensors (default CPU); must be the device of
             the losses that use the table.
 
@@ -90,7 +90,7 @@ class AdaptiveWeights:
         if not isinstance(policy, WeightPolicy):
             raise TypeError(
                 "AdaptiveWeights: policy must be a policy object such as LossEMA(), GradNormEMA(), "
-                f"SelfPaced(...), OHEM(...) or GHM(), got {type(policy).__name__}"
+                f"SelfPaced(...), OHEM(...), GHM() or SmallLoss(...), got {type(policy).__name__}"
             )
         dev = _norm_device(device)
         self.num_samples = num_samples

@@ -14,7 +14,8 @@ def _reference(targets, num_classes, method, beta=0.999):
     if method == "inverse":
         w = [n / k if k else 0.0 for k in counts]
     elif method == "balanced":
-        w = [n / (num_classes * k) if k else 0.0 for k in counts]
+        present = sum(1 for k in counts if k)
+        w = [n / (present * k) if k else 0.0 for k in counts]
     else:
         raw = [(1 - beta) / (1 - beta**k) if k else 0.0 for k in counts]
         s = sum(raw)
@@ -44,8 +45,41 @@ def test_against_reference(method, beta):
     if method == "effective":
         assert math.isclose(float(w.sum()), 7.0, rel_tol=1e-5)
     if method == "balanced":
-        # averages to (present classes / K) over the samples: 6 of the 7 classes occur
-        assert math.isclose(float(w[targets].double().mean()), 6 / 7, rel_tol=1e-5)
+        # averages to 1 over the samples, although class 6 never occurs
+        assert math.isclose(float(w[targets].double().mean()), 1.0, rel_tol=1e-5)
+
+
+def test_balanced_with_an_absent_class_issue_example():
+    # issue 11: class 2 never occurs; scikit-learn divides by the 3 classes present
+    w = class_weights([0, 0, 1, 3], 4, method="balanced")
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 4 / 3, 0.0, 4 / 3]))
+    assert math.isclose(float(w[torch.tensor([0, 0, 1, 3])].mean()), 1.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "y, num_classes",
+    [
+        ([0, 0, 1, 3], 4),  # the issue's example: class 2 absent
+        ([0, 1, 2, 0, 1, 0], 3),  # every class present
+        ([4, 4, 4], 6),  # a single class present
+        ([5, 0, 5, 5, 2, 2, 9, 5], 12),  # absent classes in the middle and at the end
+        (torch.tensor([[1, 1, 3], [3, 3, 3]], dtype=torch.int32), 5),  # 2-D, int32, class 0 absent
+        (torch.multinomial(torch.tensor([0.5, 0.0, 0.3, 0.15, 0.0, 0.05]), 300, replacement=True,
+                           generator=torch.Generator().manual_seed(11)), 6),
+    ],
+    ids=["issue-example", "all-present", "one-class", "gaps", "2d-int32", "long-tailed"],
+)
+def test_balanced_matches_sklearn(y, num_classes):
+    class_weight = pytest.importorskip("sklearn.utils.class_weight")
+    np = pytest.importorskip("numpy")
+    y_np = torch.as_tensor(y).reshape(-1).numpy().astype(np.int64)
+    present = np.unique(y_np)
+    expected = torch.zeros(num_classes, dtype=torch.float64)
+    expected[torch.from_numpy(present)] = torch.from_numpy(
+        class_weight.compute_class_weight("balanced", classes=present, y=y_np).astype(np.float64)
+    )
+    w = class_weights(y, num_classes, method="balanced")
+    torch.testing.assert_close(w.double(), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_effective_beta_zero_is_uniform_over_present_classes():

@@ -1,0 +1,167 @@
+"""The drop-in promise, behaviour by behaviour, against torch: dtype
+promotion, broadcasting (refused on purpose, with a clear error), 0-dim and
+empty inputs, non-contiguous and expanded tensors, no_grad and inference
+mode, and the modules' attributes, repr and state_dict."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import samplewt_ops as so
+
+FLOATS = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def _bce_target(shape, dtype):
+    return torch.rand(shape).to(dtype)
+
+
+# name -> (ours, torch's, target maker)
+ELEMENTWISE = {
+    "mse_loss": (so.mse_loss, F.mse_loss, lambda s, d: torch.randn(s).to(d)),
+    "l1_loss": (so.l1_loss, F.l1_loss, lambda s, d: torch.randn(s).to(d)),
+    "huber_loss": (so.huber_loss, F.huber_loss, lambda s, d: torch.randn(s).to(d)),
+    "binary_cross_entropy_with_logits": (so.binary_cross_entropy_with_logits,
+                                         F.binary_cross_entropy_with_logits, _bce_target),
+}
+
+
+def _close(a, b, low_precision=False):
+    # low_precision: torch rounds an intermediate (its log_softmax, say) to
+    # a bfloat16 input's dtype before promoting; this project does not.
+    assert a.dtype == b.dtype and a.shape == b.shape
+    tol = dict(rtol=2e-2, atol=2e-2) if a.dtype == torch.bfloat16 or low_precision else {}
+    torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("target_dtype", FLOATS)
+@pytest.mark.parametrize("input_dtype", FLOATS)
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_dtype_promotion_is_torchs(name, input_dtype, target_dtype):
+    ours, theirs, make_target = ELEMENTWISE[name]
+    x = torch.randn(6, 5).to(input_dtype).requires_grad_()
+    t = make_target((6, 5), target_dtype)
+    x2 = x.detach().clone().requires_grad_()
+    got, want = ours(x, t), theirs(x2, t)
+    low = torch.bfloat16 in (input_dtype, target_dtype)
+    _close(got, want, low)
+    got.backward()
+    assert x.grad.dtype == input_dtype
+    if name == "huber_loss" and input_dtype != target_dtype:
+        # torch's own huber backward fails here ("Found dtype Double but
+        # expected Float"); its gradient is d/dx of the same formula.
+        x3 = x.detach().clone().requires_grad_()
+        theirs(x3, t.to(input_dtype)).backward()
+        _close(x.grad, x3.grad, low)
+        return
+    want.backward()
+    _close(x.grad, x2.grad, low)
+
+
+@pytest.mark.parametrize("target_dtype", FLOATS)
+@pytest.mark.parametrize("input_dtype", FLOATS)
+def test_probability_target_promotion_is_torchs(input_dtype, target_dtype):
+    x = torch.randn(6, 5).to(input_dtype)
+    q = torch.softmax(torch.randn(6, 5), 1).to(target_dtype)
+    _close(so.cross_entropy(x, q), F.cross_entropy(x, q), torch.bfloat16 in (input_dtype, target_dtype))
+
+
+def test_sigmoid_focal_promotes_like_torchvisions_formula():
+    x = torch.randn(6, 5)
+    t = torch.rand(6, 5, dtype=torch.float64)
+    assert so.sigmoid_focal_loss(x, t, reduction="mean").dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.int16])
+def test_integer_class_targets(dtype):
+    x = torch.randn(5, 4)
+    y = torch.tensor([0, 3, 1, 2, 3])
+    torch.testing.assert_close(so.cross_entropy(x, y.to(dtype)), F.cross_entropy(x, y))
+    torch.testing.assert_close(so.focal_loss(x, y.to(dtype), gamma=0.0), F.cross_entropy(x, y))
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_broadcast_target_is_refused_clearly(name):
+    # torch broadcasts (with a warning for the regression losses); a target
+    # of another shape is almost always a bug, so this project refuses it.
+    ours = ELEMENTWISE[name][0]
+    with pytest.raises(ValueError, match="target"):
+        ours(torch.randn(4, 3), torch.rand(3))
+    with pytest.raises(ValueError, match="target"):
+        ours(torch.randn(3), torch.rand(4, 3))
+
+
+def test_bce_weight_and_pos_weight_broadcast_as_torchs():
+    x, t = torch.randn(4, 3), torch.rand(4, 3)
+    for w in (torch.rand(3), torch.rand(4, 1), torch.rand(1, 3), torch.rand(4, 3)):
+        torch.testing.assert_close(so.binary_cross_entropy_with_logits(x, t, w, pos_weight=w),
+                                   F.binary_cross_entropy_with_logits(x, t, w, pos_weight=w))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_zero_dim_and_empty(name, reduction):
+    ours, theirs, make_target = ELEMENTWISE[name]
+    for shape in ((), (0,), (0, 3), (3, 0)):
+        x, t = torch.randn(shape), make_target(shape, torch.float32)
+        torch.testing.assert_close(ours(x, t, reduction=reduction), theirs(x, t, reduction=reduction),
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_zero_dim_and_empty(reduction):
+    cases = [(torch.randn(4), torch.tensor(2)), (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)),
+             (torch.zeros(2, 3, 0), torch.zeros(2, 0, dtype=torch.long)),
+             (torch.randn(4), torch.softmax(torch.randn(4), 0))]
+    for x, y in cases:
+        torch.testing.assert_close(so.cross_entropy(x, y, reduction=reduction),
+                                   F.cross_entropy(x, y, reduction=reduction), equal_nan=True)
+
+
+def test_non_contiguous_and_expanded():
+    y = torch.tensor([0, 2, 1, 1])
+    for x in (torch.randn(3, 4).t(), torch.randn(1, 3).expand(4, 3), torch.randn(4, 6)[:, ::2],
+              torch.randn(4, 3, 2).transpose(0, 2)[0].t()):
+        x = x.detach().requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        got, want = so.cross_entropy(x, y), F.cross_entropy(x2, y)
+        torch.testing.assert_close(got, want)
+        got.backward()
+        want.backward()
+        torch.testing.assert_close(x.grad, x2.grad)
+    t = torch.randn(6, 4)[::2]
+    for x in (torch.randn(4, 3).t(), torch.randn(1, 4).expand(3, 4)):
+        torch.testing.assert_close(so.mse_loss(x, t), F.mse_loss(x, t))
+        torch.testing.assert_close(so.binary_cross_entropy_with_logits(x, t.sigmoid()),
+                                   F.binary_cross_entropy_with_logits(x, t.sigmoid()))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_no_grad_and_inference_mode(mode):
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    x = torch.randn(8, 5, requires_grad=True)
+    y = torch.randint(0, 5, (8,))
+    t = torch.rand(8, 5, requires_grad=True)
+    with ctx():
+        for got, want in ((so.cross_entropy(x, y), F.cross_entropy(x, y)),
+                          (so.mse_loss(x, t), F.mse_loss(x, t)),
+                          (so.binary_cross_entropy_with_logits(x, t), F.binary_cross_entropy_with_logits(x, t))):
+            torch.testing.assert_close(got, want)
+            assert not got.requires_grad and got.grad_fn is None
+
+
+def test_modules_attributes_repr_and_state_dict():
+    cw = torch.rand(5)
+    ours, theirs = so.CrossEntropyLoss(weight=cw, label_smoothing=0.1), torch.nn.CrossEntropyLoss(weight=cw, label_smoothing=0.1)
+    for attr in ("reduction", "ignore_index", "label_smoothing"):
+        assert getattr(ours, attr) == getattr(theirs, attr)
+    assert torch.equal(ours.weight, theirs.weight)
+    assert set(ours.state_dict()) == set(theirs.state_dict()) == {"weight"}
+    x, y = torch.randn(4, 5), torch.tensor([0, 4, 2, 1])
+    ours.reduction = theirs.reduction = "none"  # a changed attribute changes the next call
+    torch.testing.assert_close(ours(x, y), theirs(x, y))
+    assert repr(so.CrossEntropyLoss()) == "CrossEntropyLoss()"
+    assert repr(so.CrossEntropyLoss(reduction="sum")) == "CrossEntropyLoss(reduction='sum')"
+    assert so.MSELoss().reduction == torch.nn.MSELoss().reduction
+    assert so.HuberLoss(delta=0.5).delta == torch.nn.HuberLoss(delta=0.5).delta
+    m = so.BCEWithLogitsLoss(pos_weight=torch.ones(3)).to(torch.float64)
+    assert m.pos_weight.dtype == torch.float64 and m.weight is None
