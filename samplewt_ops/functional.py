@@ -188,13 +188,13 @@ def _loss(spec, input, target, sample_weight, reduction, table, indices,
 # The losses: one public function per op spec entry
 
 
-def _deprecated_table(extra: dict, owner: str, table, stacklevel: int = 3):
+def _deprecated_table(extra: dict, owner: str, table_given: bool, stacklevel: int = 3):
     """The table passed by the deprecated name ``weights=`` (in `extra`, the
     call's keywords that the signature does not name)."""
     unknown = sorted(set(extra) - {"weights"})
     if unknown:
         raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
-    if table is not None:
+    if table_given:
         raise TypeError(f"{owner}() got both table= and weights=, the deprecated name of table=; "
                         "pass table= only")
     if not torch.compiler.is_compiling():
@@ -206,10 +206,7 @@ def _deprecated_table(extra: dict, owner: str, table, stacklevel: int = 3):
 def renamed_table(kwargs: dict, owner: str):
     """Pops the deprecated ``weights=`` from the keywords of a call of
     `owner` (with a DeprecationWarning) and returns it: the table."""
-    if "table" in kwargs:
-        raise TypeError(f"{owner}() got both table= and weights=, the deprecated name of table=; "
-                        "pass table= only")
-    return _deprecated_table({"weights": kwargs.pop("weights")}, owner, None, stacklevel=4)
+    return _deprecated_table({"weights": kwargs.pop("weights")}, owner, "table" in kwargs, stacklevel=4)
 
 
 # Arguments that every loss takes, passed to _loss by position.
@@ -245,7 +242,7 @@ def _public_loss(spec) -> Callable:
     source = (
         f"def {spec.name}({', '.join(text)}, **deprecated):\n"
         f"    if deprecated:\n"
-        f"        table = _deprecated_table(deprecated, {spec.name!r}, table)\n"
+        f"        table = _deprecated_table(deprecated, {spec.name!r}, table is not None)\n"
         f"    return _loss(_spec, input, target, sample_weight, reduction, table, indices, "
         f"{'inplace_grad' if spec.inplace else 'False'}, {own})\n"
     )

@@ -52,7 +52,6 @@ class _WeightedLoss(nn.Module):
         # The arguments that differ from their defaults (torch.nn shows none).
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._arg_names
                          if not isinstance(getattr(self, k), Tensor)
-                         and getattr(self, k) is not self._defaults[k]
                          and getattr(self, k) != self._defaults[k])
 
 
