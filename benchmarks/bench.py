@@ -35,6 +35,11 @@ competitors), timing.py (timers and peak memory), runner.py (checking, timing an
 measuring one case), machine.py (the machine tag and environment), report.py (tables,
 JSON, charts via _plot.py); this file is the command line.
 
+Pair sections (sections.py, after the scaling section; --sections-only runs just them,
+--no-sections skips them): samplewt_ops against what it replaces at small sizes (every
+loss, its weighted form and its module), and with targets that require grad; each pair
+timed interleaved in one process, with its target ratio. Stored under "sections".
+
 Run `python benchmarks/bench.py --help` for the flags.
 """
 
@@ -88,11 +93,16 @@ def parse_args(argv=None):
                    help="run only the CPU scaling section (ours' ns per element vs N*C, "
                         "bfloat16 vs float32); writes <tag>-scaling.json and <tag>-scaling.png")
     p.add_argument("--no-scaling", action="store_true", help="skip the CPU scaling section")
+    p.add_argument("--sections-only", action="store_true",
+                   help="run only the pair sections (small sizes, target gradients)")
+    p.add_argument("--no-sections", action="store_true", help="skip the pair sections")
     # hidden: 'ours' = the eager function, to test this script without samplewt_ops' kernels
     p.add_argument("--self-test", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.scaling_only and a.no_scaling:
         p.error("--scaling-only and --no-scaling exclude each other")
+    if a.sections_only and (a.no_sections or a.scaling_only):
+        p.error("--sections-only excludes --no-sections and --scaling-only")
     if a.min_time is None:
         a.min_time = 0.2 if a.quick else 1.0
     if a.ops:
@@ -109,9 +119,9 @@ def main(argv=None):
         print("bench.py: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     devices, cases = select_cases(args)
-    if args.scaling_only:
+    if args.scaling_only or args.sections_only:
         cases = []
-    sweeps = select_sweeps(args, devices)
+    sweeps = [] if args.sections_only else select_sweeps(args, devices)
     sc_cases = scaling_cases(sweeps)
     if args.list:
         for c in cases:
@@ -121,7 +131,8 @@ def main(argv=None):
         return 0
     if args.scaling_only and "cpu" not in devices:
         print("bench.py: the scaling section is CPU only (--device cuda)", file=sys.stderr)
-    if not cases and not sc_cases:
+    want_sections = not (args.no_sections or args.scaling_only or args.self_test or args.ops)
+    if not cases and not sc_cases and not want_sections:
         print("bench.py: no case selected", file=sys.stderr)
         return 2
 
@@ -180,7 +191,15 @@ def main(argv=None):
             sprog.done(point_summary(p))
         scaling = scaling_summary(sweeps, points, args.quick)
 
-    failed = write_results(args, devices, all_rows, scaling, swo_info)
+    # --- pair sections (small sizes, target gradients) -----------------------------------
+    section_rows = []
+    if want_sections:
+        from sections import run_sections
+        section_rows = run_sections(swo, devices, args.quick, 0.1 if args.quick else 0.3,
+                                    progress=lambda m: print("bench.py: " + m, file=sys.stderr,
+                                                             flush=True))
+
+    failed = write_results(args, devices, all_rows, scaling, swo_info, section_rows)
     if failed:
         print("bench.py: some 'ours' variants failed their check or errored (see above)",
               file=sys.stderr)

@@ -333,7 +333,7 @@ def point_summary(p):
             if _num(p.get("ms")) else p.get("check", ""))
 
 
-def write_results(args, devices, all_rows, scaling, swo_info):
+def write_results(args, devices, all_rows, scaling, swo_info, section_rows=()):
     """Per device: its table and footnotes (stdout), <tag>.json and its charts in args.out.
     Returns True when an 'ours' variant failed its check or errored."""
     failed = False
@@ -341,7 +341,8 @@ def write_results(args, devices, all_rows, scaling, swo_info):
     for d in devices:
         rows = [r for r in all_rows if r["device"] == d]
         sc = scaling if d == "cpu" else None
-        if not rows and not sc:
+        secs = [r for r in section_rows if r["device"] == d]
+        if not rows and not sc and not secs:
             continue
         env = env_info(d, swo_info)
         tag = machine_tag(d)
@@ -376,6 +377,9 @@ def write_results(args, devices, all_rows, scaling, swo_info):
                 if chk.startswith(("MISMATCH", "ERROR")):
                     print(f"  ! scaling {p['op']} {[p['n'], p['c']]} {p['dtype']} ours: {chk}")
                     failed = True
+        if secs:
+            from sections import format_sections
+            print(format_sections(secs, markdown=args.markdown))
         out = {"machine_tag": tag + suffix, "device": d, "self_test": args.self_test,
                "quick": args.quick, "argv": sys.argv[1:], "env": env, "rows": rows,
                "derived": ratios,
@@ -383,10 +387,14 @@ def write_results(args, devices, all_rows, scaling, swo_info):
                          "*_rss_peak_mb": "MiB (RSS high-water mark cross-check)"}}
         if sc:
             out["scaling"] = sc
+        if secs:
+            out["sections"] = secs
         if not rows:
-            out["scaling_only"] = True
-        # --scaling-only writes <tag>-scaling.json, so that it never replaces a full run's file
-        jpath = os.path.join(args.out, tag + suffix + ("" if rows else "-scaling") + ".json")
+            out["scaling_only" if sc else "sections_only"] = True
+        # --scaling-only and --sections-only write <tag>-scaling.json and <tag>-sections.json,
+        # so that they never replace a full run's file
+        part = "" if rows else ("-scaling" if sc else "-sections")
+        jpath = os.path.join(args.out, tag + suffix + part + ".json")
         with open(jpath, "w") as f:
             json.dump(out, f, indent=1)
         print(f"\nwrote {_show(jpath)}", end="")

@@ -167,3 +167,38 @@ def cuda_peak_bytes(call, setup=None):
     call()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
+
+
+# ----------------------------------------------------------------------------------------
+# Interleaved medians: the pairs of the report's sections (small sizes, tables, ...)
+# ----------------------------------------------------------------------------------------
+
+def time_interleaved(calls, device="cpu", rounds=15, min_time=0.5, warmup=3):
+    """{name: (median seconds per call, calls timed)} of every call in `calls`
+    ({name: fn}), timed in alternating rounds in one process, so that drift (clock,
+    caches, neighbours) hits every call alike. Each round times a block of calls
+    per entry, sized so that all rounds together take about `min_time` per entry."""
+    import time
+
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    sync(device)
+    reps = {}
+    for name, fn in calls.items():
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        est = max(time.perf_counter() - t0, 1e-7)
+        reps[name] = max(1, min(10000, int(min_time / rounds / est)))
+    samples = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            n = reps[name]
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync(device)
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: (statistics.median(v), len(v) * reps[name]) for name, v in samples.items()}

@@ -39,6 +39,7 @@ struct ElemLayout {
   const void* input = nullptr;   // contiguous, input dtype
   const void* target = nullptr;  // contiguous, input dtype
   void* grad = nullptr;          // contiguous or null
+  void* target_grad = nullptr;   // contiguous or null: d(loss)/d(target), scaled as grad
   // acc arrays, either full (samples * per_sample) or one row of per_sample
   // values repeated for every sample.
   const void* weight = nullptr;

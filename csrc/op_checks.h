@@ -244,14 +244,15 @@ inline void fill_row_layout(RowLayout& a, bool focal, const RowInputs& in, const
 }
 
 inline void fill_elem_layout(ElemLayout& a, ElemLoss kind, const ElemInputs& in,
-                             const Tensor& grad, float* stats, double alpha, double gamma,
-                             double delta) {
+                             const Tensor& grad, const Tensor& target_grad, float* stats,
+                             double alpha, double gamma, double delta) {
   a.kind = kind;
   a.samples = in.samples;
   a.per_sample = in.per_sample;
   a.input = in.input.data_ptr();
   a.target = in.target.data_ptr();
   a.grad = grad.defined() ? grad.data_ptr() : nullptr;
+  a.target_grad = target_grad.defined() ? target_grad.data_ptr() : nullptr;
   a.weight = ptr_or_null(in.weight.values);
   a.weight_full = in.weight.full;
   a.pos_weight = ptr_or_null(in.pos_weight.values);

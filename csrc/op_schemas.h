@@ -10,6 +10,8 @@
 //   gradient magnitude. They feed the adaptive weight tables.
 // - Row ops (cross_entropy, focal_loss) take input (rows, C) with unit column
 //   stride; the Python layer folds (N, C, d1..dk) and (C,) into that form.
+// - compute_target_grad=True (element-wise ops) also returns d(loss)/d(target),
+//   scaled as `grad`; otherwise `target_grad` is empty.
 // - The `_` variants write the gradient into `input` itself (inplace_grad).
 // - An element-wise op's arguments are bound by name (op_wrappers.h): its own
 //   scalars are among alpha, gamma and delta, its tensors among weight and
@@ -19,6 +21,11 @@
 #include <torch/library.h>
 
 namespace samplewt {
+
+// The loss ops that are not in place: those with autograd (autograd.cpp).
+inline constexpr const char* kLossOps[] = {
+    "cross_entropy", "focal_loss", "sigmoid_focal_loss", "binary_cross_entropy_with_logits",
+    "mse_loss", "l1_loss", "huber_loss"};
 
 inline void define_ops(torch::Library& m) {
   m.def(
@@ -40,23 +47,28 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "sigmoid_focal_loss(Tensor input, Tensor target, Tensor? sample_weight, float alpha, "
       "float gamma, int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+      "bool compute_stats, bool compute_target_grad=False) "
+      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
   m.def(
       "binary_cross_entropy_with_logits(Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, Tensor? sample_weight, int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+      "bool compute_stats, bool compute_target_grad=False) "
+      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
   m.def(
       "mse_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
       "int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+      "bool compute_stats, bool compute_target_grad=False) "
+      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
   m.def(
       "l1_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
       "int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+      "bool compute_stats, bool compute_target_grad=False) "
+      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
   m.def(
       "huber_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
       "float delta, int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
+      "bool compute_stats, bool compute_target_grad=False) "
+      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
 }
 
 }  // namespace samplewt

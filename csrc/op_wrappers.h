@@ -2,8 +2,9 @@
 // for every device. Each schema's arguments become a RowCall or an ElemCall; a
 // device supplies only
 //     static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall&);
-//     static std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall&);
-// (loss, grad, stats; grad is the input itself for in-place calls), and
+//     static ElemOut elem_loss(const ElemCall&);
+// (loss, grad, stats, and for element-wise ops target_grad; grad is the input
+// itself for in-place calls), and
 // registers the wrappers with OpWrappers<Device>::register_ops in its
 // TORCH_LIBRARY_IMPL block.
 #pragma once
@@ -52,9 +53,13 @@ struct ElemCall {
   int64_t reduction;
   bool compute_grad;
   bool compute_stats;
+  bool compute_target_grad;  // d(loss)/d(target), scaled as grad
   // mse_loss and l1_loss with `weight`: PyTorch's mean divides by sum(weight).
   bool mean_over_weight;
 };
+
+// An element-wise op's outputs, in schema order.
+using ElemOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;  // loss, grad, stats, target_grad
 
 inline Tensor stats_or_empty(bool compute_stats, int64_t n, const Tensor& input) {
   return compute_stats ? at::empty({n, 3}, input.options().dtype(at::kFloat))
@@ -97,22 +102,22 @@ class ElemKernel final : public c10::OperatorKernel {
     auto out = Device::elem_loss({op_.kind, input, target, weight, pos_weight, sample_weight,
                                   alpha, gamma, delta, at(kReduction)->toInt(),
                                   at(kComputeGrad)->toBool(), at(kComputeStats)->toBool(),
-                                  op_.mean_over_weight});
+                                  at(kComputeTargetGrad)->toBool(), op_.mean_over_weight});
     torch::jit::drop(*stack, n);
     torch::jit::push(*stack, std::move(std::get<0>(out)), std::move(std::get<1>(out)),
-                     std::move(std::get<2>(out)));
+                     std::move(std::get<2>(out)), std::move(std::get<3>(out)));
   }
 
  private:
   enum Slot {
     kInput, kTarget, kWeight, kPosWeight, kSampleWeight, kAlpha, kGamma, kDelta,
-    kReduction, kComputeGrad, kComputeStats, kNumSlots
+    kReduction, kComputeGrad, kComputeStats, kComputeTargetGrad, kNumSlots
   };
 
   void bind(const c10::FunctionSchema& schema) {
     static constexpr const char* kNames[kNumSlots] = {
         "input", "target", "weight", "pos_weight", "sample_weight", "alpha", "gamma",
-        "delta", "reduction", "compute_grad", "compute_stats"};
+        "delta", "reduction", "compute_grad", "compute_stats", "compute_target_grad"};
     index_.fill(-1);
     const auto& args = schema.arguments();
     num_args_ = args.size();
@@ -123,7 +128,7 @@ class ElemKernel final : public c10::OperatorKernel {
       TORCH_CHECK(slot < kNumSlots, "samplewt_ops: ", op_.name, "'s argument ",
                   args[i].name(), " has no meaning for the element-wise kernels (op_wrappers.h)");
     }
-    for (Slot s : {kInput, kTarget, kReduction, kComputeGrad, kComputeStats}) {
+    for (Slot s : {kInput, kTarget, kReduction, kComputeGrad, kComputeStats, kComputeTargetGrad}) {
       TORCH_CHECK(index_[s] >= 0, "samplewt_ops: ", op_.name, "'s schema lacks ", kNames[s]);
     }
   }

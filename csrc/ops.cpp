@@ -1,7 +1,7 @@
 // The op registry of the extension: the samplewt_ops library, with every
 // schema of op_schemas.h. Kernels register per device in cpu/ops_cpu.cpp and
-// cuda/ops_cuda.cu, through the shared op wrappers of op_wrappers.h; fake
-// (meta) kernels and autograd are registered from Python (samplewt_ops/_ops.py).
+// cuda/ops_cuda.cu, through the shared op wrappers of op_wrappers.h; autograd
+// for both in autograd.cpp; fake (meta) kernels from Python (samplewt_ops/_ops.py).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -189,16 +189,20 @@ SWT_HD int focal_gamma_code(double gamma) {
 }
 
 // ---------------------------------------------------------------------------
-// Element-wise losses: loss and d(loss)/d(input) of one element.
+// Element-wise losses: the loss of one element, d(loss)/d(input) and
+// d(loss)/d(target). Kernels store target_grad only when asked, and the
+// compiler drops its arithmetic where it is not stored.
 
 template <class M>
 struct LossGrad {
   typename M::V loss;
   typename M::V grad;
+  typename M::V target_grad;
 };
 
 // torchvision.ops.sigmoid_focal_loss:
 //   ce = BCE(x, t); 1 - p_t = t (1-p) + (1-t) p; loss = a_t ce (1-p_t)^gamma
+// d/dt: dce/dt = -x, d(1-p_t)/dt = (1-p) - p, da_t/dt = 2 alpha - 1.
 template <class M>
 SWT_HD LossGrad<M> sigmoid_focal(typename M::V x, typename M::V t,
                                  typename M::V gamma, typename M::V alpha,
@@ -214,16 +218,19 @@ SWT_HD LossGrad<M> sigmoid_focal(typename M::V x, typename M::V t,
   const V dmod = dmod_db * db_dx;
   V loss = ce * mod;
   V grad = (s.p - t) * mod + ce * dmod;
+  V target_grad = ce * dmod_db * (s.q - s.p) - x * mod;
   if (use_alpha) {
     const V alpha_t = alpha * t + (one - alpha) * (one - t);
+    target_grad = alpha_t * target_grad + (two * alpha - one) * loss;
     loss = alpha_t * loss;
     grad = alpha_t * grad;
   }
-  return {loss, grad};
+  return {loss, grad, target_grad};
 }
 
 // F.binary_cross_entropy_with_logits with pos_weight pw:
 //   loss = (1-t) x + (1 + (pw-1) t) softplus(-x)
+//   d/dt = (pw-1) softplus(-x) - x
 template <class M>
 SWT_HD LossGrad<M> bce_with_logits(typename M::V x, typename M::V t,
                                    typename M::V pos_weight) {
@@ -231,7 +238,8 @@ SWT_HD LossGrad<M> bce_with_logits(typename M::V x, typename M::V t,
   const V one = M::splat(1.0);
   const SigmoidParts<M> s = sigmoid_parts<M>(x);
   const V lw = one + (pos_weight - one) * t;
-  return {(one - t) * x + lw * s.sp_neg, (one - t) - lw * s.q};
+  return {(one - t) * x + lw * s.sp_neg, (one - t) - lw * s.q,
+          (pos_weight - one) * s.sp_neg - x};
 }
 
 template <class M>
@@ -244,13 +252,15 @@ SWT_HD typename M::V sign(typename M::V d) {
 template <class M>
 SWT_HD LossGrad<M> mse(typename M::V x, typename M::V t) {
   const typename M::V d = x - t;
-  return {d * d, M::splat(2.0) * d};
+  const typename M::V g = M::splat(2.0) * d;
+  return {d * d, g, -g};
 }
 
 template <class M>
 SWT_HD LossGrad<M> l1(typename M::V x, typename M::V t) {
   const typename M::V d = x - t;
-  return {M::abs(d), sign<M>(d)};
+  const typename M::V g = sign<M>(d);
+  return {M::abs(d), g, -g};
 }
 
 // F.huber_loss: quadratic inside |d| < delta, linear outside.
@@ -261,8 +271,8 @@ SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) 
   const V d = x - t;
   const V ad = M::abs(d);
   const auto quad = ad < delta;
-  return {M::select(quad, half * d * d, delta * (ad - half * delta)),
-          M::select(quad, d, delta * sign<M>(d))};
+  const V g = M::select(quad, d, delta * sign<M>(d));
+  return {M::select(quad, half * d * d, delta * (ad - half * delta)), g, -g};
 }
 
 // One element of the element-wise loss KIND (an ElemLoss), for kernels that

@@ -1,28 +1,32 @@
-"""The compiled ops from Python: the keyword call, fake kernels and autograd.
+"""The compiled ops from Python: the keyword call and the fake kernels.
 
 Everything here is built from the op spec (``_spec.SPECS``) and binds
 arguments by name, in the order the compiled schema gives
 (``_spec.SCHEMA_ARGS``), so no argument position is written down in Python.
 
-Every functional op returns (loss, grad, stats): the forward kernel has
-already written d(loss)/d(input), so backward only scales that saved gradient
-by grad_output (and negates it for the target of a loss of input - target). The in-place `_` variants write the gradient into the logits
-themselves and are wrapped by InplaceGradLoss.
+Every functional op returns (loss, grad, stats), and an element-wise one also
+target_grad: the forward kernel has already written d(loss)/d(input) (and,
+when asked, d(loss)/d(target)), so backward, registered in C++
+(csrc/autograd.cpp), only scales those saved gradients by grad_output. The
+in-place `_` variants write the gradient into the logits themselves and are
+wrapped by InplaceGradLoss.
 """
 from __future__ import annotations
 
 import torch
 
 from . import _loader
-from ._spec import SCHEMA_ARGS, SPECS, OpSpec
+from ._spec import SCHEMA_ARGS, SCHEMA_DEFAULTS, SPECS, OpSpec
 from ._validation import tracing
 
 
 def call(name: str, *, inplace: bool = False, **kwargs):
     """Runs the op `name` (its `_` variant if `inplace`) with every argument
-    given by keyword."""
+    given by keyword (those with a schema default may be left out)."""
     qualname = name + "_" if inplace else name
     names = SCHEMA_ARGS[qualname]
+    if len(kwargs) != len(names) or not kwargs.keys() >= set(names):
+        kwargs = {**SCHEMA_DEFAULTS[qualname], **kwargs}
     if len(kwargs) != len(names) or not kwargs.keys() >= set(names):
         missing = [n for n in names if n not in kwargs]
         unexpected = [n for n in kwargs if n not in names]
@@ -85,10 +89,12 @@ def _broadcasts(shape, to) -> bool:
 
 
 def _fake(spec: OpSpec, inplace: bool):
-    names = SCHEMA_ARGS[spec.name + "_" if inplace else spec.name]
+    qualname = spec.name + "_" if inplace else spec.name
+    names = SCHEMA_ARGS[qualname]
 
     def fake(*args, **kwargs):
-        a = dict(zip(names, args), **kwargs)
+        # torch leaves out trailing arguments that equal their defaults.
+        a = {**SCHEMA_DEFAULTS[qualname], **dict(zip(names, args)), **kwargs}
         x = a["input"]
         samples = _check_fake_args(spec, a)
         if a["reduction"] == 0:
@@ -99,7 +105,10 @@ def _fake(spec: OpSpec, inplace: bool):
         if inplace:
             return loss, stats
         grad = x.new_empty(x.shape) if a["compute_grad"] else x.new_empty((0,))
-        return loss, grad, stats
+        if spec.rows:
+            return loss, grad, stats
+        target_grad = x.new_empty(x.shape) if a["compute_target_grad"] else x.new_empty((0,))
+        return loss, grad, stats, target_grad
 
     return fake
 
@@ -130,65 +139,10 @@ def _scale(grad: torch.Tensor, grad_loss: torch.Tensor, rows: bool) -> torch.Ten
 
 
 def _register(spec: OpSpec) -> None:
-    name = spec.name
-    names = SCHEMA_ARGS[name]
-    at_input = names.index("input")
-    at_target = names.index("target")
-
-    def setup_context(ctx, inputs, output):
-        _, grad, stats = output
-        ctx.mark_non_differentiable(grad, stats)
-        # Otherwise autograd hands backward an N x C tensor of zeros as the
-        # gradient of the unused `grad` output: a whole extra buffer.
-        ctx.set_materialize_grads(False)
-        # A leaf's AccumulateGrad adopts a gradient nobody else holds, and
-        # copies it otherwise. So for leaves the buffer is held on ctx, where
-        # backward can hand it over; the inputs are kept (by reference) so
-        # that a second backward (retain_graph) can recompute it.
-        x = inputs[at_input]
-        ctx.target_dtype = inputs[at_target].dtype
-        ctx.handover = x.is_leaf and not tracing(x)
-        if ctx.handover:
-            ctx.grad = grad
-            ctx.inputs = inputs
-            ctx.version = x._version
-        else:
-            ctx.save_for_backward(grad)
-
-    def backward(ctx, grad_loss, _grad_grad, _grad_stats):
-        if ctx.handover:
-            grad = ctx.grad
-            if grad is None:
-                grad = _recompute_grad(ctx)
-            if grad_loss is not None and _is_one(grad_loss):
-                ctx.grad = None
-        else:
-            (grad,) = ctx.saved_tensors
-        need_input = ctx.needs_input_grad[at_input]
-        need_target = spec.negated_target_grad and ctx.needs_input_grad[at_target]
-        grad_input = grad_target = None
-        if grad_loss is not None and (need_input or need_target):
-            scaled = _scale(grad, grad_loss, spec.rows)
-            grad_input = scaled if need_input else None
-            grad_target = scaled.neg().to(ctx.target_dtype) if need_target else None
-        grads = [None] * len(names)
-        grads[at_input], grads[at_target] = grad_input, grad_target
-        return tuple(grads)
-
-    def _recompute_grad(ctx):
-        if ctx.inputs[at_input]._version != ctx.version:
-            raise RuntimeError(
-                f"samplewt_ops.{name}: input was modified in place after the forward pass, "
-                "so its gradient cannot be recomputed for a second backward"
-            )
-        args = dict(zip(names, ctx.inputs), compute_grad=True, compute_stats=False)
-        with torch.no_grad():
-            return call(name, **args)[1]
-
-    torch.library.register_fake(f"samplewt_ops::{name}")(_fake(spec, False))
-    torch.library.register_autograd(f"samplewt_ops::{name}", backward, setup_context=setup_context)
+    # Autograd is registered in C++ (csrc/autograd.cpp); the fake kernels here.
+    torch.library.register_fake(f"samplewt_ops::{spec.name}")(_fake(spec, False))
     if spec.inplace:
-        torch.library.register_fake(f"samplewt_ops::{name}_")(_fake(spec, True))
+        torch.library.register_fake(f"samplewt_ops::{spec.name}_")(_fake(spec, True))
 
 
 class InplaceGradLoss(torch.autograd.Function):

@@ -45,6 +45,9 @@ COMMON_ARGS = {"input": "Tensor", "target": "Tensor", "sample_weight": "Optional
                "reduction": "int", "compute_grad": "bool", "compute_stats": "bool"}
 OUTPUTS = ("loss", "grad", "stats")
 INPLACE_OUTPUTS = ("loss", "stats")
+# Element-wise ops also give d(loss)/d(target) from the same pass, on request.
+ELEMENTWISE_ARGS = {"compute_target_grad": "bool"}
+ELEMENTWISE_OUTPUTS = OUTPUTS + ("target_grad",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,9 +72,6 @@ class OpSpec:
     prob_targets: bool = False
     to_op: Dict[str, Callable] = field(default_factory=dict)
     module_doc: Optional[str] = None
-    # The loss is a function of input - target: d/dtarget = -d/dinput, from
-    # the gradient the kernel already wrote.
-    negated_target_grad: bool = False
     # The dtype of the result with a floating-point target of another dtype,
     # as torch's counterpart gives it: "promote" (torch.result_type of both),
     # "target" (F.binary_cross_entropy_with_logits) or "input" (F.huber_loss).
@@ -106,7 +106,15 @@ class OpSpec:
         args.update({name: "number" for name in self.scalars})
         if inplace:
             del args["compute_grad"]
+        if not self.rows:
+            args.update(ELEMENTWISE_ARGS)
         return args
+
+    def outputs(self, inplace: bool = False) -> Tuple[str, ...]:
+        """The op's (or its ``_`` variant's) outputs, by schema name."""
+        if inplace:
+            return INPLACE_OUTPUTS
+        return OUTPUTS if self.rows else ELEMENTWISE_OUTPUTS
 
 
 def _class_alpha(alpha, input):
@@ -210,7 +218,6 @@ _SPEC_LIST = (
     """),
     OpSpec("mse_loss", ELEMENTWISE, "MSELoss", MEAN_WEIGHT, reference.mse_loss,
            tensors={"weight": V.same_shape},
-           negated_target_grad=True,
            doc=r"""Squared error :math:`\ell = weight\,(x - t)^2`, as F.mse_loss.
 
     The mean is :math:`\sum_i w_i \sum_j \ell_{ij} / \sum_i w_i D_i`, where
@@ -223,7 +230,6 @@ _SPEC_LIST = (
     """),
     OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
            tensors={"weight": V.same_shape},
-           negated_target_grad=True,
            doc=r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
 
     Example:
@@ -231,7 +237,6 @@ _SPEC_LIST = (
     """),
     OpSpec("huber_loss", ELEMENTWISE, "HuberLoss", MEAN_ELEMENTS, reference.huber_loss,
            scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape},
-           negated_target_grad=True,
            result_dtype="input",
            doc=r"""Huber loss, as F.huber_loss.
 
@@ -251,6 +256,8 @@ SPECS: Dict[str, OpSpec] = {spec.name: spec for spec in _SPEC_LIST}
 #: The schema's argument names of every op and ``_`` variant, in schema order
 #: (filled at import when the extension is compiled).
 SCHEMA_ARGS: Dict[str, Tuple[str, ...]] = {}
+#: The schema's default values, per op: the arguments a call may leave out.
+SCHEMA_DEFAULTS: Dict[str, Dict[str, object]] = {}
 
 
 def _matches(want: Optional[str], got: Optional[str]) -> bool:
@@ -269,7 +276,7 @@ def check_schema(spec: OpSpec) -> Dict[str, Tuple[str, ...]]:
         outputs = tuple(r.name for r in schema.returns)
         problems = [f"{name}: {want.get(name, 'absent')} in the spec, {got.get(name, 'absent')} in the schema"
                     for name in sorted(set(got) | set(want)) if not _matches(want.get(name), got.get(name))]
-        if outputs != (INPLACE_OUTPUTS if inplace else OUTPUTS):
+        if outputs != spec.outputs(inplace):
             problems.append(f"returns {outputs}")
         if inplace and not next(a for a in schema.arguments if a.name == "input").is_write:
             problems.append("input is not written (Tensor(a!))")
@@ -277,6 +284,8 @@ def check_schema(spec: OpSpec) -> Dict[str, Tuple[str, ...]]:
             raise RuntimeError(f"samplewt_ops: the op spec of {qualname} (samplewt_ops/_spec.py) "
                                f"does not match its schema (csrc/ops.cpp): " + "; ".join(problems))
         found[qualname] = tuple(a.name for a in schema.arguments)
+        SCHEMA_DEFAULTS[qualname] = {a.name: a.default_value for a in schema.arguments
+                                     if a.has_default_value()}
     return found
 
 
@@ -295,6 +304,7 @@ def _loss_ops() -> set:
 def check_schemas() -> None:
     """Every spec against its schema, and every loss op has a spec."""
     SCHEMA_ARGS.clear()
+    SCHEMA_DEFAULTS.clear()
     for spec in SPECS.values():
         SCHEMA_ARGS.update(check_schema(spec))
     missing = sorted(_loss_ops() - set(SCHEMA_ARGS))

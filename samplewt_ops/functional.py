@@ -121,11 +121,13 @@ def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: 
     lay = _Rows(call.input, call.target, call.prob) if spec.rows else _Samples(call.input, call.target)
     args = dict(op_args, target=lay.t, sample_weight=lay.expand(sample_weight),
                 reduction=_REDUCTION[reduction], compute_stats=want_stats)
-    compute_grad = _needs_grad(lay.x) or (spec.negated_target_grad and _needs_grad(lay.t))
     if inplace_grad and _needs_grad(lay.x):
         loss, stats = _ops.InplaceGradLoss.apply(lay.x, spec.name, args)
     else:
-        loss, _, stats = _ops.call(spec.name, input=lay.x, compute_grad=compute_grad, **args)
+        if not spec.rows:  # d/dtarget from the same pass, only when wanted
+            args["compute_target_grad"] = _needs_grad(lay.t)
+        out = _ops.call(spec.name, input=lay.x, compute_grad=_needs_grad(lay.x), **args)
+        loss, stats = out[0], out[2]
     if reduction == "none":
         loss = lay.unfold(loss)
     return loss, (lay.per_sample_stats(stats) if want_stats else None)
@@ -133,13 +135,13 @@ def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: 
 
 def _differentiated(call) -> set:
     """The tensor arguments other than input that autograd must differentiate
-    and the kernel does not: the target of a loss of input - target is done by
-    the kernel's own gradient."""
+    and the kernel does not: an element-wise kernel gives its target's
+    gradient itself."""
     if not torch.is_grad_enabled():
         return set()
     tensors = {"target": call.target, "sample_weight": call.sample_weight,
                **{name: call.args[name] for name in call.spec.tensors}}
-    if call.spec.negated_target_grad:
+    if not call.spec.rows:
         del tensors["target"]
     return {name for name, t in tensors.items() if isinstance(t, Tensor) and t.requires_grad}
 

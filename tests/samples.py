@@ -160,6 +160,17 @@ def elem_opcheck_samples(gen, dtypes, shapes, device="cpu"):
                 yield "mse_loss", op_args("mse_loss", **xt, weight=w, sample_weight=sw, **full)
                 yield "l1_loss", op_args("l1_loss", **xt, weight=None, sample_weight=sw, **no_stats)
                 yield "huber_loss", op_args("huber_loss", **xt, weight=w, sample_weight=None, delta=0.5, **full)
+            # d/dtarget from the same pass, for a target that requires grad.
+            soft = torch.rand(shape, generator=gen).to(dtype).to(device).requires_grad_()
+            for red in (0, 1):
+                with_target = dict(tail(red, True, False), compute_target_grad=True)
+                yield "binary_cross_entropy_with_logits", op_args(
+                    "binary_cross_entropy_with_logits", input=x, target=soft, weight=w, pos_weight=pw,
+                    sample_weight=sw, **with_target)
+                yield "sigmoid_focal_loss", op_args("sigmoid_focal_loss", input=x, target=soft, sample_weight=sw,
+                                                    alpha=0.25, gamma=2.0, **with_target)
+                yield "huber_loss", op_args("huber_loss", input=x, target=soft, weight=None, sample_weight=sw,
+                                            delta=0.5, **with_target)
 
 
 def inplace_opcheck_samples(x, y, sw):

@@ -154,8 +154,10 @@ def test_elementwise_ops_match_cpu(emu, shape, regime, width, dtype):
     gen = torch.Generator().manual_seed(len(shape) * 31 + sum(shape))
     for name, args in elem_cases(shape, dtype, gen):
         for reduction in (0, 1, 2):
-            full = args + (reduction, True, True)
-            assert_outputs_close(getattr(emu, name)(*full), getattr(OPS, name)(*full), dtype)
+            full = args + (reduction, True, True, True)  # with d/dtarget
+            got = getattr(emu, name)(*full)
+            assert got[3].shape == args[0].shape
+            assert_outputs_close(got, getattr(OPS, name)(*full), dtype)
         fwd = args + (1, False, False)
         assert_outputs_close(getattr(emu, name)(*fwd)[:1], getattr(OPS, name)(*fwd)[:1], dtype)
 

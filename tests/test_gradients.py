@@ -202,13 +202,59 @@ def test_regression_target_gradient_in_other_dtype(name):
     torch.testing.assert_close(t.grad.float(), t2.grad.float())
 
 
-@pytest.mark.parametrize("name", ["binary_cross_entropy_with_logits", "mse_loss"])
-def test_only_input_grad_runs_the_fused_op(name):
+ELEMENTWISE = ["sigmoid_focal_loss", "binary_cross_entropy_with_logits", "mse_loss", "l1_loss", "huber_loss"]
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_target_gradient_comes_from_the_fused_op(name):
     x = torch.randn(4, 3, requires_grad=True)
     t = torch.rand(4, 3)
     w = torch.rand(4)
     fused = f"samplewt_ops_{name}_default"
     assert fused in getattr(so, name)(x, t, sample_weight=w).grad_fn.name()
-    # mse's target gradient comes from the fused op's own gradient too.
     t.requires_grad_()
-    assert (fused in getattr(so, name)(x, t, sample_weight=w).grad_fn.name()) == (name == "mse_loss")
+    assert fused in getattr(so, name)(x, t, sample_weight=w).grad_fn.name()
+    # The target alone: the op writes d/dtarget and no d/dinput.
+    x.requires_grad_(False)
+    loss = getattr(so, name)(x, t, sample_weight=w, reduction="sum")
+    assert fused in loss.grad_fn.name()
+    (got,) = torch.autograd.grad(loss, t)
+    tr = t.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(getattr(so.reference, name)(x, tr, sample_weight=w, reduction="sum"), tr)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_fused_target_gradient_matches_reference(name, reduction, dtype):
+    # Shapes with a vector tail; weights of every kind; each dtype's tolerance.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(7, 37, generator=g) * 3).to(dtype).requires_grad_()
+    t = torch.rand(7, 37, generator=g).to(dtype).requires_grad_()
+    sw = torch.rand(7, generator=g)
+    kwargs = {"sample_weight": sw, "reduction": reduction}
+    if name == "binary_cross_entropy_with_logits":
+        kwargs.update(weight=torch.rand(37, generator=g).to(dtype), pos_weight=torch.rand(37, generator=g).to(dtype) * 3)
+    elif name == "sigmoid_focal_loss":
+        kwargs.update(gamma=1.5, alpha=0.3)
+    elif name != "huber_loss":
+        kwargs.update(weight=torch.rand(7, 37, generator=g).to(dtype))
+    out = getattr(so, name)(x, t, **kwargs)
+    xr, tr = (v.detach().double().requires_grad_() for v in (x, t))
+    ref_kwargs = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    ref = getattr(so.reference, name)(xr, tr, **ref_kwargs)
+    cot = torch.rand(out.shape, generator=g)
+    got = torch.autograd.grad(out, (x, t), cot.to(out.dtype))
+    want = torch.autograd.grad(ref, (xr, tr), cot.double())
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype != torch.float32 else dict(atol=1e-5, rtol=1e-4)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, **tol)
+
+
+def test_raw_op_refuses_a_target_gradient_it_did_not_compute():
+    x = torch.randn(3, 2)
+    t = torch.rand(3, 2, requires_grad=True)
+    loss = torch.ops.samplewt_ops.mse_loss(x, t, None, None, 1, False, False)[0]
+    with pytest.raises(RuntimeError, match="compute_target_grad"):
+        loss.backward()

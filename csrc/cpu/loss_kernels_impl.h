@@ -233,7 +233,9 @@ void row_kernel_typed(const RowArgs& a) {
 
 // ---------------------------------------------------------------------------
 // Element-wise losses.
-template <typename scalar_t, int64_t KIND>
+// TARGET_GRAD: also store d(loss)/d(target); a separate instantiation, so
+// that the usual call computes none of it.
+template <typename scalar_t, int64_t KIND, bool TARGET_GRAD>
 void elem_kernel_typed(const ElemArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vectorized<acc_t>;
@@ -244,6 +246,7 @@ void elem_kernel_typed(const ElemArgs& a) {
   const auto* input = static_cast<const scalar_t*>(a.input);
   const auto* target = static_cast<const scalar_t*>(a.target);
   auto* grad = static_cast<scalar_t*>(a.grad);
+  auto* target_grad = static_cast<scalar_t*>(a.target_grad);
   auto* out_elem = static_cast<scalar_t*>(a.out_elem);
   const auto* weight = static_cast<const acc_t*>(a.weight);
   const auto* pos_weight = static_cast<const acc_t*>(a.pos_weight);
@@ -272,6 +275,7 @@ void elem_kernel_typed(const ElemArgs& a) {
           const V wv = V::loadu(w + j, n);
           lg.loss = lg.loss * wv;
           lg.grad = lg.grad * wv;
+          if constexpr (TARGET_GRAD) lg.target_grad = lg.target_grad * wv;
         }
         if (n < W) {
           lg.loss = V::set(V(0), lg.loss, n);
@@ -286,6 +290,7 @@ void elem_kernel_typed(const ElemArgs& a) {
           }
         }
         if (grad) vstore(grad + off + j, lg.grad * vgs, n);
+        if constexpr (TARGET_GRAD) vstore(target_grad + off + j, lg.target_grad * vgs, n);
         if (out_elem) vstore(out_elem + off + j, lg.loss * vsw, n);
       }
       const acc_t l = hsum(vloss);
@@ -310,7 +315,14 @@ void row_loss_kernel(const RowArgs& a) {
 
 void elem_loss_kernel(const ElemArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "samplewt_elem_loss", [&] {
-    with_elem_loss(a.kind, [&](auto kind) { elem_kernel_typed<scalar_t, decltype(kind)::value>(a); });
+    with_elem_loss(a.kind, [&](auto kind) {
+      constexpr int64_t K = decltype(kind)::value;
+      if (a.target_grad) {
+        elem_kernel_typed<scalar_t, K, true>(a);
+      } else {
+        elem_kernel_typed<scalar_t, K, false>(a);
+      }
+    });
   });
 }
 }  // namespace CPU_CAPABILITY

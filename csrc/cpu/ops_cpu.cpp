@@ -200,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
 
 using checks::ElemWeight;
 
-std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
+ElemOut elem_loss(const ElemCall& o) {
   const Tensor& input = o.input;
   checks::ElemInputs in = checks::prepare_elem_inputs(
       input, o.target, o.weight, o.pos_weight, o.sample_weight, o.reduction, c10::DeviceType::CPU);
@@ -244,14 +244,16 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
   }
 
   Tensor grad = o.compute_grad ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
+  Tensor target_grad =
+      o.compute_target_grad ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
   Tensor out_elem =
       o.reduction == kNone ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
   Tensor sample_loss = at::empty({N}, input.options().dtype(acc));
   Tensor stats = stats_or_empty(o.compute_stats, N, input);
 
   ElemArgs a;
-  checks::fill_elem_layout(a, o.kind, in, grad, checks::stats_ptr(o.compute_stats, stats),
-                           o.alpha, o.gamma, o.delta);
+  checks::fill_elem_layout(a, o.kind, in, grad, target_grad,
+                           checks::stats_ptr(o.compute_stats, stats), o.alpha, o.gamma, o.delta);
   a.dtype = input.scalar_type();
   a.out_elem = out_elem.defined() ? out_elem.data_ptr() : nullptr;
   a.grad_scale = grad_scale.defined() ? grad_scale.data_ptr() : nullptr;
@@ -263,12 +265,13 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
                           ? out_elem
                           : reduced_loss(sample_loss, sw, numel > 0 ? N : 0, o.reduction,
                                          denom, input);
-  return {loss, grad.defined() ? grad : empty_like_nothing(input), stats};
+  return {loss, grad.defined() ? grad : empty_like_nothing(input), stats,
+          target_grad.defined() ? target_grad : empty_like_nothing(input)};
 }
 
 struct CpuDevice {
   static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) { return cpu::row_loss(o); }
-  static std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
+  static ElemOut elem_loss(const ElemCall& o) {
     return cpu::elem_loss(o);
   }
 };

@@ -105,7 +105,7 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
 // Element-wise losses
 
 template <class B>
-std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
+ElemOut elem_loss(const ElemCall& o) {
   const Tensor& input = o.input;
   checks::ElemInputs in = checks::prepare_elem_inputs(
       input, o.target, o.weight, o.pos_weight, o.sample_weight, o.reduction, B::kDevice);
@@ -113,13 +113,15 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
   const int64_t N = in.samples;
 
   Tensor grad = o.compute_grad ? at::empty(input.sizes(), input.options()) : Tensor();
+  Tensor target_grad =
+      o.compute_target_grad ? at::empty(input.sizes(), input.options()) : Tensor();
   Tensor loss = o.reduction == kNone ? at::empty(input.sizes(), input.options())
                                      : at::empty({}, input.options());
   Tensor stats = stats_or_empty(o.compute_stats, N, input);
 
   ElemArgs a;
-  checks::fill_elem_layout(a, o.kind, in, grad, checks::stats_ptr(o.compute_stats, stats),
-                           o.alpha, o.gamma, o.delta);
+  checks::fill_elem_layout(a, o.kind, in, grad, target_grad,
+                           checks::stats_ptr(o.compute_stats, stats), o.alpha, o.gamma, o.delta);
   a.reduction = static_cast<int>(o.reduction);
   a.mean_over_weight = o.mean_over_weight;
   a.out = loss.data_ptr();
@@ -127,7 +129,8 @@ std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
 
   run_launcher<B>(a, input);
   if (!grad.defined()) grad = at::empty({0}, input.options());
-  return {loss, grad, stats};
+  if (!target_grad.defined()) target_grad = at::empty({0}, input.options());
+  return {loss, grad, stats, target_grad};
 }
 
 // The device of OpWrappers (op_wrappers.h) for a backend B.
@@ -136,7 +139,7 @@ struct Device {
   static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
     return cuda::row_loss<B>(o);
   }
-  static std::tuple<Tensor, Tensor, Tensor> elem_loss(const ElemCall& o) {
+  static ElemOut elem_loss(const ElemCall& o) {
     return cuda::elem_loss<B>(o);
   }
 };

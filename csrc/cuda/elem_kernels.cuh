@@ -17,6 +17,7 @@ struct ElemParams {
   const void* input;
   const void* target;
   void* grad;
+  void* target_grad;  // d(loss)/d(target), scaled as grad, or null
   void* out;  // reduction none: weighted loss per element
   const A* weight;
   bool weight_full;
@@ -67,16 +68,18 @@ __device__ __forceinline__ void elem_span(const ElemParams<AccT<T>>& p, int64_t 
   const T* x = static_cast<const T*>(p.input) + base;
   const T* tg = static_cast<const T*>(p.target) + base;
   T* g = p.grad ? static_cast<T*>(p.grad) + base : nullptr;
+  T* tg_out = p.target_grad ? static_cast<T*>(p.target_grad) + base : nullptr;
   T* o = p.out ? static_cast<T*>(p.out) + base : nullptr;
   const A* wr = p.weight ? p.weight + (p.weight_full ? base : 0) : nullptr;
   const A* pwr = p.pos_weight ? p.pos_weight + (p.pos_weight_full ? base : 0) : nullptr;
-  auto one = [&](int64_t c, A xv, A tv, A& gout, A& lout) {
+  auto one = [&](int64_t c, A xv, A tv, A& gout, A& lout, A& tgout) {
     const A pw = (KIND == kBCEWithLogits && pwr) ? pwr[c] : A(1);
     LossGrad<M> lg = elem_eval<KIND, GI>(xv, tv, pw, p);
     if (wr) {
       const A wv = wr[c];
       lg.loss = lg.loss * wv;
       lg.grad = lg.grad * wv;
+      lg.target_grad = lg.target_grad * wv;
     }
     acc.loss += lg.loss;
     if (want_stats) {
@@ -85,25 +88,28 @@ __device__ __forceinline__ void elem_span(const ElemParams<AccT<T>>& p, int64_t 
     }
     gout = lg.grad * scale;
     lout = lg.loss * w_i;
+    tgout = lg.target_grad * scale;
   };
   const int64_t nvec = (c1 - c0) / VW;
   for (int64_t v = lane; v < nvec; v += nthr) {
     const int64_t c = c0 + v * VW;
-    A xv[VW], tv[VW], gv[VW], lv[VW];
+    A xv[VW], tv[VW], gv[VW], lv[VW], tgv[VW];
     load_acc<T, VW, true>(x + c, xv);
     load_acc<T, VW, true>(tg + c, tv);
 #pragma unroll
-    for (int k = 0; k < VW; ++k) one(c + k, xv[k], tv[k], gv[k], lv[k]);
+    for (int k = 0; k < VW; ++k) one(c + k, xv[k], tv[k], gv[k], lv[k], tgv[k]);
     if (g) store_acc<T, VW>(g + c, gv);
     if (o) store_acc<T, VW>(o + c, lv);
+    if (tg_out) store_acc<T, VW>(tg_out + c, tgv);
   }
   for (int64_t c = c0 + nvec * VW + lane; c < c1; c += nthr) {
-    A xv[1], tv[1], gv[1], lv[1];
+    A xv[1], tv[1], gv[1], lv[1], tgv[1];
     load_acc<T, 1>(x + c, xv);
     load_acc<T, 1>(tg + c, tv);
-    one(c, xv[0], tv[0], gv[0], lv[0]);
+    one(c, xv[0], tv[0], gv[0], lv[0], tgv[0]);
     if (g) store_acc<T, 1>(g + c, gv);
     if (o) store_acc<T, 1>(o + c, lv);
+    if (tg_out) store_acc<T, 1>(tg_out + c, tgv);
   }
 }
 

@@ -60,6 +60,7 @@ cudaError_t launch_elem_loss(const ElemArgs& a, void* workspace, cudaStream_t st
   kp.N = a.samples;
   kp.S = a.per_sample;
   kp.out = a.reduction == kNone ? a.out : nullptr;
+  kp.target_grad = a.target_grad;
   kp.weight = static_cast<const A*>(a.weight);
   kp.weight_full = a.weight_full;
   kp.pos_weight = static_cast<const A*>(a.pos_weight);

@@ -1,0 +1,225 @@
+// Autograd of the loss ops, in C++ (as torchvision's ops have it): one boxed
+// kernel for every non-in-place loss op and both devices. The forward kernel
+// has already written d(loss)/d(input) (`grad`) and, for element-wise ops
+// asked for it, d(loss)/d(target) (`target_grad`), so the backward node only
+// scales them by grad_output. Being C++, a call pays no Python frame for its
+// autograd; backward's ops are plain aten ops, so torch.compile traces it.
+//
+// A leaf input's AccumulateGrad adopts a gradient that nobody else holds and
+// copies it otherwise: so with grad_output 1 the node hands its buffer over
+// and keeps the arguments (references) to recompute it for a second backward
+// (retain_graph).
+#include <ATen/ATen.h>
+#include <ATen/TensorSubclassLikeUtils.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/library.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "op_schemas.h"
+
+namespace samplewt {
+namespace {
+
+using at::Tensor;
+using torch::autograd::variable_list;
+
+// torch 2.13 holds autograd nodes in c10::intrusive_ptr, earlier versions in
+// std::shared_ptr.
+using NodePtr = decltype(torch::autograd::Edge{}.function);
+
+template <class T, class... Args>
+auto make_node(Args&&... args) {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  } else {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  }
+}
+
+// Where an op's schema has the arguments and outputs autograd needs.
+struct LossLayout {
+  std::string name;
+  size_t num_args = 0, num_returns = 0;
+  int input = -1, target = -1, compute_grad = -1, compute_stats = -1, compute_target_grad = -1;
+  int target_grad_out = -1;   // output index of target_grad, or -1 (row ops)
+  std::vector<int> weights;   // the other tensor arguments: never differentiated here
+  bool rows = false;          // (rows, C) input: grad_output of reduction none is per row
+
+  void bind(const c10::FunctionSchema& schema) {
+    name = schema.operator_name().name;
+    name = name.substr(name.find("::") + 2);  // without the namespace
+    const auto& args = schema.arguments();
+    num_args = args.size();
+    num_returns = schema.returns().size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i].name();
+      const int k = static_cast<int>(i);
+      if (a == "input") input = k;
+      else if (a == "target") target = k;
+      else if (a == "compute_grad") compute_grad = k;
+      else if (a == "compute_stats") compute_stats = k;
+      else if (a == "compute_target_grad") compute_target_grad = k;
+      else if (args[i].type()->isSubtypeOf(*c10::OptionalType::ofTensor())) weights.push_back(k);
+    }
+    const auto& returns = schema.returns();
+    for (size_t i = 0; i < returns.size(); ++i) {
+      if (returns[i].name() == "target_grad") target_grad_out = static_cast<int>(i);
+    }
+    rows = target_grad_out < 0;
+    TORCH_CHECK(input >= 0 && target >= 0 && compute_grad >= 0 && compute_stats >= 0 &&
+                    returns.size() >= 3 && returns[1].name() == "grad",
+                "samplewt_ops: ", name, "'s schema does not have the loss layout (autograd.cpp)");
+  }
+};
+
+// With grad_output a plain CPU scalar 1 the saved gradient is final. Checked
+// only where reading it costs no device sync and traces nothing.
+bool is_one(const Tensor& g) {
+  return g.dim() == 0 && g.is_cpu() && !g.requires_grad() && !at::isTensorSubclassLike(g) &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
+}
+
+Tensor scaled(const Tensor& grad, const Tensor& grad_loss, bool rows) {
+  if (grad_loss.dim() == 0) return is_one(grad_loss) ? grad : grad * grad_loss.to(grad.dtype());
+  const Tensor g = grad_loss.to(grad.dtype());
+  return rows ? grad * g.unsqueeze(-1) : grad * g;
+}
+
+class LossBackward final : public torch::autograd::Node {
+ public:
+  LossBackward(const c10::OperatorHandle& op, const LossLayout& layout)
+      : op_(op), layout_(layout) {}
+
+  std::string name() const override { return "samplewt_ops_" + layout_.name + "_defaultBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(2);
+    const Tensor& grad_loss = grads[0];
+    if (!grad_loss.defined()) return out;
+    if (should_compute_output(0)) {
+      TORCH_CHECK(computed_grad_, "samplewt_ops.", layout_.name,
+                  ": input requires grad, but the op ran with compute_grad=False");
+      if (handover_ && is_one(grad_loss)) {
+        out[0] = grad_.defined() ? std::move(grad_) : recompute_grad();
+        grad_.reset();
+      } else {
+        out[0] = scaled(grad_.defined() ? grad_ : recompute_grad(), grad_loss, layout_.rows);
+      }
+    }
+    if (should_compute_output(1)) {
+      TORCH_CHECK(layout_.target_grad_out >= 0, "samplewt_ops.", layout_.name,
+                  ": the op does not differentiate target; samplewt_ops.", layout_.name,
+                  " (the function) does");
+      TORCH_CHECK(computed_target_grad_, "samplewt_ops.", layout_.name,
+                  ": target requires grad, but the op ran with compute_target_grad=False");
+      out[1] = scaled(target_grad_, grad_loss, false).to(target_dtype_);
+    }
+    return out;
+  }
+
+  void release_variables() override {
+    grad_.reset();
+    target_grad_.reset();
+    args_.clear();
+  }
+
+  Tensor grad_, target_grad_;
+  std::vector<c10::IValue> args_;  // the call's arguments, kept to recompute grad_
+  bool handover_ = false;
+  int64_t input_version_ = 0;
+  bool computed_grad_ = false, computed_target_grad_ = false;  // the call's flags
+  at::ScalarType target_dtype_ = at::kFloat;
+
+ private:
+  Tensor recompute_grad() {
+    TORCH_CHECK(!args_.empty(), "samplewt_ops.", layout_.name,
+                ": trying to backward through the graph a second time; pass "
+                "retain_graph=True the first time");
+    const Tensor& input = args_[layout_.input].toTensor();
+    TORCH_CHECK(input._version() == input_version_, "samplewt_ops.", layout_.name,
+                ": input was modified in place after the forward pass, so its gradient "
+                "cannot be recomputed for a second backward");
+    torch::jit::Stack stack(args_.begin(), args_.end());
+    stack[layout_.compute_grad] = true;
+    stack[layout_.compute_stats] = false;
+    if (layout_.compute_target_grad >= 0) stack[layout_.compute_target_grad] = false;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      at::NoGradGuard no_grad;
+      op_.callBoxed(stack);
+    }
+    return stack[1].toTensor();
+  }
+
+  c10::OperatorHandle op_;
+  const LossLayout& layout_;
+};
+
+class LossAutograd final : public c10::OperatorKernel {
+ public:
+  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                  torch::jit::Stack* stack) {
+    std::call_once(bound_, [&] { layout_.bind(op.schema()); });
+    const LossLayout& L = layout_;
+    const size_t first = stack->size() - L.num_args;
+    const auto arg = [&](int i) -> const c10::IValue& { return (*stack)[first + i]; };
+    const bool grad_mode = torch::autograd::GradMode::is_enabled();
+    const Tensor input = arg(L.input).toTensor();
+    const Tensor target = arg(L.target).toTensor();
+    const bool need_input = grad_mode && input.requires_grad();
+    const bool need_target = grad_mode && target.requires_grad();
+    if (grad_mode) {
+      for (int w : L.weights) {
+        const c10::IValue& v = arg(w);
+        TORCH_CHECK(!v.isTensor() || !v.toTensor().requires_grad(), "samplewt_ops.", L.name,
+                    ": the op does not differentiate ", op.schema().arguments()[w].name(),
+                    "; samplewt_ops.", L.name, " (the function) does");
+      }
+    }
+    decltype(make_node<LossBackward>(op, layout_)) node;
+    if (need_input || need_target) {
+      node = make_node<LossBackward>(op, layout_);
+      node->set_next_edges(torch::autograd::collect_next_edges(input, target));
+      node->handover_ = need_input && input.is_leaf() && !at::isTensorSubclassLike(input);
+      if (node->handover_) {
+        node->args_.assign(stack->begin() + first, stack->end());
+        node->input_version_ = input._version();
+      }
+      node->computed_grad_ = arg(L.compute_grad).toBool();
+      node->computed_target_grad_ = L.compute_target_grad >= 0 && arg(L.compute_target_grad).toBool();
+      node->target_dtype_ = target.scalar_type();
+    }
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+    }
+    if (!node) return;
+    const size_t out = stack->size() - L.num_returns;
+    Tensor loss = (*stack)[out].toTensor();
+    node->grad_ = (*stack)[out + 1].toTensor();
+    if (L.target_grad_out >= 0) node->target_grad_ = (*stack)[out + L.target_grad_out].toTensor();
+    torch::autograd::set_history(loss, NodePtr(node));
+  }
+
+ private:
+  std::once_flag bound_;
+  LossLayout layout_;
+};
+
+// The non-in-place loss ops: every op with a compute_grad argument.
+TORCH_LIBRARY_IMPL(samplewt_ops, Autograd, m) {
+  for (const char* name : kLossOps) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunctor(std::make_unique<LossAutograd>()));
+  }
+}
+
+}  // namespace
+}  // namespace samplewt
