@@ -82,8 +82,8 @@ struct RowInputs {
 inline RowInputs prepare_row_inputs(bool focal, const Tensor& input, const Tensor& target,
                                     const optional<Tensor>& class_weight,
                                     const optional<Tensor>& sample_weight,
-                                    double label_smoothing, double gamma, int64_t reduction,
-                                    c10::DeviceType device) {
+                                    int64_t ignore_index, double label_smoothing, double gamma,
+                                    int64_t reduction, c10::DeviceType device) {
   check_float_input(input, device);
   check_reduction(reduction);
   check_device(input, target, "target");
@@ -104,6 +104,9 @@ inline RowInputs prepare_row_inputs(bool focal, const Tensor& input, const Tenso
     TORCH_CHECK_VALUE(target.sizes() == input.sizes(),
                       "samplewt_ops: probability target must have input's shape ",
                       input.sizes(), ", got ", target.sizes());
+    // As torch: a probability target has no class to ignore.
+    TORCH_CHECK_VALUE(ignore_index < 0, "samplewt_ops: ignore_index=", ignore_index,
+                      " is not supported with class-probability targets");
     out.target = target.to(input.scalar_type()).contiguous();
   } else {
     TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kInt,

@@ -27,7 +27,9 @@ function here is made from that entry: the signature of its reference (with
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 import warnings
 from typing import Callable, Optional
 
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from . import _loader, _ops
 from ._spec import SPECS
-from ._validation import check_loss_args, check_sample_weight, num_classes
+from ._validation import check_loss_args, check_sample_weight, num_classes, same_shape
 from .weights import driver
 
 __all__ = list(SPECS)
@@ -146,6 +148,80 @@ def _differentiated(call) -> set:
     return {name for name, t in tensors.items() if isinstance(t, Tensor) and t.requires_grad}
 
 
+# Errors of a fast call: the checked path then runs, and raises its own error.
+_OP_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
+
+def _plain_scalar(name: str, value) -> bool:
+    # What the fast path takes without the scalar's Python check: the op's
+    # C++ checks hold the ranges; the rest (bools, inf, NaN, other types) goes
+    # through the check, which rejects it or converts it.
+    if name == "ignore_index":
+        return type(value) is int
+    return (type(value) is float and math.isfinite(value)) or type(value) is int
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_op(name: str):
+    """The op's overload and its schema's argument names."""
+    from ._spec import SCHEMA_ARGS
+    return getattr(torch.ops.samplewt_ops, name).default, SCHEMA_ARGS[name]
+
+
+def _fast_loss(spec, input, target, sample_weight, reduction, args: dict):
+    """The loss of a plain CPU call straight from the compiled op, or None when
+    the call needs the checked path (_loss). Plain: no table, tensors of
+    input's dtype and layout as the op takes them, nothing but input (and an
+    element-wise target) requiring grad. The op's own C++ checks and its O(N)
+    value pre-pass check such a call; on any error the checked path runs
+    again and raises its documented error."""
+    # Every tensor on the CPU: a meta tensor among them would dispatch to the
+    # fake kernel, which checks no devices.
+    if type(input) is not Tensor or not input.is_cpu or type(target) is not Tensor or not target.is_cpu:
+        return None
+    red = _REDUCTION.get(reduction) if type(reduction) is str else None
+    if red is None or torch.compiler.is_compiling():
+        return None
+    dtype = input.dtype
+    grad_mode = torch.is_grad_enabled()
+    if spec.rows:
+        if input.dim() != 2 or (target.dtype != torch.int64 and target.dtype != dtype):
+            return None
+        if grad_mode and target.requires_grad:
+            return None
+    elif target.dtype != dtype or input.dim() == 0:
+        return None
+    if sample_weight is not None and (type(sample_weight) is not Tensor or sample_weight.dtype != dtype
+                                      or not sample_weight.is_cpu
+                                      or (grad_mode and sample_weight.requires_grad)):
+        return None
+    values = {"input": input, "target": target, "sample_weight": sample_weight, "reduction": red,
+              "compute_grad": grad_mode and input.requires_grad, "compute_stats": False,
+              "compute_target_grad": grad_mode and target.requires_grad}
+    to_op = spec.to_op
+    for name, value in args.items():
+        if name in spec.tensors:
+            if type(value) is Tensor:
+                if value.dtype != dtype or not value.is_cpu or (grad_mode and value.requires_grad):
+                    return None
+                # The op also takes a row broadcast over samples; these take none.
+                if spec.tensors[name] is same_shape and value.shape != input.shape:
+                    return None
+            elif value is not None and name not in to_op:
+                return None
+        elif not _plain_scalar(name, value):
+            try:
+                value = spec.scalars[name](value)
+            except _OP_ERRORS:
+                return None
+        values[name] = to_op[name](value, input) if name in to_op else value
+    op, names = _fast_op(spec.name)
+    try:
+        return op(*[values[n] for n in names])[0]
+    except _OP_ERRORS:
+        return None
+
+
 def _loss(spec, input, target, sample_weight, reduction, table, indices,
           inplace_grad: bool, **args) -> Tensor:
     """Checks one call of the loss of `spec`, then runs the compiled kernel of
@@ -241,15 +317,21 @@ def _public_loss(spec) -> Callable:
             defaults[p.name] = p.default
             text.append(f"{p.name}=_defaults[{p.name!r}]")
     own = ", ".join(f"{p.name}={p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
+    own_dict = ", ".join(f"{p.name!r}: {p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
+    plain = "table is None and not deprecated" + (" and not inplace_grad" if spec.inplace else "")
     source = (
         f"def {spec.name}({', '.join(text)}, **deprecated):\n"
+        f"    if {plain} and _COMPILED:\n"
+        f"        loss = _fast_loss(_spec, input, target, sample_weight, reduction, {{{own_dict}}})\n"
+        f"        if loss is not None:\n"
+        f"            return loss\n"
         f"    if deprecated:\n"
         f"        table = _deprecated_table(deprecated, {spec.name!r}, table is not None)\n"
         f"    return _loss(_spec, input, target, sample_weight, reduction, table, indices, "
         f"{'inplace_grad' if spec.inplace else 'False'}, {own})\n"
     )
-    namespace = {"_defaults": defaults, "_spec": spec, "_loss": _loss,
-                 "_deprecated_table": _deprecated_table}
+    namespace = {"_defaults": defaults, "_spec": spec, "_loss": _loss, "_fast_loss": _fast_loss,
+                 "_COMPILED": _loader.COMPILED, "_deprecated_table": _deprecated_table}
     exec(compile(source, f"<samplewt_ops.{spec.name}>", "exec"), namespace)
     fn = namespace[spec.name]
     fn.__module__ = __name__

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "../op_checks.h"
 #include "../op_wrappers.h"
@@ -98,6 +99,23 @@ void check_sample_weight_values(const Tensor& w) {
 
 Tensor empty_like_nothing(const Tensor& input) { return at::empty({0}, input.options()); }
 
+// Per-row or per-sample values of the accumulation type (float or double)
+// that only the op itself reads: plain host memory, since an at::empty costs
+// more than a small batch's whole kernel.
+class AccScratch {
+ public:
+  AccScratch(int64_t n, at::ScalarType acc)
+      : acc_(acc), words_(static_cast<size_t>(n) * at::elementSize(acc) / sizeof(double) + 1) {}
+  void* data() { return words_.data(); }
+  template <typename T>
+  T* as() { return reinterpret_cast<T*>(words_.data()); }
+  at::ScalarType dtype() const { return acc_; }
+
+ private:
+  at::ScalarType acc_;
+  std::vector<double> words_;
+};
+
 // The pre-pass's last step for "mean": each nonzero gradient scale (a sample
 // weight) divided by the denominator. A weight of 0 stays 0 even when the
 // denominator is 0.
@@ -111,11 +129,11 @@ void divide_scales_by(scalar_t* gs, int64_t n, double denom) {
 // The sum or mean loss from the kernels' first n per-item losses (item_loss,
 // accumulation dtype, without sample weight) and the sample weights sw (when
 // defined). Summed in double so that large batches sum exactly enough.
-Tensor reduced_loss(const Tensor& item_loss, const Tensor& sw, int64_t n, int64_t reduction,
+Tensor reduced_loss(AccScratch& item_loss, const Tensor& sw, int64_t n, int64_t reduction,
                     double denom, const Tensor& input) {
   double total = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(item_loss.scalar_type(), "samplewt_reduce", [&] {
-    const scalar_t* l = item_loss.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(item_loss.dtype(), "samplewt_reduce", [&] {
+    const scalar_t* l = item_loss.as<scalar_t>();
     const scalar_t* w = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
     for (int64_t i = 0; i < n; ++i) {
       total += w ? static_cast<double>(w[i]) * static_cast<double>(l[i])
@@ -126,6 +144,22 @@ Tensor reduced_loss(const Tensor& item_loss, const Tensor& sw, int64_t n, int64_
   return at::scalar_tensor(total, input.options());
 }
 
+// Reduction "none" of a row op: each row's loss times its sample weight, in
+// input's dtype.
+Tensor per_item_loss(AccScratch& item_loss, const Tensor& sw, int64_t n, const Tensor& input) {
+  Tensor out = at::empty({n}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(item_loss.dtype(), "samplewt_per_item", [&] {
+    const scalar_t* l = item_loss.as<scalar_t>();
+    const scalar_t* w = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "samplewt_out", [&] {
+      using out_t = scalar_t;
+      out_t* o = out.data_ptr<out_t>();
+      for (int64_t i = 0; i < n; ++i) o[i] = static_cast<out_t>(w ? w[i] * l[i] : l[i]);
+    });
+  });
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // Row losses
 
@@ -133,8 +167,8 @@ Tensor reduced_loss(const Tensor& item_loss, const Tensor& sw, int64_t n, int64_
 std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
   const Tensor& input = o.input;
   checks::RowInputs in = checks::prepare_row_inputs(
-      o.kind == kFocal, input, o.target, o.class_weight, o.sample_weight, o.label_smoothing,
-      o.gamma, o.reduction, c10::DeviceType::CPU);
+      o.kind == kFocal, input, o.target, o.class_weight, o.sample_weight, o.ignore_index,
+      o.label_smoothing, o.gamma, o.reduction, c10::DeviceType::CPU);
   const int64_t R = input.size(0), C = input.size(1);
   const at::ScalarType acc = acc_type(input.scalar_type());
   const bool prob = in.prob;
@@ -148,13 +182,13 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
 
   // Pre-pass over rows: check targets, and fix each row's gradient scale,
   // which for "mean" needs the whole batch's denominator first.
-  Tensor grad_scale = at::empty({R}, input.options().dtype(acc));
+  AccScratch grad_scale(R, acc);
   double denom = 0.0;
   AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_row_prepass", [&] {
     const int64_t* y = prob ? nullptr : target.data_ptr<int64_t>();
     const scalar_t* w = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
     const scalar_t* cwp = cw.defined() ? cw.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gs = grad_scale.data_ptr<scalar_t>();
+    scalar_t* gs = grad_scale.as<scalar_t>();
     for (int64_t r = 0; r < R; ++r) {
       const double wr = w ? static_cast<double>(w[r]) : 1.0;
       double share = wr;
@@ -175,22 +209,22 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
 
   const checks::RowBuffers buf = checks::row_buffers(input, o.inplace, o.compute_grad, alloc_large_buffer);
   Tensor grad = buf.grad;
-  Tensor row_loss_acc = at::empty({R}, input.options().dtype(acc));
+  AccScratch row_loss_acc(R, acc);
   Tensor stats = stats_or_empty(o.compute_stats, R, input);
 
   RowArgs a;
   checks::fill_row_layout(a, o.kind == kFocal, in, buf, checks::stats_ptr(o.compute_stats, stats),
                           o.ignore_index, o.label_smoothing, o.gamma);
   a.dtype = input.scalar_type();
-  a.grad_scale = grad_scale.data_ptr();
-  a.row_loss = row_loss_acc.data_ptr();
+  a.grad_scale = grad_scale.data();
+  a.row_loss = row_loss_acc.data();
   a.sum_class_weight = sum_cw;
   if (R > 0 && C > 0) row_kernel()(a);
   if (o.inplace && !buf.x.is_same(input)) input.copy_(buf.x);
 
   const Tensor loss =
       o.reduction == kNone
-          ? (sw.defined() ? row_loss_acc * sw : row_loss_acc).to(input.scalar_type())
+          ? per_item_loss(row_loss_acc, sw, R, input)
           : reduced_loss(row_loss_acc, sw, R, o.reduction, denom, input);
   return {loss, grad.defined() ? grad : empty_like_nothing(input), stats};
 }
@@ -216,9 +250,8 @@ ElemOut elem_loss(const ElemCall& o) {
   // sum) times its sample weight. One O(N) loop; a sample of weight 0 gets a
   // gradient scale of 0 even when the denominator is 0.
   double denom = 0.0;
-  Tensor grad_scale;
+  AccScratch grad_scale(sw.defined() || o.reduction == kMean ? N : 0, acc);
   if (sw.defined() || o.reduction == kMean) {
-    grad_scale = at::empty({N}, input.options().dtype(acc));
     AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_elem_prepass", [&] {
       const scalar_t* wp = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
       const bool by_weight = o.mean_over_weight && w.values.defined();
@@ -228,7 +261,7 @@ ElemOut elem_loss(const ElemCall& o) {
         shared_share = 0.0;
         for (int64_t j = 0; j < S; ++j) shared_share += static_cast<double>(wv[j]);
       }
-      scalar_t* gs = grad_scale.data_ptr<scalar_t>();
+      scalar_t* gs = grad_scale.as<scalar_t>();
       for (int64_t i = 0; i < N; ++i) {
         double share = shared_share;
         if (by_weight && w.full) {
@@ -248,7 +281,7 @@ ElemOut elem_loss(const ElemCall& o) {
       o.compute_target_grad ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
   Tensor out_elem =
       o.reduction == kNone ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
-  Tensor sample_loss = at::empty({N}, input.options().dtype(acc));
+  AccScratch sample_loss(N, acc);
   Tensor stats = stats_or_empty(o.compute_stats, N, input);
 
   ElemArgs a;
@@ -256,8 +289,8 @@ ElemOut elem_loss(const ElemCall& o) {
                            checks::stats_ptr(o.compute_stats, stats), o.alpha, o.gamma, o.delta);
   a.dtype = input.scalar_type();
   a.out_elem = out_elem.defined() ? out_elem.data_ptr() : nullptr;
-  a.grad_scale = grad_scale.defined() ? grad_scale.data_ptr() : nullptr;
-  a.sample_loss = sample_loss.data_ptr();
+  a.grad_scale = sw.defined() || o.reduction == kMean ? grad_scale.data() : nullptr;
+  a.sample_loss = sample_loss.data();
   if (numel > 0) elem_kernel()(a);
 
   // The kernel did not run on an empty input: its sample losses are unset.

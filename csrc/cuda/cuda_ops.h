@@ -72,8 +72,8 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
   const Tensor& input = o.input;
   const bool focal = o.kind == kFocal;
   checks::RowInputs in = checks::prepare_row_inputs(
-      focal, input, o.target, o.class_weight, o.sample_weight, o.label_smoothing, o.gamma,
-      o.reduction, B::kDevice);
+      focal, input, o.target, o.class_weight, o.sample_weight, o.ignore_index,
+      o.label_smoothing, o.gamma, o.reduction, B::kDevice);
   const auto guard = B::guard(input);
   const int64_t R = input.size(0), C = input.size(1);
   TORCH_CHECK_VALUE(C <= INT_MAX / 2, "samplewt_ops: the CUDA kernels take at most ",

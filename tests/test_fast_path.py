@@ -1,0 +1,86 @@
+"""The fast path of the public losses (plain CPU calls straight to the op):
+taken where it should be, and bit-identical to the checked path, loss and
+gradients; left for the checked path where a call needs it."""
+import inspect
+
+import pytest
+import torch
+
+import samplewt_ops
+from samplewt_ops import functional as fn_mod
+from samplewt_ops._spec import SPECS
+
+pytestmark = pytest.mark.skipif(not samplewt_ops.backend()["implementation"] == "compiled",
+                                reason="needs the compiled ops")
+
+
+def _call(name, n=6, c=5, dtype=torch.float32, weighted=False):
+    spec = SPECS[name]
+    g = torch.Generator().manual_seed(len(name))
+    x = (torch.randn(n, c, generator=g) * 2).to(dtype).requires_grad_()
+    if spec.rows:
+        t = torch.randint(0, c, (n,), generator=g)
+    elif name in ("mse_loss", "l1_loss", "huber_loss"):
+        t = torch.randn(n, c, generator=g).to(dtype)
+    else:
+        t = torch.rand(n, c, generator=g).to(dtype)
+    args = {k: v.default for k, v in inspect.signature(spec.reference).parameters.items()
+            if k not in ("input", "target", "sample_weight", "reduction")}
+    if weighted:
+        if "weight" in args:
+            args["weight"] = torch.rand(c if spec.rows else (n, c), generator=g).to(dtype)
+        if "alpha" in args:
+            args["alpha"] = 0.3
+        if "label_smoothing" in args:
+            args["label_smoothing"] = 0.1
+    sw = torch.rand(n, generator=g).to(dtype) if weighted else None
+    return spec, x, t, sw, args
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_fast_path_equals_checked_path(name, reduction, weighted):
+    spec, x, t, sw, args = _call(name, weighted=weighted)
+    fast = fn_mod._fast_loss(spec, x, t, sw, reduction, dict(args))
+    assert fast is not None, "a plain call must take the fast path"
+    checked = fn_mod._loss(spec, x, t, sw, reduction, None, None, False, **args)
+    assert torch.equal(fast, checked)
+    cot = torch.rand(fast.shape)
+    (g_fast,) = torch.autograd.grad(fast, x, cot)
+    (g_checked,) = torch.autograd.grad(checked, x, cot)
+    assert torch.equal(g_fast, g_checked)
+
+
+def test_public_function_takes_the_fast_path():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 2, 1, 1])
+    loss = samplewt_ops.cross_entropy(x, y)
+    assert loss.grad_fn.name() == "samplewt_ops_cross_entropy_defaultBackward"
+
+
+@pytest.mark.parametrize("case", ["meta target", "other target dtype", "weight requires grad",
+                                  "sample_weight requires grad", "bad reduction", "inf gamma",
+                                  "float64 weight", "row weight for mse"])
+def test_calls_that_need_the_checked_path(case):
+    spec, x, t, sw, args = _call("binary_cross_entropy_with_logits")
+    red = "mean"
+    if case == "meta target":
+        t = t.to("meta")
+    elif case == "other target dtype":
+        t = t.double()
+    elif case == "weight requires grad":
+        args["weight"] = torch.rand(5, requires_grad=True)
+    elif case == "sample_weight requires grad":
+        sw = torch.rand(6, requires_grad=True)
+    elif case == "bad reduction":
+        red = "avg"
+    elif case == "inf gamma":
+        spec, x, t, sw, args = _call("focal_loss")
+        args["gamma"] = float("inf")
+    elif case == "float64 weight":
+        args["weight"] = torch.rand(5, dtype=torch.float64)
+    elif case == "row weight for mse":
+        spec, x, t, sw, args = _call("mse_loss")
+        args["weight"] = torch.rand(5)
+    assert fn_mod._fast_loss(spec, x, t, sw, red, args) is None
