@@ -696,3 +696,19 @@ def test_sample_weight_dtype_may_differ_from_input(dtype):
     sw32 = torch.rand(8)
     check_op("cross_entropy", x, t, sample_weight=sw32)
     check_op("mse_loss", x, torch.randn(8, 5).to(dtype), sample_weight=sw32, reduction="none")
+
+
+@pytest.mark.parametrize("shape", [(5000, 10), (3, 7), (40000,), (2, 3, 4)], ids=str)
+@pytest.mark.parametrize("name", ["sigmoid_focal_loss", "binary_cross_entropy_with_logits",
+                                  "mse_loss", "l1_loss", "huber_loss"])
+def test_elementwise_flat_spans(name, shape):
+    """Short samples without sample weights run as flat spans split across
+    tasks (not at sample boundaries): every reduction, with full weights."""
+    x = torch.randn(shape) * 2
+    t = torch.rand(shape)
+    full = torch.rand(shape) + 0.5
+    kwargs = {"binary_cross_entropy_with_logits": dict(weight=full, pos_weight=full * 2),
+              "sigmoid_focal_loss": dict(gamma=1.5, alpha=0.3),
+              "huber_loss": dict(delta=0.5)}.get(name, dict(weight=full))
+    for R in ("none", "mean", "sum"):
+        check_op(name, x, t, reduction=R, **kwargs)

@@ -25,7 +25,8 @@ struct ElemArgs : ElemLayout {
   c10::ScalarType dtype = c10::ScalarType::Float;
   void* out_elem = nullptr;          // reduction "none": weighted loss per element
   const void* grad_scale = nullptr;  // acc (samples) or null: gradient factor
-  void* sample_loss = nullptr;       // acc (samples): out, sum_j weight_ij l_ij
+  void* sample_loss = nullptr;       // acc (samples), zeroed: out, sum_j weight_ij l_ij
+                                     // (the flat kernel: per-task partial sums)
 };
 
 using RowKernelFn = void (*)(const RowArgs&);

@@ -257,6 +257,63 @@ void elem_kernel_typed(const ElemArgs& a) {
   const bool use_alpha = a.alpha >= 0;
   const int gamma_code = focal_gamma_code(a.gamma);
 
+  // Elements [off, off + len) of the flat arrays; w and pw already offset.
+  const auto span = [&](int64_t off, int64_t len, const acc_t* w, const acc_t* pw, const V vsw,
+                        const V vgs, V& vloss, V& vsq, V& vg) {
+    for (int64_t j = 0; j < len; j += W) {
+      const int64_t n = std::min(W, len - j);
+      const V xv = vload(input + off + j, n);
+      const V tv = vload(target + off + j, n);
+      const V pwv = pw ? V::loadu(pw + j, n) : V(1);
+      LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, vgamma, valpha, use_alpha, gamma_code, vdelta);
+      if (w) {
+        const V wv = V::loadu(w + j, n);
+        lg.loss = lg.loss * wv;
+        lg.grad = lg.grad * wv;
+        if constexpr (TARGET_GRAD) lg.target_grad = lg.target_grad * wv;
+      }
+      if (n < W) {
+        lg.loss = V::set(V(0), lg.loss, n);
+        lg.grad = V::set(V(0), lg.grad, n);
+      }
+      vloss = vloss + lg.loss;
+      if (a.stats) {
+        vsq = vsq + lg.grad * lg.grad;
+        if constexpr (kSigmoid) {
+          V d = (sigmoid_parts<M>(xv).p - tv).abs();
+          vg = vg + (n < W ? V::set(V(0), d, n) : d);
+        }
+      }
+      if (grad) vstore(grad + off + j, lg.grad * vgs, n);
+      if constexpr (TARGET_GRAD) vstore(target_grad + off + j, lg.target_grad * vgs, n);
+      if (out_elem) vstore(out_elem + off + j, lg.loss * vsw, n);
+    }
+  };
+
+  // Short samples with nothing per sample to tell apart (no statistics, no
+  // sample weight, weights absent or full) run as one flat span: no vector
+  // tail and no horizontal sum per sample. Block k of kFlatBlock elements
+  // leaves its sum in sample_loss[k] (fewer blocks than samples, since
+  // S < kFlatBlock; the rest stay zero): the same sums whatever the threads.
+  constexpr int64_t kFlatBlock = 32768;
+  const bool flat = !a.stats && !sample_weight && S < kFlatBlock &&
+                    (!weight || a.weight_full) && (!pos_weight || a.pos_weight_full);
+  if (flat) {
+    const V vgs(grad_scale ? grad_scale[0] : acc_t(1));  // one value when unweighted
+    const int64_t total = a.samples * S;
+    const int64_t blocks = (total + kFlatBlock - 1) / kFlatBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t off = k * kFlatBlock, len = std::min(kFlatBlock, total - off);
+        V vloss(0), vsq(0), vg(0);
+        span(off, len, weight ? weight + off : nullptr, pos_weight ? pos_weight + off : nullptr,
+             V(1), vgs, vloss, vsq, vg);
+        sample_loss[k] = hsum(vloss);
+      }
+    });
+    return;
+  }
+
   at::parallel_for(0, a.samples, grain_rows(S), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t off = i * S;
@@ -265,34 +322,7 @@ void elem_kernel_typed(const ElemArgs& a) {
       const V vsw(sample_weight ? sample_weight[i] : acc_t(1));
       const V vgs(grad_scale ? grad_scale[i] : acc_t(1));
       V vloss(0), vsq(0), vg(0);
-      for (int64_t j = 0; j < S; j += W) {
-        const int64_t n = std::min(W, S - j);
-        const V xv = vload(input + off + j, n);
-        const V tv = vload(target + off + j, n);
-        const V pwv = pw ? V::loadu(pw + j, n) : V(1);
-        LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, vgamma, valpha, use_alpha, gamma_code, vdelta);
-        if (w) {
-          const V wv = V::loadu(w + j, n);
-          lg.loss = lg.loss * wv;
-          lg.grad = lg.grad * wv;
-          if constexpr (TARGET_GRAD) lg.target_grad = lg.target_grad * wv;
-        }
-        if (n < W) {
-          lg.loss = V::set(V(0), lg.loss, n);
-          lg.grad = V::set(V(0), lg.grad, n);
-        }
-        vloss = vloss + lg.loss;
-        if (a.stats) {
-          vsq = vsq + lg.grad * lg.grad;
-          if constexpr (kSigmoid) {
-            V d = (sigmoid_parts<M>(xv).p - tv).abs();
-            vg = vg + (n < W ? V::set(V(0), d, n) : d);
-          }
-        }
-        if (grad) vstore(grad + off + j, lg.grad * vgs, n);
-        if constexpr (TARGET_GRAD) vstore(target_grad + off + j, lg.target_grad * vgs, n);
-        if (out_elem) vstore(out_elem + off + j, lg.loss * vsw, n);
-      }
+      span(off, S, w, pw, vsw, vgs, vloss, vsq, vg);
       const acc_t l = hsum(vloss);
       if (sample_loss) sample_loss[i] = l;
       if (a.stats) {
