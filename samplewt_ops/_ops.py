@@ -176,7 +176,9 @@ class InplaceGradLoss(torch.autograd.Function):
             grad.mul_(grad_loss.to(grad.dtype).unsqueeze(-1))
         elif not _is_one(grad_loss):
             grad.mul_(grad_loss.to(grad.dtype))
-        return grad, None, None
+        # A new alias of the logits' memory that nothing else holds: a leaf's
+        # AccumulateGrad adopts it instead of copying N x C values.
+        return grad.detach(), None, None
 
 
 if _loader.COMPILED:

@@ -115,6 +115,21 @@ def test_inplace_grad_matches_default(fn, reduction):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("fn", [samplewt_ops.cross_entropy, samplewt_ops.focal_loss])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_inplace_grad_of_a_leaf_is_not_copied(fn, scale):
+    # The gradient lives in the logits' memory, and the leaf's .grad is that
+    # memory: no N x C copy by AccumulateGrad.
+    torch.manual_seed(0)
+    x = (torch.randn(6, 40) * 3).requires_grad_()
+    y = torch.randint(0, 40, (6,))
+    want = torch.autograd.grad(fn(x, y) * scale, x)[0]
+    ptr = x.data_ptr()
+    (fn(x, y, inplace_grad=True) * scale).backward()
+    assert x.grad.data_ptr() == ptr
+    torch.testing.assert_close(x.grad, want)
+
+
 def test_inplace_grad_backward_runs_once():
     x = torch.randn(4, 10)
     lin = torch.nn.Linear(10, 10)

@@ -97,6 +97,10 @@ inline int64_t grain_rows(int64_t cols) {
 
 // ---------------------------------------------------------------------------
 // Softmax rows: cross-entropy (index or probability targets) and focal loss.
+
+// Rows of at most this many vectors are held in registers (see pass 1).
+constexpr int64_t kRegVecs = 2;
+
 template <typename scalar_t>
 void row_kernel_typed(const RowArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -148,10 +152,15 @@ void row_kernel_typed(const RowArgs& a) {
 
       // Pass 1: the row max m. Everything after works on x - m, which keeps
       // full precision where x itself is large (lse = m + log s would not).
+      // A short row (kRegVecs vectors or fewer) stays in registers: one load
+      // of its tail instead of three, and its exps are kept for pass 3.
+      const bool in_regs = C <= kRegVecs * W;
+      V xr[kRegVecs], er[kRegVecs];
       V vmax(neg_inf);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
         V xv = vload(x + j, n);
+        if (in_regs) xr[j / W] = xv;
         vmax = M::max(vmax, n < W ? V::set(V(neg_inf), xv, n) : xv);
       }
       const acc_t mx = hmax(vmax);
@@ -162,13 +171,14 @@ void row_kernel_typed(const RowArgs& a) {
       // place: x_c is not read again) so that pass 3 needs no second exp.
       // bfloat16/float16 would round p there, and with label smoothing
       // A p - a cancels: those recompute exp instead.
-      const bool stash = std::is_same_v<scalar_t, acc_t> && g != nullptr;
+      const bool stash = std::is_same_v<scalar_t, acc_t> && g != nullptr && !in_regs;
       V vs(0), vbx(0), vb(0);
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
-        const V xs = vload(x + j, n) - vmx;
+        const V xs = (in_regs ? xr[j / W] : vload(x + j, n)) - vmx;
         const V e = M::softmax_exp(xs);
+        if (in_regs) er[j / W] = e;
         if (stash) vstore(g + j, e, n);
         vs = vs + (n < W ? V::set(V(0), e, n) : e);
         if (linear) {
@@ -197,8 +207,9 @@ void row_kernel_typed(const RowArgs& a) {
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
           const V av = grad_coef_at(j, n);
-          const V p = stash ? vload(g + j, n) * vinv_s
-                            : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
+          const V p = in_regs ? er[j / W] * vinv_s
+                      : stash ? vload(g + j, n) * vinv_s
+                              : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
           V u = softmax_grad_p<M>(p, vA, av);
           if (n < W) u = V::set(V(0), u, n);
           if (st) {
