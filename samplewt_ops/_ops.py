@@ -130,14 +130,6 @@ def _is_one(grad_loss: torch.Tensor) -> bool:
     )
 
 
-def _scale(grad: torch.Tensor, grad_loss: torch.Tensor, rows: bool) -> torch.Tensor:
-    if grad_loss.dim() == 0:
-        return grad if _is_one(grad_loss) else grad * grad_loss.to(grad.dtype)
-    if rows:
-        return grad * grad_loss.to(grad.dtype).unsqueeze(-1)
-    return grad * grad_loss.to(grad.dtype)
-
-
 def _register(spec: OpSpec) -> None:
     # Autograd is registered in C++ (csrc/autograd.cpp); the fake kernels here.
     torch.library.register_fake(f"samplewt_ops::{spec.name}")(_fake(spec, False))

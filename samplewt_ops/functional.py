@@ -196,8 +196,9 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict):
                                       or (grad_mode and sample_weight.requires_grad)):
         return None
     values = {"input": input, "target": target, "sample_weight": sample_weight, "reduction": red,
-              "compute_grad": grad_mode and input.requires_grad, "compute_stats": False,
-              "compute_target_grad": grad_mode and target.requires_grad}
+              "compute_grad": grad_mode and input.requires_grad, "compute_stats": False}
+    if not spec.rows:  # the row ops' schemas have no target gradient
+        values["compute_target_grad"] = grad_mode and target.requires_grad
     to_op = spec.to_op
     for name, value in args.items():
         if name in spec.tensors:
