@@ -49,6 +49,7 @@ struct LossLayout {
   std::string name;
   size_t num_args = 0, num_returns = 0;
   int input = -1, target = -1, compute_grad = -1, compute_stats = -1, compute_target_grad = -1;
+  int policy = -1;            // the table's policy (0: no table)
   int target_grad_out = -1;   // output index of target_grad, or -1 (row ops)
   std::vector<int> weights;   // the other tensor arguments: never differentiated here
   bool rows = false;          // (rows, C) input: grad_output of reduction none is per row
@@ -67,6 +68,7 @@ struct LossLayout {
       else if (a == "compute_grad") compute_grad = k;
       else if (a == "compute_stats") compute_stats = k;
       else if (a == "compute_target_grad") compute_target_grad = k;
+      else if (a == "policy") policy = k;
       else if (args[i].type()->isSubtypeOf(*c10::OptionalType::ofTensor())) weights.push_back(k);
     }
     const auto& returns = schema.returns();
@@ -188,7 +190,10 @@ class LossAutograd final : public c10::OperatorKernel {
     if (need_input || need_target) {
       node = make_node<LossBackward>(op, layout_);
       node->set_next_edges(torch::autograd::collect_next_edges(input, target));
-      node->handover_ = need_input && input.is_leaf() && !at::isTensorSubclassLike(input);
+      // A call with a table updates it: it is never run again to recompute.
+      const bool table = L.policy >= 0 && arg(L.policy).toInt() != 0;
+      node->handover_ =
+          need_input && input.is_leaf() && !at::isTensorSubclassLike(input) && !table;
       if (node->handover_) {
         node->args_.assign(stack->begin() + first, stack->end());
         node->input_version_ = input._version();

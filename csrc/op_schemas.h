@@ -16,9 +16,14 @@
 // - An element-wise op's arguments are bound by name (op_wrappers.h): its own
 //   scalars are among alpha, gamma and delta, its tensors among weight and
 //   pos_weight.
+// - Every loss op ends with the same table arguments (kTableArgs): an
+//   adaptive weight table's tensors, which the op reads and updates in place
+//   (table_step.h); policy=0 means no table.
 #pragma once
 
 #include <torch/library.h>
+
+#include <string>
 
 namespace samplewt {
 
@@ -27,48 +32,62 @@ inline constexpr const char* kLossOps[] = {
     "cross_entropy", "focal_loss", "sigmoid_focal_loss", "binary_cross_entropy_with_logits",
     "mse_loss", "l1_loss", "huber_loss"};
 
+// The adaptive table's arguments of every loss op (table_step.h), before its
+// outputs. Mutated in place: the table's EMAs, counts, running sums and GHM's
+// bins.
+inline constexpr const char* kTableArgs =
+    ", Tensor? indices=None, Tensor(t0!)? table_ema=None, Tensor(t1!)? seen_count=None, "
+    "Tensor(t2!)? stat_sum=None, Tensor(t3!)? bin_ema=None, Tensor(t4!)? bin_steps=None, "
+    "Tensor? threshold=None, int policy=0, float[] policy_params=[]) -> ";
+
+// A loss op's schema: its arguments, the table's, its outputs.
+inline std::string loss_schema(const char* args, const char* outputs) {
+  return std::string(args) + kTableArgs + outputs;
+}
+
 inline void define_ops(torch::Library& m) {
-  m.def(
-      "cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-      "int ignore_index, float label_smoothing, int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
-  m.def(
-      "cross_entropy_(Tensor(a!) input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-      "int ignore_index, float label_smoothing, int reduction, "
-      "bool compute_stats) -> (Tensor loss, Tensor stats)");
-  m.def(
+  m.def(loss_schema(
+      "cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? "
+      "sample_weight, int ignore_index, float label_smoothing, int reduction, bool "
+      "compute_grad, bool compute_stats",
+      "(Tensor loss, Tensor grad, Tensor stats)").c_str());
+  m.def(loss_schema(
+      "cross_entropy_(Tensor(a!) input, Tensor target, Tensor? weight, Tensor? "
+      "sample_weight, int ignore_index, float label_smoothing, int reduction, bool "
+      "compute_stats",
+      "(Tensor loss, Tensor stats)").c_str());
+  m.def(loss_schema(
       "focal_loss(Tensor input, Tensor target, Tensor? alpha, Tensor? sample_weight, "
-      "float gamma, int ignore_index, int reduction, bool compute_grad, "
-      "bool compute_stats) -> (Tensor loss, Tensor grad, Tensor stats)");
-  m.def(
-      "focal_loss_(Tensor(a!) input, Tensor target, Tensor? alpha, Tensor? sample_weight, "
-      "float gamma, int ignore_index, int reduction, "
-      "bool compute_stats) -> (Tensor loss, Tensor stats)");
-  m.def(
-      "sigmoid_focal_loss(Tensor input, Tensor target, Tensor? sample_weight, float alpha, "
-      "float gamma, int reduction, bool compute_grad, "
-      "bool compute_stats, bool compute_target_grad=False) "
-      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
-  m.def(
+      "float gamma, int ignore_index, int reduction, bool compute_grad, bool "
+      "compute_stats",
+      "(Tensor loss, Tensor grad, Tensor stats)").c_str());
+  m.def(loss_schema(
+      "focal_loss_(Tensor(a!) input, Tensor target, Tensor? alpha, Tensor? "
+      "sample_weight, float gamma, int ignore_index, int reduction, bool compute_stats",
+      "(Tensor loss, Tensor stats)").c_str());
+  m.def(loss_schema(
+      "sigmoid_focal_loss(Tensor input, Tensor target, Tensor? sample_weight, float "
+      "alpha, float gamma, int reduction, bool compute_grad, bool compute_stats, bool "
+      "compute_target_grad=False",
+      "(Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)").c_str());
+  m.def(loss_schema(
       "binary_cross_entropy_with_logits(Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, Tensor? sample_weight, int reduction, bool compute_grad, "
-      "bool compute_stats, bool compute_target_grad=False) "
-      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
-  m.def(
-      "mse_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-      "int reduction, bool compute_grad, "
-      "bool compute_stats, bool compute_target_grad=False) "
-      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
-  m.def(
-      "l1_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-      "int reduction, bool compute_grad, "
-      "bool compute_stats, bool compute_target_grad=False) "
-      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
-  m.def(
+      "bool compute_stats, bool compute_target_grad=False",
+      "(Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)").c_str());
+  m.def(loss_schema(
+      "mse_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, int "
+      "reduction, bool compute_grad, bool compute_stats, bool compute_target_grad=False",
+      "(Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)").c_str());
+  m.def(loss_schema(
+      "l1_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, int "
+      "reduction, bool compute_grad, bool compute_stats, bool compute_target_grad=False",
+      "(Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)").c_str());
+  m.def(loss_schema(
       "huber_loss(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-      "float delta, int reduction, bool compute_grad, "
-      "bool compute_stats, bool compute_target_grad=False) "
-      "-> (Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)");
+      "float delta, int reduction, bool compute_grad, bool compute_stats, bool "
+      "compute_target_grad=False",
+      "(Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)").c_str());
 }
 
 }  // namespace samplewt

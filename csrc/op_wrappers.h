@@ -4,8 +4,12 @@
 //     static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall&);
 //     static ElemOut elem_loss(const ElemCall&);
 // (loss, grad, stats, and for element-wise ops target_grad; grad is the input
-// itself for in-place calls), and
-// registers the wrappers with OpWrappers<Device>::register_ops in its
+// itself for in-place calls), the adaptive table's steps (table_step.h)
+//     static void table_check_indices(const Table&);
+//     static Tensor table_valid(const Table&, const Tensor& target, int64_t ignore_index);
+//     static Tensor table_weights(const Table&, const Tensor& stats, const Tensor& valid);
+//     static void table_update(const Table&, const Tensor& stats, const Tensor& valid);
+// and registers the wrappers with OpWrappers<Device>::register_ops in its
 // TORCH_LIBRARY_IMPL block.
 #pragma once
 
@@ -19,6 +23,7 @@
 
 #include "loss_kinds.h"
 #include "samplewt_math.h"  // ElemLoss, kElemOps
+#include "table_step.h"
 
 namespace samplewt {
 
@@ -66,6 +71,9 @@ inline Tensor stats_or_empty(bool compute_stats, int64_t n, const Tensor& input)
                        : at::empty({0}, input.options().dtype(at::kFloat));
 }
 
+template <class Device>
+struct OpWrappers;
+
 // The kernel of every element-wise op, whatever its schema: it binds the
 // schema's arguments by name to an ElemCall. So a new element-wise loss needs
 // no wrapper of its own, only its kElemOps entry and its schema.
@@ -99,10 +107,20 @@ class ElemKernel final : public c10::OperatorKernel {
                  delta = number(kDelta, 1.0);
     TORCH_CHECK_VALUE(gamma >= 0.0, "samplewt_ops: gamma must be >= 0, got ", gamma);
     TORCH_CHECK_VALUE(delta > 0.0, "samplewt_ops: delta must be > 0, got ", delta);
-    auto out = Device::elem_loss({op_.kind, input, target, weight, pos_weight, sample_weight,
-                                  alpha, gamma, delta, at(kReduction)->toInt(),
-                                  at(kComputeGrad)->toBool(), at(kComputeStats)->toBool(),
-                                  at(kComputeTargetGrad)->toBool(), op_.mean_over_weight});
+    const optional<Tensor> indices = tensor(kIndices), table_ema = tensor(kTableEma),
+                           seen_count = tensor(kSeenCount), stat_sum = tensor(kStatSum),
+                           bin_ema = tensor(kBinEma), bin_steps = tensor(kBinSteps),
+                           threshold = tensor(kThreshold);
+    const int64_t policy = at(kPolicy) == nullptr ? 0 : at(kPolicy)->toInt();
+    const std::vector<double> params =
+        at(kPolicyParams) == nullptr ? std::vector<double>() : at(kPolicyParams)->toDoubleVector();
+    const TableArgs table{indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps,
+                          threshold, policy, params};
+    auto out = OpWrappers<Device>::elem_with_table(
+        {op_.kind, input, target, weight, pos_weight, sample_weight, alpha, gamma, delta,
+         at(kReduction)->toInt(), at(kComputeGrad)->toBool(), at(kComputeStats)->toBool(),
+         at(kComputeTargetGrad)->toBool(), op_.mean_over_weight},
+        table);
     torch::jit::drop(*stack, n);
     torch::jit::push(*stack, std::move(std::get<0>(out)), std::move(std::get<1>(out)),
                      std::move(std::get<2>(out)), std::move(std::get<3>(out)));
@@ -111,13 +129,16 @@ class ElemKernel final : public c10::OperatorKernel {
  private:
   enum Slot {
     kInput, kTarget, kWeight, kPosWeight, kSampleWeight, kAlpha, kGamma, kDelta,
-    kReduction, kComputeGrad, kComputeStats, kComputeTargetGrad, kNumSlots
+    kReduction, kComputeGrad, kComputeStats, kComputeTargetGrad, kIndices, kTableEma,
+    kSeenCount, kStatSum, kBinEma, kBinSteps, kThreshold, kPolicy, kPolicyParams, kNumSlots
   };
 
   void bind(const c10::FunctionSchema& schema) {
     static constexpr const char* kNames[kNumSlots] = {
         "input", "target", "weight", "pos_weight", "sample_weight", "alpha", "gamma",
-        "delta", "reduction", "compute_grad", "compute_stats", "compute_target_grad"};
+        "delta", "reduction", "compute_grad", "compute_stats", "compute_target_grad",
+        "indices", "table_ema", "seen_count", "stat_sum", "bin_ema", "bin_steps", "threshold",
+        "policy", "policy_params"};
     index_.fill(-1);
     const auto& args = schema.arguments();
     num_args_ = args.size();
@@ -147,34 +168,112 @@ struct OpWrappers {
   static Out3 cross_entropy(const Tensor& input, const Tensor& target,
                             const optional<Tensor>& weight, const optional<Tensor>& sample_weight,
                             int64_t ignore_index, double label_smoothing, int64_t reduction,
-                            bool compute_grad, bool compute_stats) {
-    return Device::row_loss({kCrossEntropyIndex, input, target, weight, sample_weight,
-                             ignore_index, label_smoothing, 0.0, reduction, compute_grad,
-                             compute_stats, false});
+                            bool compute_grad, bool compute_stats, const optional<Tensor>& indices, const optional<Tensor>& table_ema,
+      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
+      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
+      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+    return row_with_table({kCrossEntropyIndex, input, target, weight, sample_weight,
+                           ignore_index, label_smoothing, 0.0, reduction, compute_grad,
+                           compute_stats, false},
+                          {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params});
   }
 
   static Out2 cross_entropy_(Tensor& input, const Tensor& target, const optional<Tensor>& weight,
                              const optional<Tensor>& sample_weight, int64_t ignore_index,
-                             double label_smoothing, int64_t reduction, bool compute_stats) {
-    return loss_and_stats(Device::row_loss({kCrossEntropyIndex, input, target, weight,
-                                            sample_weight, ignore_index, label_smoothing, 0.0,
-                                            reduction, true, compute_stats, true}));
+                             double label_smoothing, int64_t reduction, bool compute_stats,
+                             const optional<Tensor>& indices, const optional<Tensor>& table_ema,
+      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
+      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
+      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+    return loss_and_stats(row_with_table({kCrossEntropyIndex, input, target, weight,
+                                          sample_weight, ignore_index, label_smoothing, 0.0,
+                                          reduction, true, compute_stats, true},
+                                         {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params}));
   }
 
   static Out3 focal_loss(const Tensor& input, const Tensor& target, const optional<Tensor>& alpha,
                          const optional<Tensor>& sample_weight, double gamma,
                          int64_t ignore_index, int64_t reduction, bool compute_grad,
-                         bool compute_stats) {
-    return Device::row_loss({kFocal, input, target, alpha, sample_weight, ignore_index, 0.0,
-                             gamma, reduction, compute_grad, compute_stats, false});
+                         bool compute_stats, const optional<Tensor>& indices, const optional<Tensor>& table_ema,
+      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
+      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
+      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+    return row_with_table({kFocal, input, target, alpha, sample_weight, ignore_index, 0.0,
+                           gamma, reduction, compute_grad, compute_stats, false},
+                          {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params});
   }
 
   static Out2 focal_loss_(Tensor& input, const Tensor& target, const optional<Tensor>& alpha,
                           const optional<Tensor>& sample_weight, double gamma,
-                          int64_t ignore_index, int64_t reduction, bool compute_stats) {
-    return loss_and_stats(Device::row_loss({kFocal, input, target, alpha, sample_weight,
-                                            ignore_index, 0.0, gamma, reduction, true,
-                                            compute_stats, true}));
+                          int64_t ignore_index, int64_t reduction, bool compute_stats,
+                          const optional<Tensor>& indices, const optional<Tensor>& table_ema,
+      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
+      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
+      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+    return loss_and_stats(row_with_table({kFocal, input, target, alpha, sample_weight,
+                                          ignore_index, 0.0, gamma, reduction, true,
+                                          compute_stats, true},
+                                         {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params}));
+  }
+
+  // A row op's call, through its table when one is given (table_step.h).
+  static Out3 row_with_table(const RowCall& o, const TableArgs& ta) {
+    if (!ta.active()) return Device::row_loss(o);
+    const Table t = check_table(ta, o.input, o.input.dim() == 2 ? o.input.size(0) : 0, true);
+    Device::table_check_indices(t);
+    const bool index_target = !at::isFloatingType(o.target.scalar_type());
+    const Tensor valid = index_target ? Device::table_valid(t, o.target, o.ignore_index) : Tensor();
+    const bool per_batch = table_per_batch(t.policy);
+    optional<Tensor> sw = o.sample_weight;
+    if (!per_batch) sw = history_sample_weight(t, valid, o.sample_weight);
+    Out3 out = Device::row_loss({o.kind, o.input, o.target, o.class_weight, sw, o.ignore_index,
+                                 o.label_smoothing, o.gamma, per_batch ? kNone : o.reduction,
+                                 o.compute_grad, true, o.inplace});
+    const Tensor stats = per_sample_stats(std::get<2>(out), t);
+    if (per_batch) {
+      const Tensor bw = Device::table_weights(t, stats, valid);
+      Device::table_update(t, stats, valid);
+      const Tensor share =
+          o.reduction == kMean ? row_mean_share(o.input, o.target, o.kind != kFocal,
+                                                o.class_weight, o.ignore_index)
+                               : Tensor();
+      std::get<0>(out) = scale_by_batch_weights(t, bw, std::get<0>(out), {std::get<1>(out)},
+                                                o.reduction, share, sample_weights(o.sample_weight));
+    } else {
+      Device::table_update(t, stats, valid);
+    }
+    if (!o.compute_stats) std::get<2>(out) = stats_or_empty(false, 0, o.input);
+    return out;
+  }
+
+  // An element-wise op's call, through its table when one is given.
+  static ElemOut elem_with_table(const ElemCall& o, const TableArgs& ta) {
+    if (!ta.active()) return Device::elem_loss(o);
+    const int64_t samples = o.input.dim() == 0 ? 1 : o.input.size(0);
+    const Table t = check_table(ta, o.input, samples, false);
+    Device::table_check_indices(t);
+    const bool per_batch = table_per_batch(t.policy);
+    optional<Tensor> sw = o.sample_weight;
+    if (!per_batch) sw = history_sample_weight(t, Tensor(), o.sample_weight);
+    ElemOut out = Device::elem_loss({o.kind, o.input, o.target, o.weight, o.pos_weight, sw,
+                                     o.alpha, o.gamma, o.delta, per_batch ? kNone : o.reduction,
+                                     o.compute_grad, true, o.compute_target_grad,
+                                     o.mean_over_weight});
+    const Tensor stats = std::get<2>(out);
+    if (per_batch) {
+      const Tensor bw = Device::table_weights(t, stats, Tensor());
+      Device::table_update(t, stats, Tensor());
+      const Tensor share = o.reduction == kMean
+                               ? elem_mean_share(o.input, o.weight, o.mean_over_weight, samples)
+                               : Tensor();
+      std::get<0>(out) =
+          scale_by_batch_weights(t, bw, std::get<0>(out), {std::get<1>(out), std::get<3>(out)},
+                                 o.reduction, share, sample_weights(o.sample_weight));
+    } else {
+      Device::table_update(t, stats, Tensor());
+    }
+    if (!o.compute_stats) std::get<2>(out) = stats_or_empty(false, 0, o.input);
+    return out;
   }
 
   static void register_ops(torch::Library& m) {
@@ -190,6 +289,24 @@ struct OpWrappers {
 
  private:
   static Out2 loss_and_stats(const Out3& out) { return {std::get<0>(out), std::get<2>(out)}; }
+
+  static Tensor sample_weights(const optional<Tensor>& sw) {
+    return checks::has(sw) ? *sw : Tensor();
+  }
+
+  // A history policy's weights of the batch (before it), times the rows'
+  // sample weights, one per row (float32, as the reference multiplies them).
+  static Tensor history_sample_weight(const Table& t, const Tensor& valid,
+                                      const optional<Tensor>& sample_weight) {
+    Tensor w = per_row(Device::table_weights(t, Tensor(), valid), t);
+    if (checks::has(sample_weight)) {
+      TORCH_CHECK_VALUE(sample_weight->dim() == 1 && sample_weight->size(0) == w.size(0),
+                        "samplewt_ops: sample_weight must have shape (", w.size(0), "), got ",
+                        sample_weight->sizes());
+      w = w * sample_weight->to(at::kFloat);
+    }
+    return w;
+  }
 };
 
 }  // namespace samplewt

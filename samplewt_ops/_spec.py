@@ -45,6 +45,14 @@ COMMON_ARGS = {"input": "Tensor", "target": "Tensor", "sample_weight": "Optional
                "reduction": "int", "compute_grad": "bool", "compute_stats": "bool"}
 OUTPUTS = ("loss", "grad", "stats")
 INPLACE_OUTPUTS = ("loss", "stats")
+# Every loss op also takes an adaptive weight table's tensors, which it reads
+# and updates in place (csrc/table_step.h; AdaptiveWeights.op_args); policy 0
+# is no table. Written by the op: TABLE_MUTATED.
+TABLE_ARGS = {"indices": "Optional[Tensor]", "table_ema": "Optional[Tensor]",
+              "seen_count": "Optional[Tensor]", "stat_sum": "Optional[Tensor]",
+              "bin_ema": "Optional[Tensor]", "bin_steps": "Optional[Tensor]",
+              "threshold": "Optional[Tensor]", "policy": "int", "policy_params": "List[float]"}
+TABLE_MUTATED = ("table_ema", "seen_count", "stat_sum", "bin_ema", "bin_steps")
 # Element-wise ops also give d(loss)/d(target) from the same pass, on request.
 ELEMENTWISE_ARGS = {"compute_target_grad": "bool"}
 ELEMENTWISE_OUTPUTS = OUTPUTS + ("target_grad",)
@@ -108,6 +116,7 @@ class OpSpec:
             del args["compute_grad"]
         if not self.rows:
             args.update(ELEMENTWISE_ARGS)
+        args.update(TABLE_ARGS)
         return args
 
     def outputs(self, inplace: bool = False) -> Tuple[str, ...]:
@@ -280,6 +289,9 @@ def check_schema(spec: OpSpec) -> Dict[str, Tuple[str, ...]]:
             problems.append(f"returns {outputs}")
         if inplace and not next(a for a in schema.arguments if a.name == "input").is_write:
             problems.append("input is not written (Tensor(a!))")
+        written = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+        if written - {"input"} != set(TABLE_MUTATED):
+            problems.append(f"writes {sorted(written)}, the table's {list(TABLE_MUTATED)} expected")
         if problems:
             raise RuntimeError(f"samplewt_ops: the op spec of {qualname} (samplewt_ops/_spec.py) "
                                f"does not match its schema (csrc/ops.cpp): " + "; ".join(problems))

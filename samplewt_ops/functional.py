@@ -163,18 +163,21 @@ def _plain_scalar(name: str, value) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _fast_op(name: str):
-    """The op's overload and its schema's argument names."""
-    from ._spec import SCHEMA_ARGS
-    return getattr(torch.ops.samplewt_ops, name).default, SCHEMA_ARGS[name]
+    """The op's overload, its schema's argument names without the table's
+    (left to their defaults), and all of them."""
+    from ._spec import SCHEMA_ARGS, TABLE_ARGS
+    names = SCHEMA_ARGS[name]
+    return getattr(torch.ops.samplewt_ops, name).default, tuple(n for n in names if n not in TABLE_ARGS), names
 
 
-def _fast_loss(spec, input, target, sample_weight, reduction, args: dict):
+def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=None, indices=None):
     """The loss of a plain CPU call straight from the compiled op, or None when
-    the call needs the checked path (_loss). Plain: no table, tensors of
-    input's dtype and layout as the op takes them, nothing but input (and an
-    element-wise target) requiring grad. The op's own C++ checks and its O(N)
-    value pre-pass check such a call; on any error the checked path runs
-    again and raises its documented error."""
+    the call needs the checked path (_loss). Plain: tensors of input's dtype
+    and layout as the op takes them, nothing but input (and an element-wise
+    target) requiring grad, and a table (if any) on the CPU with CPU indices.
+    The op's own C++ checks and its O(N) value pre-pass check such a call
+    (the table's indices too); on any error the checked path runs again and
+    raises its documented error."""
     # Every tensor on the CPU: a meta tensor among them would dispatch to the
     # fake kernel, which checks no devices.
     if type(input) is not Tensor or not input.is_cpu or type(target) is not Tensor or not target.is_cpu:
@@ -216,7 +219,13 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict):
             except _OP_ERRORS:
                 return None
         values[name] = to_op[name](value, input) if name in to_op else value
-    op, names = _fast_op(spec.name)
+    op, names, with_table = _fast_op(spec.name)
+    if table is not None:
+        if (type(indices) is not Tensor or not indices.is_cpu or not table.device.type == "cpu"
+                or not table.policy.supports(spec.name)):
+            return None
+        values.update(table.op_args(indices))
+        names = with_table
     try:
         return op(*[values[n] for n in names])[0]
     except _OP_ERRORS:
@@ -260,6 +269,12 @@ def _loss(spec, input, target, sample_weight, reduction, table, indices,
 
     if table is None:
         return run(call.sample_weight, call.reduction, False)[0]
+    if kernel and "sample_weight" not in differentiated:
+        # One op call: the table's weights, the pass and the table's update.
+        table.check_loss(spec.name)
+        idx = table.check_indices(indices, spec.batch_size(input), input.device)
+        return _run_kernel(call, dict(op_args, **table.op_args(idx)), call.sample_weight,
+                           call.reduction, False, inplace_grad)[0]
     return driver.table_loss(call, run, table, indices)
 
 
@@ -319,11 +334,12 @@ def _public_loss(spec) -> Callable:
             text.append(f"{p.name}=_defaults[{p.name!r}]")
     own = ", ".join(f"{p.name}={p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
     own_dict = ", ".join(f"{p.name!r}: {p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
-    plain = "table is None and not deprecated" + (" and not inplace_grad" if spec.inplace else "")
+    plain = "not deprecated" + (" and not inplace_grad" if spec.inplace else "")
     source = (
         f"def {spec.name}({', '.join(text)}, **deprecated):\n"
         f"    if {plain} and _COMPILED:\n"
-        f"        loss = _fast_loss(_spec, input, target, sample_weight, reduction, {{{own_dict}}})\n"
+        f"        loss = _fast_loss(_spec, input, target, sample_weight, reduction, {{{own_dict}}}, "
+        f"table, indices)\n"
         f"        if loss is not None:\n"
         f"            return loss\n"
         f"    if deprecated:\n"

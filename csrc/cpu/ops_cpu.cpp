@@ -17,6 +17,7 @@
 #include "../op_wrappers.h"
 #include "../samplewt_math.h"
 #include "large_buffer.h"
+#include "table_cpu.h"
 #include "kernel_args.h"
 
 namespace samplewt {
@@ -306,6 +307,16 @@ struct CpuDevice {
   static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) { return cpu::row_loss(o); }
   static ElemOut elem_loss(const ElemCall& o) {
     return cpu::elem_loss(o);
+  }
+  static void table_check_indices(const Table& t) { cpu::table_check_indices(t); }
+  static Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
+    return cpu::table_valid(t, target, ignore_index);
+  }
+  static Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
+    return cpu::table_weights(t, stats, valid);
+  }
+  static void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
+    cpu::table_update(t, stats, valid);
   }
 };
 

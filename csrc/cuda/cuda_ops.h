@@ -24,6 +24,7 @@
 #include "../op_checks.h"
 #include "../op_wrappers.h"
 #include "launchers.h"
+#include "table_ops.h"
 
 namespace samplewt {
 namespace cuda {
@@ -135,7 +136,7 @@ ElemOut elem_loss(const ElemCall& o) {
 
 // The device of OpWrappers (op_wrappers.h) for a backend B.
 template <class B>
-struct Device {
+struct Device : TableSteps<B> {
   static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
     return cuda::row_loss<B>(o);
   }

@@ -27,5 +27,25 @@ struct ElemArgs : ElemLayout {
   int num_sms = 132;
 };
 
+// The adaptive table's kernels (table_update.cu): the table's tensors and a
+// batch's, as plain pointers.
+struct TableKernelArgs {
+  int64_t policy = 0;
+  double params[4] = {0.0, 0.0, 0.0, 0.0};  // policy_params (at most 4)
+  int64_t batch = 0, num_samples = 0;
+  const int64_t* indices = nullptr;         // (batch)
+  float* ema = nullptr;                      // (3, num_samples)
+  int64_t* seen_count = nullptr;             // (num_samples)
+  const double* stat_sum = nullptr;          // (3)
+  const double* threshold = nullptr;         // SelfPaced, SmallLoss
+  float* weights = nullptr;                  // out: (batch)
+  // The update:
+  const int64_t* sorted_indices = nullptr;   // (batch), stably sorted
+  const int64_t* order = nullptr;            // batch position of each sorted entry
+  const float* stats = nullptr;              // (batch, 3)
+  const bool* valid = nullptr;               // (batch) or null
+  double* delta = nullptr;                   // out: (batch, 3)
+};
+
 }  // namespace cuda
 }  // namespace samplewt

@@ -53,6 +53,11 @@ inline size_t workspace_bytes(const ElemArgs& a, size_t elem_size) {
   return elem_loss_workspace_bytes(a, elem_size);
 }
 
+// The adaptive table on `stream` (table_update.cu): a history policy's
+// weights of a batch, and the update of the table's EMAs and counts.
+cudaError_t launch_table_history_weights(const TableKernelArgs& a, cudaStream_t stream);
+cudaError_t launch_table_update(const TableKernelArgs& a, cudaStream_t stream);
+
 // The launchers' explicit instantiations: declared here for every dtype,
 // defined by each launcher unit (row_loss_<dtype>.cu: SWT_INSTANTIATE_ROW_LOSS,
 // elem_loss_<dtype>.cu: SWT_INSTANTIATE_ELEM_LOSS).

@@ -101,6 +101,17 @@ class WeightPolicy:
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.config().items()))))
 
+    #: The policy's number for the loss ops (csrc/table_math.h, TablePolicy).
+    op_code: int = 0
+
+    def op_params(self) -> list:
+        """The loss ops' ``policy_params``: the history momentum, then the policy's own."""
+        return [float(self.history_momentum)]
+
+    def op_threshold(self, table):
+        """The loss ops' ``threshold`` tensor, or None."""
+        return None
+
     # -- state ---------------------------------------------------------
     def init_state(self, num_samples: int, device: torch.device) -> Dict[str, torch.Tensor]:
         """The policy's tensors, created on ``device`` and owned by the table."""
@@ -122,13 +133,6 @@ class WeightPolicy:
         """Called by ``table.step_epoch()`` after the epoch counter was incremented."""
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ``mask`` (float64 accumulation); 0 when the mask is empty."""
-    xs = torch.where(mask, x, torch.zeros_like(x)).sum(dtype=torch.float64)
-    n = mask.sum()
-    return (xs / n.clamp_min(1)).to(x.dtype)
-
-
 class _RatioPolicy(WeightPolicy):
     _statistic = "loss_ema"
 
@@ -148,17 +152,29 @@ class _RatioPolicy(WeightPolicy):
     def config(self):
         return {"momentum": self.momentum, "power": self.power, "min_weight": self.min_weight, "max_weight": self.max_weight}
 
-    def all_weights(self, table) -> torch.Tensor:
-        stat = getattr(table, self._statistic)
-        seen = table.seen_count > 0
-        mean = _masked_mean(stat, seen)
+    op_code = 1
+
+    def op_params(self):
+        return [self.momentum, self.power, self.min_weight, self.max_weight]
+
+    def _weights(self, table, stat, seen):
+        # the mean over the seen samples, from the table's running sums
+        sums = table.stat_sum
+        j = 0 if self._statistic == "loss_ema" else 1
+        mean = torch.where(sums[2] > 0, sums[j] / sums[2].clamp_min(1), torch.zeros_like(sums[2])).float()
         one = torch.ones_like(stat)
-        # ratio to the mean over the seen samples (1 if that mean is 0)
+        # ratio to that mean (1 if the mean is 0)
         ratio = torch.where(mean > 0, stat / torch.where(mean > 0, mean, torch.ones_like(mean)), one)
-        raw = torch.pow(ratio, self.power).clamp(self.min_weight, self.max_weight)
-        z = _masked_mean(raw, seen)
-        z = torch.where(z > 0, z, torch.ones_like(z))
-        return torch.where(seen, raw / z, one)
+        w = torch.pow(ratio, self.power).clamp(self.min_weight, self.max_weight)
+        return torch.where(seen, w, one)
+
+    def all_weights(self, table) -> torch.Tensor:
+        return self._weights(table, getattr(table, self._statistic), table.seen_count > 0)
+
+    def batch_weights(self, table, indices, loss=None, g=None, valid=None):
+        # O(N): the batch's entries and the running sums.
+        return self._weights(table, getattr(table, self._statistic).index_select(0, indices),
+                             table.seen_count.index_select(0, indices) > 0)
 
 
 class LossEMA(_RatioPolicy):
@@ -167,14 +183,20 @@ class LossEMA(_RatioPolicy):
     .. math::
 
         r_i = \frac{\mathrm{ema}^{\mathrm{loss}}_i}{\frac{1}{|S|}\sum_{j\in S}\mathrm{ema}^{\mathrm{loss}}_j},\qquad
-        \tilde w_i = \operatorname{clip}(r_i^{\,p},\ w_{\min},\ w_{\max}),\qquad
-        w_i = \frac{\tilde w_i}{\frac{1}{|S|}\sum_{j\in S}\tilde w_j}\quad (i\in S),
+        w_i = \operatorname{clip}(r_i^{\,p},\ w_{\min},\ w_{\max})\quad (i\in S),
 
     where :math:`S` is the set of samples seen at least once; unseen samples get
-    :math:`w_i = 1`.  Because the normalisation follows the clipping, the final
-    weights average exactly 1 over :math:`S` and may leave
-    :math:`[w_{\min}, w_{\max}]` by the normalising factor.  If the mean EMA is
-    0, every :math:`r_i = 1`.
+    :math:`w_i = 1`.  If the mean EMA is 0, every :math:`r_i = 1`.  The mean
+    comes from running sums that every step updates for the samples it
+    observes, so a step costs O(batch) whatever the table's size (the sums are
+    recomputed exactly at ``step_epoch()``, ``sync()`` and on load).  The
+    weights are not renormalised to average 1: ``reduction="mean"`` divides by
+    the batch's weight sum anyway.
+
+    Example::
+
+        >>> table = AdaptiveWeights(len(dataset), LossEMA(power=1.0))
+        >>> loss = cross_entropy(logits, y, table=table, indices=idx)
 
     Loss-based importance of this kind follows Loshchilov & Hutter, "Online
     Batch Selection for Faster Training of Neural Networks" (ICLR workshop 2016)
@@ -186,8 +208,6 @@ class LossEMA(_RatioPolicy):
         power: exponent :math:`p` (0 gives uniform weights, negative values favour easy samples).
         min_weight, max_weight: clipping range :math:`[w_{\min}, w_{\max}]` of :math:`r_i^p`.
 
-    Every batch's weights need two reductions over the whole table (O(num_samples)
-    work on the device, no host synchronisation).
     """
 
     _statistic = "loss_ema"
@@ -206,6 +226,7 @@ class GradNormEMA(_RatioPolicy):
     """
 
     _statistic = "grad_norm_ema"
+    op_code = 2
 
 
 class SelfPaced(WeightPolicy):
@@ -248,6 +269,13 @@ class SelfPaced(WeightPolicy):
 
     def config(self):
         return {"threshold": self.threshold, "growth": self.growth, "soft": self.soft, "momentum": self.momentum}
+
+    @property
+    def op_code(self):
+        return 4 if self.soft else 3
+
+    def op_threshold(self, table):
+        return table.policy_state["threshold"].reshape(1)
 
     def init_state(self, num_samples, device):
         return {"threshold": torch.tensor(self.threshold, dtype=torch.float64, device=device)}
@@ -303,6 +331,11 @@ class OHEM(WeightPolicy):
         # exact decimal fraction, so that ceil(0.7 * 10) is 7 and not 8
         frac = Fraction(repr(self.keep_ratio))
         self._num, self._den = frac.numerator, frac.denominator
+
+    op_code = 5
+
+    def op_params(self):
+        return [self.history_momentum, float(self._num), float(self._den)]
 
     def config(self):
         return {"keep_ratio": self.keep_ratio, "history_momentum": self.history_momentum}
@@ -388,14 +421,19 @@ class GHM(WeightPolicy):
         self.momentum = _check_momentum("momentum", momentum, "GHM")
         self.history_momentum = _check_momentum("history_momentum", history_momentum, "GHM")
 
+    op_code = 6
+
+    def op_params(self):
+        return [self.history_momentum, float(self.bins), self.momentum]
+
     def config(self):
         return {"bins": self.bins, "momentum": self.momentum, "history_momentum": self.history_momentum}
 
     def init_state(self, num_samples, device):
+        # g_ema: the table's third EMA row, added by the table.
         return {
             "bin_ema": torch.zeros(self.bins, dtype=torch.float32, device=device),
             "bin_steps": torch.zeros((), dtype=torch.int64, device=device),
-            "g_ema": torch.zeros(num_samples, dtype=torch.float32, device=device),
         }
 
     def bin_of(self, g: torch.Tensor) -> torch.Tensor:
@@ -469,13 +507,16 @@ class SmallLoss(WeightPolicy):
     is computed exactly in integers, :math:`\tau` taken as the nearest fraction
     with a denominator of at most :math:`10^6` (0.2 is 1/5).
 
-    A history policy (``per_batch = False``): a batch's weights are the rule
-    above on the table as it was before the batch, and ``table.weights`` is
-    the same rule on every sample.  Each batch's weights rank the whole table
-    (one ``argsort`` of ``num_samples`` values on the device, no host
-    synchronisation).  The policy keeps no tensors of its own (the epoch
-    counter is the table's), so ``state_dict`` and ``sync()`` need nothing
-    more; every rank calls ``step_epoch()``.
+    A history policy (``per_batch = False``). The ranking runs once per epoch:
+    ``table.step_epoch()`` ranks the seen samples (one ``argsort`` of
+    ``num_samples`` values on the device, no host synchronisation) and fixes
+    the cutoff, the (loss EMA, index) of the :math:`k_e`-th seen sample. Until
+    the next ``step_epoch()``, a seen sample gets weight 1 when its (current)
+    loss EMA and index are at most the cutoff, ``min_weight`` otherwise, so a
+    step costs O(batch). Before the first ``step_epoch()`` every sample gets
+    weight 1. ``table.weights`` applies the same cutoff to every sample. The
+    cutoff is in ``policy_state`` (saved by ``state_dict``); every rank calls
+    ``step_epoch()`` after ``sync()``.
 
     With ``min_weight = 0`` a batch can have all weights 0, where a weighted
     mean is 0/0: use ``reduction="sum"`` divided by the batch size, or a
@@ -532,15 +573,51 @@ class SmallLoss(WeightPolicy):
             e = min(epoch, self.ramp_epochs)
         return (self._num * e * n_seen) // (self._den * self.ramp_epochs)
 
-    def all_weights(self, table):
+    op_code = 7
+
+    def op_params(self):
+        return [self.momentum, self.min_weight]
+
+    def op_threshold(self, table):
+        return table.policy_state["cutoff"]
+
+    def init_state(self, num_samples, device):
+        # (cutoff EMA, cutoff index): +inf keeps every sample.
+        return {"cutoff": torch.full((2,), math.inf, dtype=torch.float64, device=device)}
+
+    def step_epoch(self, table):
+        self.update_cutoff(table)
+
+    def update_cutoff(self, table) -> None:
+        """Rank the seen samples once (O(num_samples), on the device, no host
+        sync) and fix the cutoff of the epoch that starts."""
         ema = table.loss_ema
         seen = table.seen_count > 0
         n_seen = seen.sum()
         kept = n_seen - self.num_forgotten(table.epoch, n_seen)
         # order by (unseen, loss EMA with NaN as +inf, index): two stable sorts
-        score = torch.nan_to_num(ema, nan=math.inf)
+        score = torch.nan_to_num(ema, nan=math.inf).double()
         order = torch.sort(score, stable=True).indices
         order = order.index_select(0, torch.sort((~seen).index_select(0, order).to(torch.uint8), stable=True).indices)
-        rank = torch.empty_like(order).index_put_((order,), torch.arange(ema.shape[0], device=ema.device))
-        w = torch.where(rank < kept, torch.ones_like(ema), torch.full_like(ema, self.min_weight))
+        last = order.index_select(0, (kept - 1).clamp(0, ema.shape[0] - 1).reshape(1))
+        cut = torch.cat([score.index_select(0, last), last.double()])
+        inf = torch.full_like(cut, math.inf)
+        none = torch.full_like(cut, -math.inf)
+        cut = torch.where(kept >= n_seen, inf, torch.where(kept > 0, cut, none))
+        table.policy_state["cutoff"].copy_(cut)
+
+    def _weights(self, table, ema, seen, index):
+        cut = table.policy_state["cutoff"]
+        score = torch.nan_to_num(ema, nan=math.inf).double()
+        kept = (score < cut[0]) | ((score == cut[0]) & (index.double() <= cut[1]))
+        w = torch.where(kept, torch.ones_like(ema), torch.full_like(ema, self.min_weight))
         return torch.where(seen, w, torch.ones_like(w))
+
+    def all_weights(self, table):
+        n = table.num_samples
+        return self._weights(table, table.loss_ema, table.seen_count > 0,
+                             torch.arange(n, device=table.device))
+
+    def batch_weights(self, table, indices, loss=None, g=None, valid=None):
+        return self._weights(table, table.loss_ema.index_select(0, indices),
+                             table.seen_count.index_select(0, indices) > 0, indices)

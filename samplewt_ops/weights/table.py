@@ -95,13 +95,41 @@ class AdaptiveWeights:
         dev = _norm_device(device)
         self.num_samples = num_samples
         self.policy = policy
-        self.loss_ema = torch.zeros(num_samples, dtype=torch.float32, device=dev)
-        self.grad_norm_ema = torch.zeros(num_samples, dtype=torch.float32, device=dev)
+        # The per-sample EMAs, one row each (loss, gradient norm, GHM's g), so
+        # that the loss ops take them as one tensor; loss_ema etc. are views.
+        self.ema = torch.zeros(3, num_samples, dtype=torch.float32, device=dev)
         self.seen_count = torch.zeros(num_samples, dtype=torch.int64, device=dev)
+        # Running sums over the seen samples: loss EMA, gradient-norm EMA, count.
+        self.stat_sum = torch.zeros(3, dtype=torch.float64, device=dev)
         self.epoch = torch.zeros((), dtype=torch.int64, device=dev)
         self.policy_state: Dict[str, torch.Tensor] = policy.init_state(num_samples, dev)
+        self._views()
         # seen_count at the last sync(): what changed since is seen_count - _synced_count
         self._synced_count = torch.zeros(num_samples, dtype=torch.int64, device=dev)
+
+    def _views(self) -> None:
+        self.loss_ema = self.ema[0]
+        self.grad_norm_ema = self.ema[1]
+        if self.policy.tracks_g:
+            self.policy_state["g_ema"] = self.ema[2]
+
+    def recompute_sums(self) -> None:
+        """Recompute the running sums (``stat_sum``) from the whole table:
+        O(num_samples), after a sync or a load; every step keeps them in O(batch)."""
+        seen = self.seen_count > 0
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.stat_sum.copy_(torch.stack([
+            torch.where(seen, self.loss_ema.double(), zero).sum(),
+            torch.where(seen, self.grad_norm_ema.double(), zero).sum(),
+            seen.sum().double()]))
+
+    def op_args(self, indices: torch.Tensor) -> dict:
+        """The loss ops' table arguments (csrc/op_schemas.h) for a batch of ``indices``."""
+        ps = self.policy_state
+        return {"indices": indices, "table_ema": self.ema, "seen_count": self.seen_count,
+                "stat_sum": self.stat_sum, "bin_ema": ps.get("bin_ema"), "bin_steps": ps.get("bin_steps"),
+                "threshold": self.policy.op_threshold(self), "policy": self.policy.op_code,
+                "policy_params": self.policy.op_params()}
 
     # ------------------------------------------------------------------
     @property
@@ -119,6 +147,7 @@ class AdaptiveWeights:
             "loss_ema": self.loss_ema,
             "grad_norm_ema": self.grad_norm_ema,
             "seen_count": self.seen_count,
+            "stat_sum": self.stat_sum,
             "epoch": self.epoch,
             "synced_count": self._synced_count,
         }
@@ -269,19 +298,29 @@ class AdaptiveWeights:
         m = float(self.policy.history_momentum)
         seen_before = self.seen_count.index_select(0, sidx) > 0
         observed = tot > 0
+        # Each sample once (the first of its group) in the running sums.
+        head = observed & (leader == torch.arange(n, device=idx.device))
+        zero = torch.zeros((), dtype=torch.float64, device=idx.device)
+        deltas = []
         for j, t in enumerate(targets):
             old = t.index_select(0, sidx)
             x = mean[:, j]
             new = torch.where(seen_before, m * old + (1.0 - m) * x, x)
             new = torch.where(observed, new, old)
+            if j < 2:
+                change = new.double() - torch.where(seen_before, old.double(), zero)
+                deltas.append(torch.where(head, change, zero).sum())
             # duplicates write the same value, so the result is deterministic
             t.index_put_((sidx,), new)
+        deltas.append((head & ~seen_before).sum().double())
+        self.stat_sum.add_(torch.stack(deltas))
         self.seen_count.index_add_(0, sidx, scnt)
         self.policy.observe(self, idx, g, valid)
 
     def step_epoch(self) -> None:
         """End of an epoch: count it and let the policy react (SelfPaced grows its threshold)."""
         self.epoch.add_(1)
+        self.recompute_sums()
         self.policy.step_epoch(self)
 
     # ------------------------------------------------------------------ state
@@ -305,8 +344,13 @@ class AdaptiveWeights:
         pol = {"name": self.policy.name, **self.policy.config()}
         if state_dict.get("policy") != pol:
             raise ValueError(f"state_dict was saved with policy {state_dict.get('policy')}, this table uses {pol}")
-        pairs = list(self._tensors().items())
-        ps = state_dict.get("policy_state", {})
+        # Saves from before the running sums (and SmallLoss's cutoff) get them recomputed.
+        recompute = "stat_sum" not in state_dict
+        pairs = [(k, v) for k, v in self._tensors().items() if not (recompute and k == "stat_sum")]
+        ps = dict(state_dict.get("policy_state", {}))
+        missing_cutoff = "cutoff" in self.policy_state and "cutoff" not in ps
+        if missing_cutoff:
+            ps["cutoff"] = self.policy_state["cutoff"]
         if set(ps) != set(self.policy_state):
             raise ValueError(f"state_dict policy_state has keys {sorted(ps)}, expected {sorted(self.policy_state)}")
         pairs += [(f"policy_state.{k}", v) for k, v in self.policy_state.items()]
@@ -321,16 +365,21 @@ class AdaptiveWeights:
             srcs.append(src)
         for (_, dst), src in zip(pairs, srcs):
             dst.copy_(src)
+        if recompute:
+            self.recompute_sums()
+        if missing_cutoff:
+            self.policy.update_cutoff(self)
 
     def to(self, device) -> "AdaptiveWeights":
         """Move the state to ``device`` (in place); returns ``self``."""
         dev = _norm_device(device)
-        self.loss_ema = self.loss_ema.to(dev)
-        self.grad_norm_ema = self.grad_norm_ema.to(dev)
+        self.ema = self.ema.to(dev)
+        self.stat_sum = self.stat_sum.to(dev)
         self.seen_count = self.seen_count.to(dev)
         self.epoch = self.epoch.to(dev)
         self._synced_count = self._synced_count.to(dev)
-        self.policy_state = {k: v.to(dev) for k, v in self.policy_state.items()}
+        self.policy_state = {k: v.to(dev) for k, v in self.policy_state.items() if k != "g_ema"}
+        self._views()
         return self
 
     # ------------------------------------------------------------------ distributed
@@ -375,6 +424,7 @@ class AdaptiveWeights:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             self._synced_count.copy_(self.seen_count)
+            self.recompute_sums()
             return
         world = dist.get_world_size(group)
         backend = str(dist.get_backend(group)).lower()
@@ -432,3 +482,4 @@ class AdaptiveWeights:
             dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
             t.copy_(buf)
         self._synced_count.copy_(self.seen_count)
+        self.recompute_sums()

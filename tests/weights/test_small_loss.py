@@ -14,6 +14,9 @@ def _table(policy, ema, seen):
     t = AdaptiveWeights(len(ema), policy)
     t.loss_ema.copy_(torch.tensor(ema, dtype=torch.float32))
     t.seen_count.copy_(torch.tensor(seen, dtype=torch.int64))
+    # the state was written directly: sums and ranking as step_epoch() makes them
+    t.recompute_sums()
+    t.policy.update_cutoff(t)
     return t
 
 
@@ -113,6 +116,8 @@ def test_history_policy_through_the_loss():
     samplewt_ops.cross_entropy(logits, y, table=table, indices=idx)  # first sight: all weights 1
     ref = torch.nn.functional.cross_entropy(logits, y, reduction="none")
     torch.testing.assert_close(table.loss_ema, ref)
+    assert torch.equal(table.weights, torch.ones(4))  # the cutoff moves at step_epoch() only
+    table.step_epoch()
     w = table.weights
     assert w[3] == 0 and int((w == 0).sum()) == 2
     x = logits.clone().requires_grad_(True)
@@ -157,7 +162,7 @@ def test_state_dict_resume_is_exact():
     half = AdaptiveWeights(30, policy)
     _run(half, 6)
     saved = half.state_dict()
-    assert saved["policy"] == {"name": "SmallLoss", **policy.config()} and saved["policy_state"] == {}
+    assert saved["policy"] == {"name": "SmallLoss", **policy.config()} and set(saved["policy_state"]) == {"cutoff"}
     assert int(saved["epoch"]) == 3
     resumed = AdaptiveWeights(30, SmallLoss(**policy.config()))
     resumed.load_state_dict(saved)
@@ -168,6 +173,31 @@ def test_state_dict_resume_is_exact():
     assert any(bool((w < 1).any()) for w in ws_resumed)  # the forgetting was exercised
     with pytest.raises(ValueError, match="policy"):
         AdaptiveWeights(30, SmallLoss(0.3, ramp_epochs=3, min_weight=0.05, momentum=0.7)).load_state_dict(saved)
+
+
+def test_cutoff_is_fixed_within_an_epoch():
+    # A step only compares the batch's EMAs with the epoch's cutoff: O(batch).
+    t = _table(SmallLoss(0.25, ramp_epochs=0), [1.0, 2.0, 3.0, 4.0], [1, 1, 1, 1])
+    assert t.weights.tolist() == [1.0, 1.0, 1.0, 0.0]  # cutoff (3.0, index 2)
+    t.loss_ema[0] = 3.5  # rises above the cutoff within the epoch
+    t.loss_ema[3] = 0.5
+    assert t.weights.tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert t.batch_weights(torch.tensor([0, 3])).tolist() == [0.0, 1.0]
+    t.step_epoch()  # new ranking: 0.5, 2, 3, 3.5 -> the largest (sample 0) forgotten
+    assert t.weights.tolist() == [0.0, 1.0, 1.0, 1.0]
+    t.loss_ema[1] = 9.0
+    t.step_epoch()
+    assert t.weights.tolist() == [1.0, 0.0, 1.0, 1.0]
+
+
+def test_old_state_dict_without_cutoff_or_sums_loads():
+    t = _table(SmallLoss(0.25, ramp_epochs=0), [1.0, 2.0, 3.0, 4.0], [1, 1, 1, 1])
+    saved = t.state_dict()
+    del saved["policy_state"]["cutoff"], saved["stat_sum"]
+    u = AdaptiveWeights(4, SmallLoss(0.25, ramp_epochs=0))
+    u.load_state_dict(saved)
+    assert torch.equal(u.weights, t.weights) and torch.equal(u.stat_sum, t.stat_sum)
+    assert u.stat_sum.tolist() == [10.0, 0.0, 4.0]
 
 
 def test_flags_and_config():

@@ -1,0 +1,184 @@
+// The adaptive table's steps on the CPU; see table_cpu.h and table_step.h.
+#include "table_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace samplewt {
+namespace cpu {
+
+using at::Tensor;
+
+namespace {
+
+// GHM's bins of the batch and its density after the batch (table_math.h).
+struct GhmBatch {
+  std::vector<int64_t> bin;
+  std::vector<float> density;
+  float valid_count = 0.0f;
+};
+
+GhmBatch ghm_batch(const Table& t, const float* stats, const bool* valid) {
+  const int64_t N = t.batch, M = static_cast<int64_t>(t.params[kBins]);
+  GhmBatch out;
+  out.bin.resize(N);
+  std::vector<float> hist(M, 0.0f);
+  for (int64_t i = 0; i < N; ++i) {
+    out.bin[i] = table_ghm_bin(stats[i * 3 + kGStat], M);
+    const float v = valid == nullptr || valid[i] ? 1.0f : 0.0f;
+    hist[out.bin[i]] += v;
+    out.valid_count += v;
+  }
+  const float a = static_cast<float>(t.params[kBinMomentum]);
+  const float one_minus_a = static_cast<float>(1.0 - t.params[kBinMomentum]);
+  const bool first = t.bin_steps.data_ptr<int64_t>()[0] <= 0;
+  const float* ema = t.bin_ema.data_ptr<float>();
+  out.density.resize(M);
+  for (int64_t j = 0; j < M; ++j) {
+    out.density[j] = table_ghm_density(ema[j], hist[j], a, one_minus_a, first);
+  }
+  return out;
+}
+
+const bool* valid_ptr(const Tensor& valid) {
+  return valid.defined() ? valid.data_ptr<bool>() : nullptr;
+}
+
+}  // namespace
+
+void table_check_indices(const Table& t) {
+  const int64_t* idx = t.indices.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t.batch; ++i) {
+    TORCH_CHECK_INDEX(idx[i] >= 0 && idx[i] < t.num_samples, "samplewt_ops: indices contains ",
+                      idx[i], ", outside the table's range [0, ", t.num_samples - 1, "]");
+  }
+}
+
+Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
+  Tensor valid = at::empty({t.batch}, target.options().dtype(at::kBool));
+  bool* v = valid.data_ptr<bool>();
+  const Tensor y = target.to(at::kLong).contiguous();
+  const int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t.batch; ++i) {
+    bool any = false;
+    for (int64_t p = 0; p < t.positions && !any; ++p) any = yp[i * t.positions + p] != ignore_index;
+    v[i] = any;
+  }
+  return valid;
+}
+
+Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
+  const int64_t N = t.batch;
+  Tensor out = at::empty({N}, t.ema.options());
+  float* w = out.data_ptr<float>();
+  const bool* v = valid_ptr(valid);
+  const double* params = t.params.data();
+  if (t.policy == kOHEM) {
+    const Tensor s = stats.contiguous();
+    const float* st = s.data_ptr<float>();
+    const int64_t num = static_cast<int64_t>(params[kKeepNum]);
+    const int64_t den = static_cast<int64_t>(params[kKeepDen]);
+    const int64_t k = (num * N + den - 1) / den;
+    // Largest losses first (NaN above everything, invalid samples last),
+    // ties by position.
+    auto key = [&](int64_t i) {
+      const float l = st[i * 3 + kLossStat];
+      if (v != nullptr && !v[i]) return -std::numeric_limits<double>::infinity();
+      return l != l ? std::numeric_limits<double>::infinity() : static_cast<double>(l);
+    };
+    std::vector<int64_t> order(N);
+    std::iota(order.begin(), order.end(), 0);
+    std::nth_element(order.begin(), order.begin() + std::min(k, N) - (k > 0 ? 1 : 0), order.end(),
+                     [&](int64_t a, int64_t b) {
+                       const double ka = key(a), kb = key(b);
+                       return ka > kb || (ka == kb && a < b);
+                     });
+    std::fill(w, w + N, 0.0f);
+    for (int64_t j = 0; j < std::min(k, N); ++j) w[order[j]] = 1.0f;
+    if (v != nullptr) {
+      for (int64_t i = 0; i < N; ++i) w[i] = v[i] ? w[i] : 0.0f;
+    }
+    return out;
+  }
+  if (t.policy == kGHM) {
+    const Tensor s = stats.contiguous();
+    const GhmBatch g = ghm_batch(t, s.data_ptr<float>(), v);
+    const float bins = static_cast<float>(t.params[kBins]);
+    for (int64_t i = 0; i < N; ++i) {
+      const float d = mul_rn(g.density[g.bin[i]], bins);
+      const float wi = g.valid_count / (d > 0.0f ? d : 1.0f);
+      w[i] = v == nullptr ? wi : wi * (v[i] ? 1.0f : 0.0f);
+    }
+    return out;
+  }
+  // History policies: the table before the batch.
+  const int stat = t.policy == kGradNormEMA ? kGradNormStat : kLossStat;
+  const float* ema = t.ema.data_ptr<float>() + stat * t.num_samples;
+  const int64_t* seen = t.seen_count.data_ptr<int64_t>();
+  const int64_t* idx = t.indices.data_ptr<int64_t>();
+  const double* sums = t.stat_sum.data_ptr<double>();
+  const double n_seen = sums[2];
+  const float mean = static_cast<float>(n_seen > 0 ? sums[stat] / n_seen : 0.0);
+  const double* thr = t.threshold.defined() ? t.threshold.data_ptr<double>() : nullptr;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t s = idx[i];
+    w[i] = table_history_weight(t.policy, params, ema[s], seen[s] > 0, s, mean, thr);
+  }
+  return out;
+}
+
+void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
+  const int64_t N = t.batch, S = t.num_samples;
+  const Tensor st_c = stats.contiguous();
+  const float* st = st_c.data_ptr<float>();
+  const bool* v = valid_ptr(valid);
+  const int64_t* idx = t.indices.data_ptr<int64_t>();
+  float* ema = t.ema.data_ptr<float>();
+  int64_t* seen = t.seen_count.data_ptr<int64_t>();
+  double* sums = t.stat_sum.data_ptr<double>();
+  const bool track_g = t.policy == kGHM;
+  const int nstat = track_g ? 3 : 2;
+  const float m = static_cast<float>(t.params[kMomentum]);
+  const float one_minus_m = static_cast<float>(1.0 - t.params[kMomentum]);
+
+  // Equal indices grouped, each group in batch order.
+  std::vector<int64_t> order(N);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+  for (int64_t head = 0; head < N;) {
+    const int64_t s = idx[order[head]];
+    int64_t end = head;
+    double obs[3] = {0.0, 0.0, 0.0};
+    int64_t count = 0;
+    for (; end < N && idx[order[end]] == s; ++end) {
+      const int64_t i = order[end];
+      if (v != nullptr && !v[i]) continue;
+      obs[0] += static_cast<double>(st[i * 3 + kLossStat]);
+      obs[1] += static_cast<double>(st[i * 3 + kGradNormStat]);
+      if (track_g) obs[2] += static_cast<double>(table_g_observation(st[i * 3 + kGStat]));
+      ++count;
+    }
+    head = end;
+    if (count == 0) continue;
+    const bool seen_before = seen[s] > 0;
+    for (int j = 0; j < nstat; ++j) {
+      float& e = ema[j * S + s];
+      const float old = e;
+      e = table_ema_step(old, obs[j], count, m, one_minus_m, seen_before);
+      if (j < 2) sums[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
+    }
+    if (!seen_before) sums[2] += 1.0;
+    seen[s] += count;
+  }
+  if (track_g) {
+    const GhmBatch g = ghm_batch(t, st, v);
+    std::copy(g.density.begin(), g.density.end(), t.bin_ema.data_ptr<float>());
+    t.bin_steps.data_ptr<int64_t>()[0] += 1;
+  }
+}
+
+}  // namespace cpu
+}  // namespace samplewt

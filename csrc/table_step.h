@@ -1,0 +1,220 @@
+// A loss op's call with an adaptive weight table (the schemas' table
+// arguments, op_schemas.h): the batch's weights, the fused pass over the
+// logits, and the table's update, in one op call, for every device.
+//
+// The order is the table protocol of samplewt_ops/weights/table.py:
+// - history policies weight the batch from the table as it was before it;
+//   the pass runs with those weights times any sample_weight;
+// - per-batch policies (OHEM, GHM) weight it from this pass's own
+//   per-sample statistics: the pass runs unreduced, then its loss and
+//   gradient are scaled by the weights and reduced here;
+// - then the table absorbs the batch's statistics (its EMAs, counts,
+//   running sums and the policy's own state), in place.
+// Every step is O(batch): nothing reduces over the table. The device
+// supplies the table's steps (Device::table_valid, table_weights,
+// table_update); nothing here synchronises with it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+#include "op_checks.h"
+#include "table_math.h"
+
+namespace samplewt {
+
+using at::Tensor;
+using c10::optional;
+
+// The schemas' table arguments, as given.
+struct TableArgs {
+  const optional<Tensor>& indices;
+  const optional<Tensor>& table_ema;
+  const optional<Tensor>& seen_count;
+  const optional<Tensor>& stat_sum;
+  const optional<Tensor>& bin_ema;
+  const optional<Tensor>& bin_steps;
+  const optional<Tensor>& threshold;
+  int64_t policy;
+  c10::ArrayRef<double> params;
+
+  bool active() const { return policy != kNoTable; }
+};
+
+// The table of one call, checked: its tensors as the devices' steps take them.
+struct Table {
+  int64_t policy = kNoTable;
+  std::vector<double> params;
+  Tensor indices;     // int64 (N), contiguous
+  Tensor ema;         // float32 (3, num_samples), contiguous: loss, gradient norm, g
+  Tensor seen_count;  // int64 (num_samples)
+  Tensor stat_sum;    // float64 (3): sums of the loss and gradient-norm EMAs over the seen samples, and their number
+  Tensor bin_ema;     // GHM: float32 (bins)
+  Tensor bin_steps;   // GHM: int64 ()
+  Tensor threshold;   // SelfPaced: float64 (1,); SmallLoss: float64 (2,)
+  int64_t num_samples = 0, batch = 0, positions = 1;
+};
+
+namespace table_detail {
+
+inline size_t num_params(int64_t policy) {
+  switch (policy) {
+    case kLossEMA:
+    case kGradNormEMA: return 4;
+    case kOHEM:
+    case kGHM: return 3;
+    case kSmallLoss: return 2;
+    default: return 1;
+  }
+}
+
+inline Tensor required(const optional<Tensor>& t, const char* name, at::ScalarType dtype,
+                       c10::IntArrayRef shape, const Tensor& input) {
+  TORCH_CHECK_VALUE(checks::has(t), "samplewt_ops: the table argument ", name,
+                    " is required with this policy");
+  TORCH_CHECK(t->device() == input.device(), "samplewt_ops: the table's ", name,
+              " is on ", t->device(), " but input is on ", input.device(),
+              "; move the table with table.to(device)");
+  TORCH_CHECK_TYPE(t->scalar_type() == dtype, "samplewt_ops: the table's ", name, " must be ",
+                   dtype, ", got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->sizes() == shape, "samplewt_ops: the table's ", name, " must have shape ",
+                    shape, ", got ", t->sizes());
+  TORCH_CHECK_VALUE(t->is_contiguous(), "samplewt_ops: the table's ", name, " must be contiguous");
+  return *t;
+}
+
+}  // namespace table_detail
+
+// Checks the table arguments of a call over `rows` items (rows of a row op,
+// samples of an element-wise op) and prepares them.
+inline Table check_table(const TableArgs& a, const Tensor& input, int64_t rows, bool row_op) {
+  using table_detail::required;
+  Table t;
+  t.policy = a.policy;
+  TORCH_CHECK_VALUE(a.policy > kNoTable && a.policy < kNumTablePolicies,
+                    "samplewt_ops: policy must be in [0, ", int64_t(kNumTablePolicies), "), got ",
+                    a.policy);
+  TORCH_CHECK_VALUE(a.params.size() == table_detail::num_params(a.policy),
+                    "samplewt_ops: policy ", a.policy, " takes ",
+                    table_detail::num_params(a.policy), " policy_params, got ", a.params.size());
+  t.params.assign(a.params.begin(), a.params.end());
+  const double m = t.params[kMomentum];
+  TORCH_CHECK_VALUE(m >= 0.0 && m < 1.0, "samplewt_ops: the table's momentum must be in [0, 1), got ", m);
+  TORCH_CHECK_VALUE(checks::has(a.indices), "samplewt_ops: indices (the batch's dataset indices) "
+                    "are required with a table");
+  const Tensor& idx = *a.indices;
+  TORCH_CHECK(idx.device() == input.device(), "samplewt_ops: indices is on ", idx.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong || idx.scalar_type() == at::kInt,
+                   "samplewt_ops: indices must be int64 (or int32), got ", idx.scalar_type());
+  TORCH_CHECK_VALUE(idx.dim() == 1, "samplewt_ops: indices must be 1-D, got shape ", idx.sizes());
+  t.indices = idx.to(at::kLong).contiguous();
+  t.batch = idx.size(0);
+  TORCH_CHECK_VALUE(t.batch > 0 ? rows % t.batch == 0 : rows == 0,
+                    "samplewt_ops: indices has length ", t.batch, " but the batch has ", rows,
+                    row_op ? " rows" : " samples");
+  t.positions = t.batch > 0 ? rows / t.batch : 1;
+  TORCH_CHECK_VALUE(row_op || t.positions == 1, "samplewt_ops: indices has length ", t.batch,
+                    " but the batch has ", rows, " samples");
+  TORCH_CHECK_VALUE(checks::has(a.table_ema) && a.table_ema->dim() == 2,
+                    "samplewt_ops: the table's table_ema must be a (3, num_samples) tensor");
+  t.num_samples = a.table_ema->size(1);
+  t.ema = required(a.table_ema, "table_ema", at::kFloat, {kNumTableStats, t.num_samples}, input);
+  t.seen_count = required(a.seen_count, "seen_count", at::kLong, {t.num_samples}, input);
+  t.stat_sum = required(a.stat_sum, "stat_sum", at::kDouble, {3}, input);
+  if (a.policy == kGHM) {
+    const double bins = t.params[kBins];
+    TORCH_CHECK_VALUE(bins >= 1 && bins == static_cast<double>(static_cast<int64_t>(bins)),
+                      "samplewt_ops: GHM bins must be an integer >= 1, got ", bins);
+    t.bin_ema = required(a.bin_ema, "bin_ema", at::kFloat, {static_cast<int64_t>(bins)}, input);
+    t.bin_steps = required(a.bin_steps, "bin_steps", at::kLong, {}, input);
+  }
+  if (a.policy == kSelfPacedHard || a.policy == kSelfPacedSoft) {
+    t.threshold = required(a.threshold, "threshold", at::kDouble, {1}, input);
+  } else if (a.policy == kSmallLoss) {
+    t.threshold = required(a.threshold, "threshold", at::kDouble, {2}, input);
+  }
+  if (a.policy == kOHEM) {
+    TORCH_CHECK_VALUE(t.params[kKeepNum] > 0 && t.params[kKeepDen] >= t.params[kKeepNum],
+                      "samplewt_ops: OHEM's keep ratio must be in (0, 1]");
+  }
+  return t;
+}
+
+// Per-row statistics (rows, 3) summed up per sample (N, 3): loss sum, gradient
+// norm over the sample, mean g.
+inline Tensor per_sample_stats(const Tensor& stats, const Table& t) {
+  if (t.positions == 1) return stats;
+  const Tensor s = stats.view({t.batch, t.positions, 3});
+  return at::stack({s.select(2, 0).sum(1), s.select(2, 1).square().sum(1).sqrt(),
+                    s.select(2, 2).mean(1)}, 1);
+}
+
+// A per-sample vector as one value per row.
+inline Tensor per_row(const Tensor& per_sample, const Table& t) {
+  return t.positions == 1 ? per_sample
+                          : per_sample.unsqueeze(1).expand({t.batch, t.positions}).reshape(-1);
+}
+
+// What a row's loss counts for in the mean, before weights (the op's mean
+// rule): its class weight, 0 when ignored, 1 otherwise.
+inline Tensor row_mean_share(const Tensor& input, const Tensor& target, bool cross_entropy,
+                             const optional<Tensor>& class_weight, int64_t ignore_index) {
+  const int64_t R = input.size(0);
+  const auto opt = input.options().dtype(at::kDouble);
+  if (at::isFloatingType(target.scalar_type())) return at::ones({R}, opt);
+  const Tensor y = target.to(at::kLong);
+  const Tensor kept = y != ignore_index;
+  if (cross_entropy && checks::has(class_weight)) {
+    const Tensor cw = class_weight->to(at::kDouble).index_select(0, y.clamp(0, input.size(1) - 1));
+    return at::where(kept, cw, at::zeros({}, opt));
+  }
+  return kept.to(at::kDouble);
+}
+
+// What a sample's losses count for in an element-wise op's mean: its number
+// of elements, or with mean_over_weight the sum of its `weight`.
+inline Tensor elem_mean_share(const Tensor& input, const optional<Tensor>& weight,
+                              bool mean_over_weight, int64_t batch) {
+  const auto opt = input.options().dtype(at::kDouble);
+  if (mean_over_weight && checks::has(weight)) {
+    return weight->to(at::kDouble).expand(input.sizes()).reshape({batch, -1}).sum(1);
+  }
+  const int64_t per = batch > 0 ? input.numel() / batch : 0;
+  return at::full({batch}, static_cast<double>(per), opt);
+}
+
+// Scales an unreduced pass's outputs by per-batch weights `bw` (N) and
+// reduces its loss as the op's reduction does with sample weights bw * sw.
+// loss: (rows) or input's shape; grads: input's shape, scaled in place.
+// share_rows: each row's share of the mean (undefined unless reduction is mean);
+// sw_rows: the rows' sample weights (undefined: 1).
+inline Tensor scale_by_batch_weights(const Table& t, const Tensor& bw, const Tensor& loss,
+                                     std::initializer_list<Tensor> grads, int64_t reduction,
+                                     const Tensor& share_rows, const Tensor& sw_rows) {
+  const Tensor w = per_row(bw, t).to(at::kDouble);  // (rows)
+  Tensor factor = w;
+  Tensor denom;
+  if (reduction == kMean) {
+    Tensor d = sw_rows.defined() ? w * sw_rows.to(at::kDouble) : w;
+    denom = (d * share_rows).sum();
+    // A weight of 0 gives 0, even when the denominator is 0.
+    factor = at::where(w == 0, at::zeros_like(w), w / denom);
+  }
+  for (const Tensor& g : grads) {
+    if (!g.defined() || g.numel() == 0) continue;
+    std::vector<int64_t> shape(g.dim(), 1);
+    if (g.dim() > 0) shape[0] = g.size(0);
+    g.mul_(factor.to(g.scalar_type()).view(shape));
+  }
+  std::vector<int64_t> shape(loss.dim(), 1);
+  if (loss.dim() > 0) shape[0] = loss.size(0);
+  const Tensor wl = loss.dim() > 0 ? w.view(shape) : w.reshape({});
+  if (reduction == kNone) return (loss.to(at::kDouble) * wl).to(loss.scalar_type());
+  const Tensor total = (loss.to(at::kDouble) * wl).sum();
+  return (reduction == kMean ? total / denom : total).to(loss.scalar_type());
+}
+
+}  // namespace samplewt
