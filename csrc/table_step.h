@@ -159,23 +159,36 @@ inline Tensor per_row(const Tensor& per_sample, const Table& t) {
 }
 
 // What a row's loss counts for in the mean, before weights (the op's mean
-// rule): its class weight, 0 when ignored, 1 otherwise.
+// rule): its class weight, 0 when ignored, 1 otherwise. float64 (rows).
 inline Tensor row_mean_share(const Tensor& input, const Tensor& target, bool cross_entropy,
                              const optional<Tensor>& class_weight, int64_t ignore_index) {
-  const int64_t R = input.size(0);
+  const int64_t R = input.size(0), C = input.size(1);
   const auto opt = input.options().dtype(at::kDouble);
   if (at::isFloatingType(target.scalar_type())) return at::ones({R}, opt);
-  const Tensor y = target.to(at::kLong);
+  const Tensor y = target.to(at::kLong).contiguous();
+  const bool weighted = cross_entropy && checks::has(class_weight);
+  if (input.is_cpu()) {
+    Tensor share = at::empty({R}, opt);
+    const Tensor cw = weighted ? class_weight->to(at::kDouble).contiguous() : Tensor();
+    const double* cwp = weighted ? cw.data_ptr<double>() : nullptr;
+    const int64_t* yp = y.data_ptr<int64_t>();
+    double* out = share.data_ptr<double>();
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t c = yp[r];
+      out[r] = c == ignore_index ? 0.0 : (cwp != nullptr && c >= 0 && c < C ? cwp[c] : 1.0);
+    }
+    return share;
+  }
   const Tensor kept = y != ignore_index;
-  if (cross_entropy && checks::has(class_weight)) {
-    const Tensor cw = class_weight->to(at::kDouble).index_select(0, y.clamp(0, input.size(1) - 1));
+  if (weighted) {
+    const Tensor cw = class_weight->to(at::kDouble).index_select(0, y.clamp(0, C - 1));
     return at::where(kept, cw, at::zeros({}, opt));
   }
   return kept.to(at::kDouble);
 }
 
 // What a sample's losses count for in an element-wise op's mean: its number
-// of elements, or with mean_over_weight the sum of its `weight`.
+// of elements, or with mean_over_weight the sum of its `weight`. float64 (N).
 inline Tensor elem_mean_share(const Tensor& input, const optional<Tensor>& weight,
                               bool mean_over_weight, int64_t batch) {
   const auto opt = input.options().dtype(at::kDouble);
@@ -186,6 +199,63 @@ inline Tensor elem_mean_share(const Tensor& input, const optional<Tensor>& weigh
   return at::full({batch}, static_cast<double>(per), opt);
 }
 
+namespace table_detail {
+
+// The CPU form of scale_by_batch_weights: one loop over each output.
+inline Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
+                           std::initializer_list<Tensor> grads, int64_t reduction,
+                           const Tensor& share_rows, const Tensor& sw_rows) {
+  const int64_t R = t.batch * t.positions;
+  std::vector<double> w(R), factor(R);
+  const float* b = bw.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r) w[r] = static_cast<double>(b[r / t.positions]);
+  double denom = 1.0;
+  if (reduction == kMean) {
+    const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
+    const double* swp = sw.defined() ? sw.data_ptr<double>() : nullptr;
+    const double* sh = share_rows.data_ptr<double>();
+    denom = 0.0;
+    for (int64_t r = 0; r < R; ++r) denom += w[r] * (swp ? swp[r] : 1.0) * sh[r];
+  }
+  for (int64_t r = 0; r < R; ++r) factor[r] = reduction == kMean && w[r] != 0.0 ? w[r] / denom : w[r];
+  for (const Tensor& g : grads) {
+    if (!g.defined() || g.numel() == 0) continue;
+    if (!g.is_contiguous()) {
+      std::vector<int64_t> shape(g.dim(), 1);
+      if (g.dim() > 0) shape[0] = g.size(0);
+      g.mul_(at::tensor(factor, g.options().dtype(at::kDouble)).to(g.scalar_type()).view(shape));
+      continue;
+    }
+    const int64_t inner = g.numel() / R;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "samplewt_table_scale", [&] {
+      scalar_t* p = g.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < R; ++r) {
+        const scalar_t f = static_cast<scalar_t>(factor[r]);
+        for (int64_t j = 0; j < inner; ++j) p[r * inner + j] = p[r * inner + j] * f;
+      }
+    });
+  }
+  const Tensor l = loss.contiguous();
+  const int64_t inner = R > 0 ? l.numel() / R : 0;
+  Tensor out = reduction == kNone ? at::empty_like(l) : Tensor();
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "samplewt_table_loss", [&] {
+    const scalar_t* p = l.data_ptr<scalar_t>();
+    scalar_t* o = out.defined() ? out.data_ptr<scalar_t>() : nullptr;
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < inner; ++j) {
+        const double v = static_cast<double>(p[r * inner + j]) * w[r];
+        if (o != nullptr) o[r * inner + j] = static_cast<scalar_t>(v);
+        else total += v;
+      }
+    }
+  });
+  if (reduction == kNone) return out;
+  return at::scalar_tensor(reduction == kMean ? total / denom : total, loss.options());
+}
+
+}  // namespace table_detail
+
 // Scales an unreduced pass's outputs by per-batch weights `bw` (N) and
 // reduces its loss as the op's reduction does with sample weights bw * sw.
 // loss: (rows) or input's shape; grads: input's shape, scaled in place.
@@ -194,6 +264,9 @@ inline Tensor elem_mean_share(const Tensor& input, const optional<Tensor>& weigh
 inline Tensor scale_by_batch_weights(const Table& t, const Tensor& bw, const Tensor& loss,
                                      std::initializer_list<Tensor> grads, int64_t reduction,
                                      const Tensor& share_rows, const Tensor& sw_rows) {
+  if (loss.is_cpu()) {
+    return table_detail::scale_on_cpu(t, bw, loss, grads, reduction, share_rows, sw_rows);
+  }
   const Tensor w = per_row(bw, t).to(at::kDouble);  // (rows)
   Tensor factor = w;
   Tensor denom;

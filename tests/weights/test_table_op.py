@@ -223,3 +223,49 @@ def test_op_checks_the_table_arguments():
     with pytest.raises(ValueError, match="momentum"):
         call(policy_params=[1.5, 1.0, 0.1, 10.0])
     assert int(table.seen_count.sum()) == 0  # nothing was updated by a refused call
+
+
+# ---------------------------------------------------------------------------
+# The CUDA table steps (csrc/cuda/table_ops.h, table_update.cu) on the host
+# emulation, against the CPU op: the same table, bit for bit.
+
+
+@pytest.fixture(scope="module")
+def emu():
+    import cuda_emu
+
+    m = cuda_emu.load()
+    m.set_num_sms(2)
+    return m
+
+
+@pytest.mark.parametrize("policy_name", list(POLICIES))
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "sigmoid_focal_loss", "mse_loss"])
+@pytest.mark.parametrize("n", [7, 300])  # one block, several blocks of the update kernel
+def test_cuda_table_steps_on_the_emulation(emu, policy_name, name, n):
+    """The emulated CUDA op with a table (a) against the reference protocol
+    (b) fed with the statistics that the emulated op returns: the same table,
+    bit for bit; the loss is the weighted sum of the op's own losses."""
+    a, b = _pair(policy_name)
+    if not a.policy.supports(name):
+        pytest.skip(f"{policy_name} does not weight {name}")
+    gen = torch.Generator().manual_seed(n)
+    names = _ops.SCHEMA_ARGS[name]
+
+    def emulated(**values):
+        return getattr(emu, name)(*[values[k] if k in values else _ops.SCHEMA_DEFAULTS[name][k] for k in names])
+
+    for step, (idx, x, t) in enumerate(_batches(name, 3, n, 5, gen)):
+        own = _own_args(name, x)
+        common = dict(input=x, target=t, sample_weight=None, compute_grad=True, compute_stats=True, **own)
+        loss, grad, stats = emulated(reduction=2, **common, **a.op_args(idx))[:3]
+        w = _reference_step(b, name, idx, x, t, stats)
+        _assert_same_table(a, b)
+        per, per_grad = emulated(reduction=0, **common)[:2]
+        per_sample = per.reshape(n, -1).sum(1)
+        torch.testing.assert_close(loss, (per_sample * w).sum(), rtol=1e-5, atol=1e-5)
+        shape = (n,) + (1,) * (per_grad.dim() - 1)
+        torch.testing.assert_close(grad, per_grad * w.view(shape), rtol=1e-5, atol=1e-6)
+        if step == 1:
+            a.step_epoch()
+            b.step_epoch()
