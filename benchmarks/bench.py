@@ -96,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--sections-only", action="store_true",
                    help="run only the pair sections (small sizes, target gradients)")
     p.add_argument("--no-sections", action="store_true", help="skip the pair sections")
+    p.add_argument("--section", action="append", default=None,
+                   help="with --sections-only: run only this pair section (repeatable; "
+                        "'small sizes', 'target gradients', 'tables')")
     # hidden: 'ours' = the eager function, to test this script without samplewt_ops' kernels
     p.add_argument("--self-test", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -197,7 +200,8 @@ def main(argv=None):
         from sections import run_sections
         section_rows = run_sections(swo, devices, args.quick, 0.1 if args.quick else 0.3,
                                     progress=lambda m: print("bench.py: " + m, file=sys.stderr,
-                                                             flush=True))
+                                                             flush=True),
+                                    only=args.section)
 
     failed = write_results(args, devices, all_rows, scaling, swo_info, section_rows)
     if failed:

@@ -263,3 +263,30 @@ def test_sigmoid_focal_every_gamma_path(gamma):
     assert torch.isfinite(xa.grad).all()
     torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-4, atol=1e-6)
+
+
+def _table_opcheck_samples():
+    if not _loader.has_kernel("cpu"):
+        return []
+    from samplewt_ops.weights import GHM, AdaptiveWeights, LossEMA, SmallLoss
+    out = []
+    gen = torch.Generator().manual_seed(2)
+    for policy in (LossEMA(), GHM(bins=5), SmallLoss(0.3, ramp_epochs=0)):
+        table = AdaptiveWeights(20, policy)
+        samples = [*row_opcheck_samples(gen, (torch.float32,), ((6, 4),)),
+                   *elem_opcheck_samples(gen, (torch.float32,), ((6, 3),))]
+        for name, args in samples:
+            if not policy.supports(name.rstrip("_")):
+                continue
+            kwargs = {**samplewt_ops._spec.SCHEMA_DEFAULTS[name],
+                      **dict(zip(samplewt_ops._spec.SCHEMA_ARGS[name], args))}
+            table_args = table.op_args(torch.randint(0, 20, (6,), generator=gen))
+            out.append(pytest.param(name, {**kwargs, **table_args}, id=f"{name}-{policy.name}"))
+    return out
+
+
+@pytest.mark.parametrize("name,kwargs", _table_opcheck_samples())
+def test_opcheck_with_a_table(name, kwargs):
+    # The table's tensors are mutated arguments (Tensor(a!)) of the schema.
+    names = samplewt_ops._spec.SCHEMA_ARGS[name]
+    torch.library.opcheck(getattr(OPS, name), tuple(kwargs[n] for n in names))

@@ -125,11 +125,16 @@ class AdaptiveWeights:
 
     def op_args(self, indices: torch.Tensor) -> dict:
         """The loss ops' table arguments (csrc/op_schemas.h) for a batch of ``indices``."""
-        ps = self.policy_state
-        return {"indices": indices, "table_ema": self.ema, "seen_count": self.seen_count,
-                "stat_sum": self.stat_sum, "bin_ema": ps.get("bin_ema"), "bin_steps": ps.get("bin_steps"),
+        base = self.__dict__.get("_op_base")
+        if base is None:
+            # The same tensors on every call (updated in place): built once per device.
+            ps = self.policy_state
+            base = self._op_base = {
+                "table_ema": self.ema, "seen_count": self.seen_count, "stat_sum": self.stat_sum,
+                "bin_ema": ps.get("bin_ema"), "bin_steps": ps.get("bin_steps"),
                 "threshold": self.policy.op_threshold(self), "policy": self.policy.op_code,
                 "policy_params": self.policy.op_params()}
+        return {"indices": indices, **base}
 
     # ------------------------------------------------------------------
     @property
@@ -380,6 +385,7 @@ class AdaptiveWeights:
         self._synced_count = self._synced_count.to(dev)
         self.policy_state = {k: v.to(dev) for k, v in self.policy_state.items() if k != "g_ema"}
         self._views()
+        self._op_base = None
         return self
 
     # ------------------------------------------------------------------ distributed

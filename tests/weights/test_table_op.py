@@ -269,3 +269,32 @@ def test_cuda_table_steps_on_the_emulation(emu, policy_name, name, n):
         if step == 1:
             a.step_epoch()
             b.step_epoch()
+
+
+@pytest.mark.parametrize("policy_name", ["LossEMA", "OHEM", "GHM"])
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss"])
+def test_inplace_grad_with_a_table(policy_name, name):
+    # The `_` ops take the table too: same loss, gradient and table as the default mode.
+    a, b = _pair(policy_name)
+    if not a.policy.supports(name):
+        pytest.skip(f"{policy_name} does not weight {name}")
+    fn = getattr(samplewt_ops, name)
+    gen = torch.Generator().manual_seed(5)
+    for idx, x, t in _batches(name, 3, 9, 4, gen):
+        x1 = x.clone().requires_grad_(True)
+        x2 = x.clone().requires_grad_(True)
+        l1 = fn(x1, t, table=a, indices=idx)
+        l2 = fn(x2, t, table=b, indices=idx, inplace_grad=True)
+        l1.backward()
+        l2.backward()
+        torch.testing.assert_close(l1, l2)
+        torch.testing.assert_close(x1.grad, x2.grad)
+        _assert_same_table(a, b)
+
+
+def test_no_grad_still_updates_the_table():
+    table = AdaptiveWeights(S, LossEMA())
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        samplewt_ops.cross_entropy(x, y, table=table, indices=torch.arange(4))
+    assert int(table.seen_count.sum()) == 4

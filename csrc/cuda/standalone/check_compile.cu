@@ -10,3 +10,4 @@
 #include "../row_loss_double.cu"
 #include "../row_loss_float.cu"
 #include "../row_loss_half.cu"
+#include "../table_update.cu"
