@@ -458,10 +458,11 @@ SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_c
   return r;
 }
 
-// 1 - p_y, the GHM gradient magnitude of a softmax row.
+// 1 - p_y, the GHM gradient magnitude of a softmax row, from p_y (which the
+// row's gradient needs anyway; the reference computes it the same way).
 template <typename T>
-SWT_HD T ghm_g_softmax(T logp) {
-  return -std::expm1(logp);
+SWT_HD T ghm_g_softmax(T p_y) {
+  return T(1) - p_y;
 }
 
 }  // namespace SWT_ISA_NAMESPACE

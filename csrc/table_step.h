@@ -110,7 +110,8 @@ inline Table check_table(const TableArgs& a, const Tensor& input, int64_t rows, 
   TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong || idx.scalar_type() == at::kInt,
                    "samplewt_ops: indices must be int64 (or int32), got ", idx.scalar_type());
   TORCH_CHECK_VALUE(idx.dim() == 1, "samplewt_ops: indices must be 1-D, got shape ", idx.sizes());
-  t.indices = idx.to(at::kLong).contiguous();
+  t.indices = idx.scalar_type() == at::kLong ? idx : idx.to(at::kLong);
+  if (!t.indices.is_contiguous()) t.indices = t.indices.contiguous();
   t.batch = idx.size(0);
   TORCH_CHECK_VALUE(t.batch > 0 ? rows % t.batch == 0 : rows == 0,
                     "samplewt_ops: indices has length ", t.batch, " but the batch has ", rows,

@@ -221,7 +221,7 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
         values[name] = to_op[name](value, input) if name in to_op else value
     op, names, with_table = _fast_op(spec.name)
     if table is not None:
-        if (type(indices) is not Tensor or not indices.is_cpu or not table.device.type == "cpu"
+        if (type(indices) is not Tensor or not indices.is_cpu or not table.ema.is_cpu
                 or not table.policy.supports(spec.name)):
             return None
         values.update(table.op_args(indices))

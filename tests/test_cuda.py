@@ -583,3 +583,75 @@ def test_big_index_bfloat16_beyond_2_pow_31():
     loss_i, _ = call("cross_entropy", inplace=True, **ce_kwargs(x, y, sw), reduction=1, compute_stats=False)
     torch.testing.assert_close(loss_i.float(), want_mean, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(x[rows].float() / scale, want_rows, atol=1e-3, rtol=2e-2)
+
+
+# ---------------------------------------------------------------------------
+# The adaptive table inside the op on CUDA: the same table as the CPU op, no
+# host sync, capturable in a CUDA graph.
+
+
+def _table_policies():
+    from samplewt_ops.weights import GHM, OHEM, GradNormEMA, LossEMA, SelfPaced, SmallLoss
+    return [LossEMA(momentum=0.7), GradNormEMA(), SelfPaced(1.5), SelfPaced(2.0, soft=True),
+            OHEM(0.6), GHM(bins=6), SmallLoss(0.3, ramp_epochs=0)]
+
+
+@pytest.mark.parametrize("policy", _table_policies(), ids=lambda p: repr(p))
+@pytest.mark.parametrize("which", ["cross_entropy", "sigmoid_focal_loss"])
+def test_table_step_matches_cpu_and_never_syncs(policy, which):
+    from samplewt_ops.weights import AdaptiveWeights
+    torch.manual_seed(1)
+    n, c, size = 300, 17, 1000
+    cpu_table = AdaptiveWeights(size, policy)
+    dev_table = AdaptiveWeights(size, policy, device=DEV)
+    fn = getattr(samplewt_ops, which)
+    kw = dict(reduction="mean") if which == "sigmoid_focal_loss" else {}
+    for step in range(4):
+        x = torch.randn(n, c) * 2
+        t = torch.randint(0, c, (n,)) if which in ROW_OPS else (torch.rand(n, c) < 0.3).float()
+        idx = torch.randint(0, size, (n,))
+        xc = x.clone().requires_grad_(True)
+        fn(xc, t, table=cpu_table, indices=idx, **kw).backward()
+        xd = x.to(DEV).requires_grad_(True)
+        td, idxd = t.to(DEV), idx.to(DEV)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = fn(xd, td, table=dev_table, indices=idxd, **kw)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.testing.assert_close(xd.grad.cpu(), xc.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(dev_table.ema.cpu(), cpu_table.ema, rtol=1e-5, atol=1e-6)
+        assert torch.equal(dev_table.seen_count.cpu(), cpu_table.seen_count)
+        if step == 1:
+            cpu_table.step_epoch()
+            dev_table.step_epoch()
+
+
+def test_table_step_in_cuda_graph():
+    from samplewt_ops.weights import AdaptiveWeights, LossEMA
+    torch.manual_seed(2)
+    n, c, size = 64, 33, 500
+    table = AdaptiveWeights(size, LossEMA(momentum=0.5), device=DEV)
+    x = torch.randn(n, c, device=DEV, requires_grad=True)
+    t = torch.randint(0, c, (n,), device=DEV)
+    idx = torch.randperm(size, device=DEV)[:n]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            x.grad = None
+            samplewt_ops.cross_entropy(x, t, table=table, indices=idx).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = samplewt_ops.cross_entropy(x, t, table=table, indices=idx)
+        static_loss.backward()
+    before = table.seen_count.clone()
+    graph.replay()
+    torch.cuda.synchronize()
+    # each replay is one step: the batch's samples are observed once more
+    assert torch.equal(table.seen_count - before, torch.zeros_like(before).index_fill_(0, idx, 1))
+    assert bool(torch.isfinite(static_loss))

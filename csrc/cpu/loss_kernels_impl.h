@@ -223,10 +223,12 @@ void row_kernel_typed(const RowArgs& a) {
           if (g) vstore(g + j, u * vscale, n);
         }
         acc_t sumsq = hsum(vsq);
+        acc_t p_y = 0;
         if (!prob) {
           // The target's own coefficient, applied once to element y.
           const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
-          const acc_t u_old = A * std::exp(xs_y - log_s) - a_y;
+          p_y = std::exp(xs_y - log_s);
+          const acc_t u_old = A * p_y - a_y;
           const acc_t u_new = u_old - a_target;
           if (g) g[y] = static_cast<scalar_t>(u_new * scale);
           sumsq += u_new * u_new - u_old * u_old;
@@ -234,8 +236,8 @@ void row_kernel_typed(const RowArgs& a) {
         if (st) {
           st[0] = static_cast<float>(loss);
           st[1] = static_cast<float>(std::sqrt(std::max(sumsq, acc_t(0))));
-          st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1)
-                                          : ghm_g_softmax<acc_t>(xs_y - log_s));
+          // GHM's g = 1 - p_y, from the p_y just computed (as the reference has it).
+          st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1) : ghm_g_softmax<acc_t>(p_y));
         }
       }
     }

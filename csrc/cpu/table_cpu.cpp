@@ -60,13 +60,15 @@ void table_check_indices(const Table& t) {
 Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
   Tensor valid = at::empty({t.batch}, target.options().dtype(at::kBool));
   bool* v = valid.data_ptr<bool>();
-  const Tensor y = target.to(at::kLong).contiguous();
-  const int64_t* yp = y.data_ptr<int64_t>();
-  for (int64_t i = 0; i < t.batch; ++i) {
-    bool any = false;
-    for (int64_t p = 0; p < t.positions && !any; ++p) any = yp[i * t.positions + p] != ignore_index;
-    v[i] = any;
-  }
+  const Tensor y = target.is_contiguous() ? target : target.contiguous();
+  AT_DISPATCH_INDEX_TYPES(y.scalar_type(), "samplewt_table_valid", [&] {
+    const index_t* yp = y.data_ptr<index_t>();
+    for (int64_t i = 0; i < t.batch; ++i) {
+      bool any = false;
+      for (int64_t p = 0; p < t.positions && !any; ++p) any = yp[i * t.positions + p] != ignore_index;
+      v[i] = any;
+    }
+  });
   return valid;
 }
 
@@ -144,10 +146,23 @@ void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   const float m = static_cast<float>(t.params[kMomentum]);
   const float one_minus_m = static_cast<float>(1.0 - t.params[kMomentum]);
 
-  // Equal indices grouped, each group in batch order.
+  // Equal indices grouped, each group in batch order: one sort of keys
+  // (index, position) packed into a word where they fit (the usual case),
+  // else a stable sort by index.
   std::vector<int64_t> order(N);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+  constexpr int kPosBits = 24;
+  if (N <= (int64_t(1) << kPosBits) && t.num_samples <= (int64_t(1) << (62 - kPosBits))) {
+    std::vector<uint64_t> key(N);
+    for (int64_t i = 0; i < N; ++i) {
+      key[i] = (static_cast<uint64_t>(idx[i]) << kPosBits) | static_cast<uint64_t>(i);
+    }
+    std::sort(key.begin(), key.end());
+    const uint64_t mask = (uint64_t(1) << kPosBits) - 1;
+    for (int64_t i = 0; i < N; ++i) order[i] = static_cast<int64_t>(key[i] & mask);
+  } else {
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+  }
   for (int64_t head = 0; head < N;) {
     const int64_t s = idx[order[head]];
     int64_t end = head;

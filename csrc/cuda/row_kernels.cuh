@@ -327,7 +327,7 @@ __device__ __forceinline__ void row_write(const RowParams<AccT<T>>& p, int64_t r
       if (KIND == kCrossEntropyProb) {
         if (write_stats_norm) st[2] = static_cast<float>(A(0.5) * l1);
       } else {
-        st[2] = static_cast<float>(ghm_g_softmax<A>(res.x_y - res.lse));
+        st[2] = static_cast<float>(ghm_g_softmax<A>(ScalarMath<A>::exp(res.x_y - res.lse)));
       }
     }
     if (write_stats_norm) {
