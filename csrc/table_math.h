@@ -74,10 +74,14 @@ SWT_TABLE_HD float table_ema_step(float old, double obs_sum, int64_t count, floa
   return seen_before ? add_rn(mul_rn(m, old), mul_rn(one_minus_m, x)) : x;
 }
 
-// The observation of GHM's g for its EMA: clamped to [0, 1] in float32.
-SWT_TABLE_HD float table_g_observation(float g) {
-  return g != g ? g : fminf(fmaxf(g, 0.0f), 1.0f);  // NaN stays NaN, as torch.clamp
+// clamp(x, lo, hi) as torch.clamp: NaN stays NaN. (fminf/fmaxf drop NaN,
+// and are library calls on the host.)
+SWT_TABLE_HD float table_clamp(float x, float lo, float hi) {
+  return x < lo ? lo : (x > hi ? hi : x);
 }
+
+// The observation of GHM's g for its EMA: clamped to [0, 1] in float32.
+SWT_TABLE_HD float table_g_observation(float g) { return table_clamp(g, 0.0f, 1.0f); }
 
 // A history policy's weight of one sample (before the batch), from its EMA
 // `stat` (loss or gradient norm), whether it was ever seen, its dataset
@@ -101,12 +105,14 @@ SWT_TABLE_HD float table_history_weight(int64_t policy, const double* params, fl
       else r = powf(ratio, static_cast<float>(p));
       const float lo = static_cast<float>(params[kMinWeight]);
       const float hi = static_cast<float>(params[kMaxWeight]);
-      return r != r ? r : fminf(fmaxf(r, lo), hi);  // NaN stays NaN, as torch.clamp
+      return table_clamp(r, lo, hi);
     }
     case kSelfPacedHard:
       return stat < static_cast<float>(threshold[0]) ? 1.0f : 0.0f;
-    case kSelfPacedSoft:
-      return fmaxf(1.0f - stat / static_cast<float>(threshold[0]), 0.0f);
+    case kSelfPacedSoft: {
+      const float w = 1.0f - stat / static_cast<float>(threshold[0]);
+      return w < 0.0f ? 0.0f : w;  // clamp_min: NaN stays NaN
+    }
     case kSmallLoss: {
       // Kept: (EMA, index) up to the cutoff's, NaN ranking as +inf.
       const double s = stat != stat ? INFINITY : static_cast<double>(stat);
@@ -120,7 +126,7 @@ SWT_TABLE_HD float table_history_weight(int64_t policy, const double* params, fl
 
 // GHM's bin of a gradient magnitude g (NaN counts as 1).
 SWT_TABLE_HD int64_t table_ghm_bin(float g, int64_t bins) {
-  g = g != g ? 1.0f : fminf(fmaxf(g, 0.0f), 1.0f);
+  g = g != g ? 1.0f : table_clamp(g, 0.0f, 1.0f);
   const float scaled = floorf(g * static_cast<float>(bins));
   int64_t b = static_cast<int64_t>(scaled);
   return b < 0 ? 0 : (b > bins - 1 ? bins - 1 : b);

@@ -43,6 +43,20 @@ GhmBatch ghm_batch(const Table& t, const float* stats, const bool* valid) {
   return out;
 }
 
+// Per-thread vectors reused from call to call (same batch size, nobody else
+// holding them): a small batch's whole table step costs about as much as
+// one at::empty.
+enum ScratchSlot { kValidScratch = 0, kWeightScratch = 1, kNumScratch };
+
+Tensor scratch(ScratchSlot slot, int64_t n, at::ScalarType dtype) {
+  thread_local Tensor buffers[kNumScratch];
+  Tensor& b = buffers[slot];
+  if (!b.defined() || b.numel() != n || b.scalar_type() != dtype || b.use_count() != 1) {
+    b = at::empty({n}, at::TensorOptions().dtype(dtype));
+  }
+  return b;
+}
+
 const bool* valid_ptr(const Tensor& valid) {
   return valid.defined() ? valid.data_ptr<bool>() : nullptr;
 }
@@ -58,7 +72,7 @@ void table_check_indices(const Table& t) {
 }
 
 Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
-  Tensor valid = at::empty({t.batch}, target.options().dtype(at::kBool));
+  Tensor valid = scratch(kValidScratch, t.batch, at::kBool);
   bool* v = valid.data_ptr<bool>();
   const Tensor y = target.is_contiguous() ? target : target.contiguous();
   AT_DISPATCH_INDEX_TYPES(y.scalar_type(), "samplewt_table_valid", [&] {
@@ -74,7 +88,7 @@ Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
 
 Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
   const int64_t N = t.batch;
-  Tensor out = at::empty({N}, t.ema.options());
+  Tensor out = scratch(kWeightScratch, N, at::kFloat);
   float* w = out.data_ptr<float>();
   const bool* v = valid_ptr(valid);
   const double* params = t.params.data();
@@ -146,47 +160,48 @@ void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   const float m = static_cast<float>(t.params[kMomentum]);
   const float one_minus_m = static_cast<float>(1.0 - t.params[kMomentum]);
 
-  // Equal indices grouped, each group in batch order: one sort of keys
-  // (index, position) packed into a word where they fit (the usual case),
-  // else a stable sort by index.
-  std::vector<int64_t> order(N);
-  constexpr int kPosBits = 24;
-  if (N <= (int64_t(1) << kPosBits) && t.num_samples <= (int64_t(1) << (62 - kPosBits))) {
-    std::vector<uint64_t> key(N);
-    for (int64_t i = 0; i < N; ++i) {
-      key[i] = (static_cast<uint64_t>(idx[i]) << kPosBits) | static_cast<uint64_t>(i);
+  // Equal indices grouped by an open-addressing hash (O(batch)); each group
+  // sums its observations in batch order, and groups are applied in the order
+  // of their first occurrence.
+  size_t cap = 16;
+  while (cap < static_cast<size_t>(2 * N)) cap <<= 1;
+  std::vector<int64_t> slot_key(cap, -1);
+  std::vector<int32_t> slot_group(cap);
+  struct Group {
+    int64_t sample;
+    int64_t count;
+    double obs[3];
+  };
+  std::vector<Group> groups;
+  groups.reserve(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t s = idx[i];
+    size_t h = static_cast<size_t>(static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull >> 17) & (cap - 1);
+    while (slot_key[h] != -1 && slot_key[h] != s) h = (h + 1) & (cap - 1);
+    if (slot_key[h] == -1) {
+      slot_key[h] = s;
+      slot_group[h] = static_cast<int32_t>(groups.size());
+      groups.push_back({s, 0, {0.0, 0.0, 0.0}});
     }
-    std::sort(key.begin(), key.end());
-    const uint64_t mask = (uint64_t(1) << kPosBits) - 1;
-    for (int64_t i = 0; i < N; ++i) order[i] = static_cast<int64_t>(key[i] & mask);
-  } else {
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+    if (v != nullptr && !v[i]) continue;
+    Group& g = groups[slot_group[h]];
+    g.obs[0] += static_cast<double>(st[i * 3 + kLossStat]);
+    g.obs[1] += static_cast<double>(st[i * 3 + kGradNormStat]);
+    if (track_g) g.obs[2] += static_cast<double>(table_g_observation(st[i * 3 + kGStat]));
+    ++g.count;
   }
-  for (int64_t head = 0; head < N;) {
-    const int64_t s = idx[order[head]];
-    int64_t end = head;
-    double obs[3] = {0.0, 0.0, 0.0};
-    int64_t count = 0;
-    for (; end < N && idx[order[end]] == s; ++end) {
-      const int64_t i = order[end];
-      if (v != nullptr && !v[i]) continue;
-      obs[0] += static_cast<double>(st[i * 3 + kLossStat]);
-      obs[1] += static_cast<double>(st[i * 3 + kGradNormStat]);
-      if (track_g) obs[2] += static_cast<double>(table_g_observation(st[i * 3 + kGStat]));
-      ++count;
-    }
-    head = end;
-    if (count == 0) continue;
+  for (const Group& g : groups) {
+    if (g.count == 0) continue;
+    const int64_t s = g.sample;
     const bool seen_before = seen[s] > 0;
     for (int j = 0; j < nstat; ++j) {
       float& e = ema[j * S + s];
       const float old = e;
-      e = table_ema_step(old, obs[j], count, m, one_minus_m, seen_before);
+      e = table_ema_step(old, g.obs[j], g.count, m, one_minus_m, seen_before);
       if (j < 2) sums[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
     }
     if (!seen_before) sums[2] += 1.0;
-    seen[s] += count;
+    seen[s] += g.count;
   }
   if (track_g) {
     const GhmBatch g = ghm_batch(t, st, v);
