@@ -7,8 +7,9 @@
 // itself for in-place calls), the adaptive table's steps (table_step.h)
 //     static void table_check_indices(const Table&);
 //     static Tensor table_valid(const Table&, const Tensor& target, int64_t ignore_index);
-//     static Tensor table_weights(const Table&, const Tensor& stats, const Tensor& valid);
-//     static void table_update(const Table&, const Tensor& stats, const Tensor& valid);
+//     static Tensor table_weights(const Table&, const Tensor& valid);  // history policies
+//     static Tensor table_update(const Table&, const Tensor& stats, const Tensor& valid);
+// (table_update returns a per-batch policy's weights of the batch)
 // and registers the wrappers with OpWrappers<Device>::register_ops in its
 // TORCH_LIBRARY_IMPL block.
 #pragma once
@@ -231,8 +232,7 @@ struct OpWrappers {
                                  o.compute_grad, true, o.inplace});
     const Tensor stats = per_sample_stats(std::get<2>(out), t);
     if (per_batch) {
-      const Tensor bw = Device::table_weights(t, stats, valid);
-      Device::table_update(t, stats, valid);
+      const Tensor bw = Device::table_update(t, stats, valid);
       const Tensor share =
           o.reduction == kMean ? row_mean_share(o.input, o.target, o.kind != kFocal,
                                                 o.class_weight, o.ignore_index)
@@ -261,8 +261,7 @@ struct OpWrappers {
                                      o.mean_over_weight});
     const Tensor stats = std::get<2>(out);
     if (per_batch) {
-      const Tensor bw = Device::table_weights(t, stats, Tensor());
-      Device::table_update(t, stats, Tensor());
+      const Tensor bw = Device::table_update(t, stats, Tensor());
       const Tensor share = o.reduction == kMean
                                ? elem_mean_share(o.input, o.weight, o.mean_over_weight, samples)
                                : Tensor();
@@ -298,7 +297,7 @@ struct OpWrappers {
   // sample weights, one per row (float32, as the reference multiplies them).
   static Tensor history_sample_weight(const Table& t, const Tensor& valid,
                                       const optional<Tensor>& sample_weight) {
-    Tensor w = per_row(Device::table_weights(t, Tensor(), valid), t);
+    Tensor w = per_row(Device::table_weights(t, valid), t);
     if (checks::has(sample_weight)) {
       TORCH_CHECK_VALUE(sample_weight->dim() == 1 && sample_weight->size(0) == w.size(0),
                         "samplewt_ops: sample_weight must have shape (", w.size(0), "), got ",

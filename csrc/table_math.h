@@ -127,8 +127,8 @@ SWT_TABLE_HD float table_history_weight(int64_t policy, const double* params, fl
 // GHM's bin of a gradient magnitude g (NaN counts as 1).
 SWT_TABLE_HD int64_t table_ghm_bin(float g, int64_t bins) {
   g = g != g ? 1.0f : table_clamp(g, 0.0f, 1.0f);
-  const float scaled = floorf(g * static_cast<float>(bins));
-  int64_t b = static_cast<int64_t>(scaled);
+  // g * bins >= 0: truncation is the floor
+  int64_t b = static_cast<int64_t>(g * static_cast<float>(bins));
   return b < 0 ? 0 : (b > bins - 1 ? bins - 1 : b);
 }
 

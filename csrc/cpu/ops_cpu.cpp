@@ -312,11 +312,11 @@ struct CpuDevice {
   static Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
     return cpu::table_valid(t, target, ignore_index);
   }
-  static Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
-    return cpu::table_weights(t, stats, valid);
+  static Tensor table_weights(const Table& t, const Tensor& valid) {
+    return cpu::table_weights(t, valid);
   }
-  static void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
-    cpu::table_update(t, stats, valid);
+  static Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
+    return cpu::table_update(t, stats, valid);
   }
 };
 

@@ -86,50 +86,11 @@ Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
   return valid;
 }
 
-Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
+Tensor table_weights(const Table& t, const Tensor& valid) {
   const int64_t N = t.batch;
   Tensor out = scratch(kWeightScratch, N, at::kFloat);
   float* w = out.data_ptr<float>();
-  const bool* v = valid_ptr(valid);
   const double* params = t.params.data();
-  if (t.policy == kOHEM) {
-    const Tensor s = stats.contiguous();
-    const float* st = s.data_ptr<float>();
-    const int64_t num = static_cast<int64_t>(params[kKeepNum]);
-    const int64_t den = static_cast<int64_t>(params[kKeepDen]);
-    const int64_t k = (num * N + den - 1) / den;
-    // Largest losses first (NaN above everything, invalid samples last),
-    // ties by position.
-    auto key = [&](int64_t i) {
-      const float l = st[i * 3 + kLossStat];
-      if (v != nullptr && !v[i]) return -std::numeric_limits<double>::infinity();
-      return l != l ? std::numeric_limits<double>::infinity() : static_cast<double>(l);
-    };
-    std::vector<int64_t> order(N);
-    std::iota(order.begin(), order.end(), 0);
-    std::nth_element(order.begin(), order.begin() + std::min(k, N) - (k > 0 ? 1 : 0), order.end(),
-                     [&](int64_t a, int64_t b) {
-                       const double ka = key(a), kb = key(b);
-                       return ka > kb || (ka == kb && a < b);
-                     });
-    std::fill(w, w + N, 0.0f);
-    for (int64_t j = 0; j < std::min(k, N); ++j) w[order[j]] = 1.0f;
-    if (v != nullptr) {
-      for (int64_t i = 0; i < N; ++i) w[i] = v[i] ? w[i] : 0.0f;
-    }
-    return out;
-  }
-  if (t.policy == kGHM) {
-    const Tensor s = stats.contiguous();
-    const GhmBatch g = ghm_batch(t, s.data_ptr<float>(), v);
-    const float bins = static_cast<float>(t.params[kBins]);
-    for (int64_t i = 0; i < N; ++i) {
-      const float d = mul_rn(g.density[g.bin[i]], bins);
-      const float wi = g.valid_count / (d > 0.0f ? d : 1.0f);
-      w[i] = v == nullptr ? wi : wi * (v[i] ? 1.0f : 0.0f);
-    }
-    return out;
-  }
   // History policies: the table before the batch.
   const int stat = t.policy == kGradNormEMA ? kGradNormStat : kLossStat;
   const float* ema = t.ema.data_ptr<float>() + stat * t.num_samples;
@@ -146,11 +107,64 @@ Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
   return out;
 }
 
-void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
+namespace {
+
+// A per-batch policy's weights of the batch, from its statistics `st` (N, 3)
+// and the table before the batch (GHM: its density after the batch, `ghm`).
+void per_batch_weights(const Table& t, const float* st, const bool* v, const GhmBatch* ghm,
+                       float* w) {
+  const int64_t N = t.batch;
+  const double* params = t.params.data();
+  if (t.policy == kOHEM) {
+    const int64_t num = static_cast<int64_t>(params[kKeepNum]);
+    const int64_t den = static_cast<int64_t>(params[kKeepDen]);
+    const int64_t k = std::min((num * N + den - 1) / den, N);
+    // Largest losses first (NaN above everything, invalid samples last),
+    // ties by position.
+    auto key = [&](int64_t i) {
+      const float l = st[i * 3 + kLossStat];
+      if (v != nullptr && !v[i]) return -std::numeric_limits<double>::infinity();
+      return l != l ? std::numeric_limits<double>::infinity() : static_cast<double>(l);
+    };
+    std::vector<int64_t> order(N);
+    std::iota(order.begin(), order.end(), 0);
+    if (k > 0 && k < N) {
+      std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [&](int64_t a, int64_t b) {
+        const double ka = key(a), kb = key(b);
+        return ka > kb || (ka == kb && a < b);
+      });
+    }
+    std::fill(w, w + N, 0.0f);
+    for (int64_t j = 0; j < k; ++j) w[order[j]] = 1.0f;
+    if (v != nullptr) {
+      for (int64_t i = 0; i < N; ++i) w[i] = v[i] ? w[i] : 0.0f;
+    }
+    return;
+  }
+  // GHM
+  const float bins = static_cast<float>(params[kBins]);
+  for (int64_t i = 0; i < N; ++i) {
+    const float d = mul_rn(ghm->density[ghm->bin[i]], bins);
+    const float wi = ghm->valid_count / (d > 0.0f ? d : 1.0f);
+    w[i] = v == nullptr ? wi : wi * (v[i] ? 1.0f : 0.0f);
+  }
+}
+
+}  // namespace
+
+Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   const int64_t N = t.batch, S = t.num_samples;
   const Tensor st_c = stats.contiguous();
   const float* st = st_c.data_ptr<float>();
   const bool* v = valid_ptr(valid);
+  // Per-batch policies: the batch's weights, from the table before the update.
+  Tensor weights;
+  GhmBatch ghm;
+  if (t.policy == kGHM) ghm = ghm_batch(t, st, v);
+  if (table_per_batch(t.policy)) {
+    weights = scratch(kWeightScratch, N, at::kFloat);
+    per_batch_weights(t, st, v, &ghm, weights.data_ptr<float>());
+  }
   const int64_t* idx = t.indices.data_ptr<int64_t>();
   float* ema = t.ema.data_ptr<float>();
   int64_t* seen = t.seen_count.data_ptr<int64_t>();
@@ -165,14 +179,17 @@ void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   // of their first occurrence.
   size_t cap = 16;
   while (cap < static_cast<size_t>(2 * N)) cap <<= 1;
-  std::vector<int64_t> slot_key(cap, -1);
-  std::vector<int32_t> slot_group(cap);
   struct Group {
     int64_t sample;
     int64_t count;
     double obs[3];
   };
-  std::vector<Group> groups;
+  thread_local std::vector<int64_t> slot_key;
+  thread_local std::vector<int32_t> slot_group;
+  thread_local std::vector<Group> groups;
+  slot_key.assign(cap, -1);
+  slot_group.resize(cap);
+  groups.clear();
   groups.reserve(static_cast<size_t>(N));
   for (int64_t i = 0; i < N; ++i) {
     const int64_t s = idx[i];
@@ -204,10 +221,10 @@ void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
     seen[s] += g.count;
   }
   if (track_g) {
-    const GhmBatch g = ghm_batch(t, st, v);
-    std::copy(g.density.begin(), g.density.end(), t.bin_ema.data_ptr<float>());
+    std::copy(ghm.density.begin(), ghm.density.end(), t.bin_ema.data_ptr<float>());
     t.bin_steps.data_ptr<int64_t>()[0] += 1;
   }
+  return weights;
 }
 
 }  // namespace cpu

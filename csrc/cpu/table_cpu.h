@@ -16,11 +16,13 @@ void table_check_indices(const Table& t);
 // bool (N): whether each sample has a row whose target is not ignore_index.
 at::Tensor table_valid(const Table& t, const at::Tensor& target, int64_t ignore_index);
 
-// float32 (N): the batch's weights; `stats` (N, 3) only for per-batch policies.
-at::Tensor table_weights(const Table& t, const at::Tensor& stats, const at::Tensor& valid);
+// float32 (N): a history policy's weights of the batch (the table before it).
+at::Tensor table_weights(const Table& t, const at::Tensor& valid);
 
-// The table absorbs the batch's per-sample statistics (N, 3).
-void table_update(const Table& t, const at::Tensor& stats, const at::Tensor& valid);
+// The table absorbs the batch's per-sample statistics (N, 3). Returns a
+// per-batch policy's weights of the batch (from the table before the
+// update), undefined for history policies.
+at::Tensor table_update(const Table& t, const at::Tensor& stats, const at::Tensor& valid);
 
 }  // namespace cpu
 }  // namespace samplewt

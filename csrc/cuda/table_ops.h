@@ -53,8 +53,17 @@ struct TableSteps {
     return target.view({t.batch, t.positions}).ne(ignore_index).any(1);
   }
 
-  static Tensor table_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
+  static Tensor table_weights(const Table& t, const Tensor& valid) {
     const auto guard = B::guard(t.ema);
+    Tensor w = at::empty({t.batch}, t.ema.options());
+    TableKernelArgs a = table_kernel_args(t);
+    a.weights = w.data_ptr<float>();
+    B::check(launch_table_history_weights(a, B::stream(t.ema)));
+    return w;
+  }
+
+  // OHEM's and GHM's weights of a batch, from its statistics and the table before it.
+  static Tensor per_batch_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
     if (t.policy == kOHEM) {
       const int64_t num = static_cast<int64_t>(t.params[kKeepNum]);
       const int64_t den = static_cast<int64_t>(t.params[kKeepDen]);
@@ -72,15 +81,12 @@ struct TableSteps {
       const Tensor d = density.index_select(0, bin).mul(t.params[kBins]);
       return vf.sum().div(at::where(d > 0, d, at::ones_like(d))).mul_(vf);
     }
-    Tensor w = at::empty({t.batch}, t.ema.options());
-    TableKernelArgs a = table_kernel_args(t);
-    a.weights = w.data_ptr<float>();
-    B::check(launch_table_history_weights(a, B::stream(t.ema)));
-    return w;
+    return Tensor();
   }
 
-  static void table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
+  static Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
     const auto guard = B::guard(t.ema);
+    const Tensor weights = per_batch_weights(t, stats, valid);
     const auto sorted = at::sort(t.indices, /*stable=*/true, 0, false);
     const Tensor sidx = std::get<0>(sorted).contiguous();
     const Tensor order = std::get<1>(sorted).contiguous();
@@ -101,6 +107,7 @@ struct TableSteps {
     }
     B::check(launch_table_update(a, B::stream(t.ema)));
     if (t.batch > 0) t.stat_sum.add_(delta.sum(0));
+    return weights;
   }
 };
 
