@@ -1,0 +1,605 @@
+// Fused linear cross-entropy and linear focal loss (issue 13): the loss of
+// logits = input @ linear_weight.T + linear_bias without ever holding the
+// N x V logits.
+//
+// The rows are processed in chunks. Per chunk:
+//   1. one matmul (at::addmm) writes the chunk's logits into a chunk x V
+//      buffer;
+//   2. softcap, when set, maps the buffer to softcap * tanh(logits / softcap)
+//      in place (ATen ops), keeping 1 - tanh^2 for the gradient;
+//   3. the existing in-place row op (cross_entropy_ / focal_loss_, through the
+//      dispatcher, so the per-device row kernels of CPU and CUDA both serve)
+//      writes the loss and d(loss)/d(logits) into that same buffer;
+//      z-loss adds z * lse^2 per row and its gradient 2 z lse softmax (ATen);
+//   4. grad_input[chunk] = dlogits @ linear_weight,
+//      grad_linear_weight += dlogits^T @ input[chunk],
+//      grad_linear_bias += sum of dlogits over the chunk's rows.
+// The mean's denominator is computed first, from target, class weights and
+// sample weights (O(N)), so every chunk's gradient is final when written.
+// All of it runs in the forward when a gradient is wanted; backward only
+// scales the three gradients by grad_output (reduction "none" recomputes the
+// chunks with grad_output folded into each row's gradient, see grad_rows).
+//
+// Device-generic: only ATen ops and the row ops through the dispatcher, so
+// the one implementation is registered for CPU and CUDA alike. The schemas
+// are defined here (a fragment of the samplewt_ops library), and so is the
+// autograd kernel; the fake kernels are in samplewt_ops/linear.py.
+#include <ATen/ATen.h>
+#include <ATen/TensorSubclassLikeUtils.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace samplewt {
+namespace linear {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+using Out4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+// The chunk buffer's target size when chunk_size is not given.
+constexpr int64_t kChunkBytes = 32LL << 20;
+
+// For tests: the rows of the last chunk buffer allocated (linear_loss_stats).
+std::atomic<int64_t> g_last_chunk_rows{0};
+std::atomic<int64_t> g_last_chunk_numel{0};
+
+inline bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+bool validate_values(const Tensor& input) {
+  if (input.is_cpu()) return true;
+  const char* v = std::getenv("SAMPLEWT_VALIDATE");
+  return v != nullptr && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0 ||
+                          std::strcmp(v, "yes") == 0 || std::strcmp(v, "on") == 0);
+}
+
+struct Call {
+  bool focal;
+  const Tensor& input;          // (N, D)
+  const Tensor& linear_weight;  // (V, D)
+  const Tensor& target;         // (N,)
+  const optional<Tensor>& linear_bias;
+  const optional<Tensor>& class_weight;  // weight, or focal alpha (V,)
+  const optional<Tensor>& sample_weight;
+  int64_t ignore_index;
+  double label_smoothing;
+  double gamma;
+  double z_loss;
+  optional<double> softcap;
+  int64_t reduction;
+  optional<int64_t> chunk_size;
+  bool compute_grad;
+  const optional<Tensor>& grad_rows;  // (N,) or none: each row's gradient times this
+};
+
+void check_tensor_on(const Tensor& input, const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device() == input.device(), "samplewt_ops: ", name,
+              " must be on the same device as input (", input.device(), "), got ", t.device());
+}
+
+// Structural checks: dtypes, shapes, devices, scalars. Nothing reads values.
+void check_args(const Call& c) {
+  const char* op = c.focal ? "linear_focal_loss" : "linear_cross_entropy";
+  const char* cw_name = c.focal ? "alpha" : "weight";
+  const Tensor& x = c.input;
+  const Tensor& w = c.linear_weight;
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "samplewt_ops.", op,
+                   ": input must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, "samplewt_ops.", op, ": input must be 2-D (N, D), got ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(w.dim() == 2, "samplewt_ops.", op,
+                    ": linear_weight must be 2-D (V, D), got ", w.sizes());
+  TORCH_CHECK_VALUE(w.size(1) == x.size(1), "samplewt_ops.", op,
+                    ": linear_weight's second dimension (", w.size(1),
+                    ") must equal input's feature size D=", x.size(1));
+  TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), "samplewt_ops.", op,
+                   ": linear_weight must have input's dtype ", x.scalar_type(), ", got ",
+                   w.scalar_type());
+  check_tensor_on(x, w, "linear_weight");
+  const int64_t N = x.size(0), V = w.size(0);
+  TORCH_CHECK_VALUE(V > 0, "samplewt_ops.", op, ": linear_weight must have at least one row (class)");
+  if (has(c.linear_bias)) {
+    const Tensor& b = *c.linear_bias;
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == V, "samplewt_ops.", op,
+                      ": linear_bias must have shape (", V, ",), got ", b.sizes());
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "samplewt_ops.", op,
+                     ": linear_bias must have input's dtype ", x.scalar_type(), ", got ",
+                     b.scalar_type());
+    check_tensor_on(x, b, "linear_bias");
+  }
+  const Tensor& t = c.target;
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, "samplewt_ops.",
+                   op, ": target must hold class indices (int64), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == N, "samplewt_ops.", op,
+                    ": target must have shape (", N, ",), got ", t.sizes());
+  check_tensor_on(x, t, "target");
+  if (has(c.class_weight)) {
+    const Tensor& cw = *c.class_weight;
+    TORCH_CHECK_TYPE(at::isFloatingType(cw.scalar_type()), "samplewt_ops.", op, ": ", cw_name,
+                     " must be floating point, got ", cw.scalar_type());
+    TORCH_CHECK_VALUE(cw.dim() == 1 && cw.size(0) == V, "samplewt_ops.", op, ": ", cw_name,
+                      " must have shape (", V, ",), got ", cw.sizes());
+    check_tensor_on(x, cw, cw_name);
+  }
+  if (has(c.sample_weight)) {
+    const Tensor& sw = *c.sample_weight;
+    TORCH_CHECK_TYPE(at::isFloatingType(sw.scalar_type()), "samplewt_ops.", op,
+                     ": sample_weight must be floating point, got ", sw.scalar_type());
+    TORCH_CHECK_VALUE(sw.dim() == 1 && sw.size(0) == N, "samplewt_ops.", op,
+                      ": sample_weight must have shape (", N, ",), got ", sw.sizes());
+    check_tensor_on(x, sw, "sample_weight");
+  }
+  if (has(c.grad_rows)) {
+    TORCH_CHECK_VALUE(c.reduction == 0 && c.grad_rows->numel() == N, "samplewt_ops.", op,
+                      ": grad_rows is for reduction none only, with one value per row");
+    check_tensor_on(x, *c.grad_rows, "grad_rows");
+  }
+  TORCH_CHECK_VALUE(c.reduction >= 0 && c.reduction <= 2, "samplewt_ops.", op,
+                    ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", c.reduction);
+  TORCH_CHECK_VALUE(c.label_smoothing >= 0.0 && c.label_smoothing <= 1.0, "samplewt_ops.", op,
+                    ": label_smoothing must be in [0, 1], got ", c.label_smoothing);
+  TORCH_CHECK_VALUE(c.gamma >= 0.0 && std::isfinite(c.gamma), "samplewt_ops.", op,
+                    ": gamma must be >= 0, got ", c.gamma);
+  TORCH_CHECK_VALUE(c.z_loss >= 0.0 && std::isfinite(c.z_loss), "samplewt_ops.", op,
+                    ": z_loss must be >= 0 and finite, got ", c.z_loss);
+  if (c.softcap.has_value()) {
+    TORCH_CHECK_VALUE(*c.softcap > 0.0 && std::isfinite(*c.softcap), "samplewt_ops.", op,
+                      ": softcap must be > 0 and finite (or None), got ", *c.softcap);
+  }
+  if (c.chunk_size.has_value()) {
+    TORCH_CHECK_VALUE(*c.chunk_size > 0, "samplewt_ops.", op, ": chunk_size must be > 0, got ",
+                      *c.chunk_size);
+  }
+}
+
+// Value checks (a device sync off the CPU: there only with SAMPLEWT_VALIDATE=1).
+void check_values(const Call& c, const Tensor& target, const Tensor& valid, int64_t V) {
+  const char* op = c.focal ? "linear_focal_loss" : "linear_cross_entropy";
+  const Tensor bad = valid.logical_and(target.lt(0).logical_or(target.ge(V)));
+  if (bad.any().item<bool>()) {
+    const int64_t i = bad.nonzero().select(1, 0)[0].item<int64_t>();
+    TORCH_CHECK_INDEX(false, "samplewt_ops.", op, ": target ", target[i].item<int64_t>(),
+                      " is out of bounds for ", V, " classes (the rows of linear_weight), at row ",
+                      i);
+  }
+  const auto check_weight = [&](const optional<Tensor>& w, const char* name) {
+    if (!has(w) || w->numel() == 0) return;
+    const Tensor ok = at::isfinite(*w).logical_and(w->ge(0));
+    TORCH_CHECK_VALUE(ok.all().item<bool>(), "samplewt_ops.", op, ": ", name,
+                      " must be non-negative and finite");
+  };
+  check_weight(c.sample_weight, "sample_weight");
+  check_weight(c.class_weight, c.focal ? "alpha" : "weight");
+}
+
+int64_t choose_chunk(const Call& c, int64_t N, int64_t V) {
+  if (c.chunk_size.has_value()) return std::max<int64_t>(1, std::min(*c.chunk_size, N));
+  const int64_t row_bytes = V * static_cast<int64_t>(c.input.element_size());
+  return std::max<int64_t>(1, std::min<int64_t>(N, kChunkBytes / std::max<int64_t>(1, row_bytes)));
+}
+
+// The in-place (gradient) or plain row op on one chunk; returns its loss:
+// the weighted sum (reduction sum) or the weighted per-row losses (none).
+Tensor row_pass(const Call& c, Tensor& buf, const Tensor& target, const optional<Tensor>& scale,
+                int64_t red, bool grad) {
+  auto& d = c10::Dispatcher::singleton();
+  if (c.focal) {
+    if (grad) {
+      static auto op = d.findSchemaOrThrow("samplewt_ops::focal_loss_", "")
+                           .typed<std::tuple<Tensor, Tensor>(
+                               Tensor&, const Tensor&, const optional<Tensor>&,
+                               const optional<Tensor>&, double, int64_t, int64_t, bool)>();
+      return std::get<0>(op.call(buf, target, c.class_weight, scale, c.gamma, c.ignore_index, red, false));
+    }
+    static auto op = d.findSchemaOrThrow("samplewt_ops::focal_loss", "")
+                         .typed<std::tuple<Tensor, Tensor, Tensor>(
+                             const Tensor&, const Tensor&, const optional<Tensor>&,
+                             const optional<Tensor>&, double, int64_t, int64_t, bool, bool)>();
+    return std::get<0>(
+        op.call(buf, target, c.class_weight, scale, c.gamma, c.ignore_index, red, false, false));
+  }
+  if (grad) {
+    static auto op = d.findSchemaOrThrow("samplewt_ops::cross_entropy_", "")
+                         .typed<std::tuple<Tensor, Tensor>(
+                             Tensor&, const Tensor&, const optional<Tensor>&,
+                             const optional<Tensor>&, int64_t, double, int64_t, bool)>();
+    return std::get<0>(
+        op.call(buf, target, c.class_weight, scale, c.ignore_index, c.label_smoothing, red, false));
+  }
+  static auto op = d.findSchemaOrThrow("samplewt_ops::cross_entropy", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(
+                           const Tensor&, const Tensor&, const optional<Tensor>&,
+                           const optional<Tensor>&, int64_t, double, int64_t, bool, bool)>();
+  return std::get<0>(op.call(buf, target, c.class_weight, scale, c.ignore_index,
+                             c.label_smoothing, red, false, false));
+}
+
+Out4 linear_loss(const Call& c) {
+  check_args(c);
+  const Tensor& x = c.input;
+  const Tensor& W = c.linear_weight;
+  const int64_t N = x.size(0), D = x.size(1), V = W.size(0);
+  const at::ScalarType dt = x.scalar_type(), acc = acc_type(dt);
+  const auto acc_opts = x.options().dtype(acc);
+  const bool grad = c.compute_grad;
+  const bool bias = has(c.linear_bias);
+
+  // Per-row weights and the mean's denominator, before any chunk: O(N).
+  const Tensor target = c.target.to(at::kLong).contiguous();
+  const Tensor valid = target.ne(c.ignore_index);
+  if (validate_values(x) && N > 0) check_values(c, target, valid, V);
+  const Tensor row_valid = valid.to(acc);
+  const Tensor sw = has(c.sample_weight) ? c.sample_weight->to(acc).contiguous() : Tensor();
+  Tensor share = sw.defined() ? sw * row_valid : row_valid;  // what the mean divides by
+  Tensor class_w;  // each row's target-class weight (z-loss), or undefined
+  if (has(c.class_weight)) {
+    class_w = c.class_weight->to(acc).index_select(0, at::where(valid, target, 0));
+  }
+  // z-loss weights each row like the CE term: sample weight times the target's class weight.
+  Tensor z_w = class_w.defined() ? share * class_w : share;
+  if (!c.focal) share = z_w;  // cross-entropy's mean divides by sum(w * cw[y])
+  const bool mean = c.reduction == 1;
+  const Tensor denom = share.sum();
+  // 1/denom, or 0 when nothing counts (the loss is then 0/0 = nan, as torch's).
+  const Tensor inv = mean ? at::where(denom > 0, denom.reciprocal(), at::zeros_like(denom)) : Tensor();
+  // The row op's sample weights: the gradient of each row is final at once.
+  optional<Tensor> scale;
+  if (mean) scale = sw.defined() ? sw * inv : inv.expand({N}).contiguous();
+  else if (sw.defined()) scale = sw;
+  const Tensor z_coef = c.z_loss > 0 ? (mean ? z_w * inv : z_w) * c.z_loss : Tensor();
+  const Tensor grow = has(c.grad_rows) ? c.grad_rows->reshape({N}).to(acc) : Tensor();
+
+  const int64_t red = c.reduction == 0 ? 0 : 2;  // the row op sums; the scales carry the mean
+  Tensor loss_rows = c.reduction == 0 ? at::empty({N}, x.options()) : Tensor();
+  Tensor total = at::zeros({}, acc_opts);
+  Tensor grad_input, grad_w, grad_w_acc, grad_b_acc;
+  if (grad) {
+    grad_input = at::empty({N, D}, x.options());
+    grad_w_acc = at::zeros({V, D}, acc_opts);  // float32 accumulation for half/bfloat16
+    if (bias) grad_b_acc = at::zeros({V}, acc_opts);
+  }
+
+  const int64_t chunk = choose_chunk(c, N, V);
+  Tensor buffer = N > 0 ? at::empty({chunk, V}, x.options()) : Tensor();
+  g_last_chunk_rows.store(N > 0 ? chunk : 0);
+  g_last_chunk_numel.store(N > 0 ? chunk * V : 0);
+  const Tensor Wt = W.t();
+  for (int64_t s = 0; s < N; s += chunk) {
+    const int64_t n = std::min(chunk, N - s);
+    Tensor buf = buffer.narrow(0, 0, n);
+    const Tensor xc = x.narrow(0, s, n);
+    // 1. the chunk's logits
+    if (bias) at::addmm_out(buf, *c.linear_bias, xc, Wt);
+    else at::mm_out(buf, xc, Wt);
+    // 2. softcap: cap * tanh(logits / cap); d/dlogits = 1 - tanh^2
+    Tensor cap_grad;
+    if (c.softcap.has_value()) {
+      buf.div_(*c.softcap).tanh_();
+      if (grad) cap_grad = at::mul(buf, buf).neg_().add_(1);
+      buf.mul_(*c.softcap);
+    }
+    // z-loss needs each row's log-sum-exp and, for its gradient, the softmax,
+    // which the row op overwrites: both taken here (accumulation type).
+    Tensor lse, prob;
+    if (c.z_loss > 0) {
+      const Tensor logits = buf.scalar_type() == acc ? buf : buf.to(acc);
+      lse = at::logsumexp(logits, {1});
+      if (grad) prob = at::_softmax(logits, 1, false);
+    }
+    // 3. loss and d(loss)/d(logits) in one pass, into buf when grad
+    const Tensor tc = target.narrow(0, s, n);
+    optional<Tensor> sc;
+    if (scale.has_value()) sc = scale->narrow(0, s, n);
+    Tensor chunk_loss = row_pass(c, buf, tc, sc, red, grad);
+    if (c.z_loss > 0) {
+      const Tensor zc = z_coef.narrow(0, s, n);
+      const Tensor z_rows = zc * lse * lse;
+      if (c.reduction == 0) chunk_loss = chunk_loss.to(acc) + z_rows;
+      else total.add_(z_rows.sum());
+      if (grad) buf.add_(prob.mul_((zc * lse * 2).unsqueeze(1)));
+    }
+    if (c.reduction == 0) loss_rows.narrow(0, s, n).copy_(chunk_loss);
+    else total.add_(chunk_loss.to(acc));
+    if (!grad) continue;
+    if (cap_grad.defined()) buf.mul_(cap_grad);
+    if (grow.defined()) buf.mul_(grow.narrow(0, s, n).unsqueeze(1));
+    // 4. the three gradients
+    Tensor gi = grad_input.narrow(0, s, n);
+    at::mm_out(gi, buf, W);
+    if (dt == acc) grad_w_acc.addmm_(buf.t(), xc);
+    else grad_w_acc.add_(at::mm(buf.t(), xc));
+    if (bias) grad_b_acc.add_(at::sum(buf, {0}, false, acc));
+  }
+
+  Tensor loss;
+  if (c.reduction == 0) {
+    loss = loss_rows;
+  } else {
+    // mean: the scales already divided by denom; 0/0 when nothing counts.
+    loss = mean ? at::where(denom > 0, total, total / denom) : total;
+    loss = loss.to(dt);
+  }
+  const auto empty = [&] { return at::empty({0}, x.options()); };
+  if (!grad) return {loss, empty(), empty(), empty()};
+  grad_w = dt == acc ? grad_w_acc : grad_w_acc.to(dt);
+  Tensor grad_b = bias ? grad_b_acc.to(dt) : empty();
+  return {loss, grad_input, grad_w, grad_b};
+}
+
+Out4 linear_cross_entropy(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
+                          const optional<Tensor>& linear_bias, const optional<Tensor>& weight,
+                          const optional<Tensor>& sample_weight, int64_t ignore_index,
+                          double label_smoothing, double z_loss, optional<double> softcap,
+                          int64_t reduction, optional<int64_t> chunk_size, bool compute_grad,
+                          const optional<Tensor>& grad_rows) {
+  return linear_loss({false, input, linear_weight, target, linear_bias, weight, sample_weight,
+                      ignore_index, label_smoothing, 0.0, z_loss, softcap, reduction, chunk_size,
+                      compute_grad, grad_rows});
+}
+
+Out4 linear_focal_loss(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
+                       const optional<Tensor>& linear_bias, const optional<Tensor>& alpha,
+                       const optional<Tensor>& sample_weight, double gamma, int64_t ignore_index,
+                       double z_loss, optional<double> softcap, int64_t reduction,
+                       optional<int64_t> chunk_size, bool compute_grad,
+                       const optional<Tensor>& grad_rows) {
+  return linear_loss({true, input, linear_weight, target, linear_bias, alpha, sample_weight,
+                      ignore_index, 0.0, gamma, z_loss, softcap, reduction, chunk_size,
+                      compute_grad, grad_rows});
+}
+
+// ---------------------------------------------------------------------------
+// Autograd: the forward has written the three gradients; backward scales them.
+
+using torch::autograd::variable_list;
+using NodePtr = decltype(torch::autograd::Edge{}.function);
+
+template <class T, class... Args>
+auto make_node(Args&&... args) {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  } else {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  }
+}
+
+// Where the schemas (both alike) keep what autograd needs.
+struct Layout {
+  std::string name;
+  size_t num_args = 0;
+  int input = -1, weight = -1, bias = -1, reduction = -1, compute_grad = -1, grad_rows = -1;
+  std::vector<int> other_tensors;  // never differentiated
+
+  void bind(const c10::FunctionSchema& schema) {
+    name = schema.operator_name().name;
+    name = name.substr(name.find("::") + 2);
+    const auto& args = schema.arguments();
+    num_args = args.size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i].name();
+      const int k = static_cast<int>(i);
+      if (a == "input") input = k;
+      else if (a == "linear_weight") weight = k;
+      else if (a == "linear_bias") bias = k;
+      else if (a == "reduction") reduction = k;
+      else if (a == "compute_grad") compute_grad = k;
+      else if (a == "grad_rows") grad_rows = k;
+      else if (args[i].type()->kind() == c10::TypeKind::TensorType ||
+               args[i].type()->isSubtypeOf(*c10::OptionalType::ofTensor())) {
+        other_tensors.push_back(k);
+      }
+    }
+    TORCH_CHECK(input >= 0 && weight >= 0 && bias >= 0 && reduction >= 0 && compute_grad >= 0 &&
+                    grad_rows >= 0 && schema.returns().size() == 4,
+                "samplewt_ops: ", name, "'s schema lacks the linear loss layout (linear_loss.cpp)");
+  }
+};
+
+bool is_one(const Tensor& g) {
+  return g.dim() == 0 && g.is_cpu() && !g.requires_grad() && !at::isTensorSubclassLike(g) &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
+}
+
+class LinearLossBackward final : public torch::autograd::Node {
+ public:
+  LinearLossBackward(const c10::OperatorHandle& op, const Layout& layout, bool reduction_none)
+      : op_(op), layout_(layout), reduction_none_(reduction_none) {}
+
+  std::string name() const override { return "samplewt_ops_" + layout_.name + "_Backward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(3);
+    const Tensor& grad_loss = grads[0];
+    if (!grad_loss.defined()) return out;
+    std::vector<Tensor> g;
+    if (reduction_none_) {
+      // Each row's gradient times its grad_output: a second pass over the chunks.
+      g = recompute(grad_loss);
+    } else {
+      const bool one = is_one(grad_loss);
+      if (saved_.empty()) {
+        g = recompute(Tensor());
+      } else if (one) {
+        // Final as they are: handed over (a leaf's AccumulateGrad adopts
+        // them); a second backward (retain_graph) recomputes them.
+        g = std::move(saved_);
+        saved_.clear();
+      } else {
+        g = saved_;
+      }
+      if (!one) {
+        for (Tensor& t : g) {
+          if (t.defined() && t.numel() > 0) t = t * grad_loss.to(t.scalar_type());
+        }
+      }
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (should_compute_output(i) && g[i].defined() && g[i].numel() > 0) out[i] = g[i];
+    }
+    return out;
+  }
+
+  void release_variables() override {
+    saved_.clear();
+    args_.clear();
+  }
+
+  std::vector<Tensor> saved_;      // grad_input, grad_linear_weight, grad_linear_bias
+  std::vector<c10::IValue> args_;  // the call's arguments, to recompute
+  int64_t input_version_ = 0, weight_version_ = 0;
+
+ private:
+  std::vector<Tensor> recompute(const Tensor& grad_rows) {
+    TORCH_CHECK(!args_.empty(), "samplewt_ops.", layout_.name,
+                ": trying to backward through the graph a second time; pass "
+                "retain_graph=True the first time");
+    const Tensor& input = args_[layout_.input].toTensor();
+    const Tensor& weight = args_[layout_.weight].toTensor();
+    TORCH_CHECK(input._version() == input_version_ && weight._version() == weight_version_,
+                "samplewt_ops.", layout_.name,
+                ": input or linear_weight was modified in place after the forward pass, so "
+                "the gradient cannot be recomputed");
+    torch::jit::Stack stack(args_.begin(), args_.end());
+    stack[layout_.compute_grad] = true;
+    if (grad_rows.defined()) stack[layout_.grad_rows] = grad_rows.reshape({-1});
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      at::NoGradGuard no_grad;
+      op_.callBoxed(stack);
+    }
+    return {stack[1].toTensor(), stack[2].toTensor(), stack[3].toTensor()};
+  }
+
+  c10::OperatorHandle op_;
+  const Layout& layout_;
+  bool reduction_none_;
+};
+
+class LinearLossAutograd final : public c10::OperatorKernel {
+ public:
+  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                  torch::jit::Stack* stack) {
+    std::call_once(bound_, [&] { layout_.bind(op.schema()); });
+    const Layout& L = layout_;
+    const size_t first = stack->size() - L.num_args;
+    const auto arg = [&](int i) -> c10::IValue& { return (*stack)[first + i]; };
+    const bool grad_mode = torch::autograd::GradMode::is_enabled();
+    const Tensor input = arg(L.input).toTensor();
+    const Tensor weight = arg(L.weight).toTensor();
+    const Tensor bias = arg(L.bias).isTensor() ? arg(L.bias).toTensor() : Tensor();
+    const bool need = grad_mode && (input.requires_grad() || weight.requires_grad() ||
+                                    (bias.defined() && bias.requires_grad()));
+    if (grad_mode) {
+      for (int k : L.other_tensors) {
+        const c10::IValue& v = arg(k);
+        TORCH_CHECK(!v.isTensor() || !v.toTensor().requires_grad(), "samplewt_ops.", L.name,
+                    " does not differentiate ", op.schema().arguments()[k].name(),
+                    " (only input, linear_weight and linear_bias)");
+      }
+    }
+    const bool none = arg(L.reduction).toInt() == 0;
+    const bool asked = arg(L.compute_grad).toBool();
+    decltype(make_node<LinearLossBackward>(op, layout_, none)) node;
+    if (need) {
+      node = make_node<LinearLossBackward>(op, layout_, none);
+      node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+      node->args_.assign(stack->begin() + first, stack->end());
+      node->input_version_ = input._version();
+      node->weight_version_ = weight._version();
+      // "none" recomputes in backward, with grad_output per row; the others
+      // compute the gradients now.
+      if (!none) arg(L.compute_grad) = true;
+    }
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+    }
+    if (!node) return;
+    const size_t out = stack->size() - 4;
+    if (!none) {
+      node->saved_ = {(*stack)[out + 1].toTensor(), (*stack)[out + 2].toTensor(),
+                      (*stack)[out + 3].toTensor()};
+      if (!asked) {
+        // The outputs as the caller asked for them (compute_grad=False: empty).
+        for (int i = 1; i < 4; ++i) (*stack)[out + i] = at::empty({0}, input.options());
+      }
+    }
+    Tensor loss = (*stack)[out].toTensor();
+    torch::autograd::set_history(loss, NodePtr(node));
+  }
+
+ private:
+  std::once_flag bound_;
+  Layout layout_;
+};
+
+// ---------------------------------------------------------------------------
+// Registration
+
+// Reads how the last call chunked its rows (for the memory test).
+std::tuple<int64_t, int64_t> last_chunk() {
+  return {g_last_chunk_rows.load(), g_last_chunk_numel.load()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(samplewt_ops, m) {
+  // The adaptive table arguments (table=, indices=) of the other losses are
+  // not part of these ops.
+  m.def(
+      "linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor target, "
+      "Tensor? linear_bias, Tensor? weight, Tensor? sample_weight, int ignore_index, "
+      "float label_smoothing, float z_loss, float? softcap, int reduction, int? chunk_size, "
+      "bool compute_grad, Tensor? grad_rows=None) "
+      "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias)");
+  m.def(
+      "linear_focal_loss(Tensor input, Tensor linear_weight, Tensor target, "
+      "Tensor? linear_bias, Tensor? alpha, Tensor? sample_weight, float gamma, int ignore_index, "
+      "float z_loss, float? softcap, int reduction, int? chunk_size, "
+      "bool compute_grad, Tensor? grad_rows=None) "
+      "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias)");
+  m.def("linear_loss_last_chunk() -> (int rows, int numel)");
+}
+
+// One device-generic implementation: ATen ops and the row ops' own per-device kernels.
+TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) {
+  m.impl("linear_cross_entropy", &linear_cross_entropy);
+  m.impl("linear_focal_loss", &linear_focal_loss);
+}
+
+TORCH_LIBRARY_IMPL(samplewt_ops, CUDA, m) {
+  m.impl("linear_cross_entropy", &linear_cross_entropy);
+  m.impl("linear_focal_loss", &linear_focal_loss);
+}
+
+TORCH_LIBRARY_IMPL(samplewt_ops, CompositeExplicitAutograd, m) {
+  m.impl("linear_loss_last_chunk", &last_chunk);
+}
+
+TORCH_LIBRARY_IMPL(samplewt_ops, Autograd, m) {
+  for (const char* name : {"linear_cross_entropy", "linear_focal_loss"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunctor(std::make_unique<LinearLossAutograd>()));
+  }
+}
+
+}  // namespace linear
+}  // namespace samplewt
