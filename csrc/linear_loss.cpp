@@ -447,13 +447,13 @@ class LinearLossBackward final : public torch::autograd::Node {
         g = saved_;
       }
       if (!one) {
-        for (Tensor& t : g) {
-          if (t.defined() && t.numel() > 0) t = t * grad_loss.to(t.scalar_type());
+        for (int i = 0; i < 3; ++i) {
+          if (wanted(i, g)) g[i] = g[i] * grad_loss.to(g[i].scalar_type());
         }
       }
     }
     for (int i = 0; i < 3; ++i) {
-      if (should_compute_output(i) && g[i].defined() && g[i].numel() > 0) out[i] = g[i];
+      if (should_compute_output(i) && wanted(i, g)) out[i] = g[i];
     }
     return out;
   }
@@ -464,10 +464,16 @@ class LinearLossBackward final : public torch::autograd::Node {
   }
 
   std::vector<Tensor> saved_;      // grad_input, grad_linear_weight, grad_linear_bias
+  bool has_bias_ = false;
   std::vector<c10::IValue> args_;  // the call's arguments, to recompute
   int64_t input_version_ = 0, weight_version_ = 0;
 
  private:
+  // Whether gradient i exists (without reading sizes, which may be symbolic).
+  bool wanted(int i, const std::vector<Tensor>& g) const {
+    return g[i].defined() && (i < 2 || has_bias_);
+  }
+
   std::vector<Tensor> recompute(const Tensor& grad_rows) {
     TORCH_CHECK(!args_.empty(), "samplewt_ops.", layout_.name,
                 ": trying to backward through the graph a second time; pass "
@@ -525,6 +531,7 @@ class LinearLossAutograd final : public c10::OperatorKernel {
       node->args_.assign(stack->begin() + first, stack->end());
       node->input_version_ = input._version();
       node->weight_version_ = weight._version();
+      node->has_bias_ = bias.defined();
       // "none" recomputes in backward, with grad_output per row; the others
       // compute the gradients now.
       if (!none) arg(L.compute_grad) = true;
