@@ -299,11 +299,15 @@ Out4 linear_loss(const Call& c) {
     }
     // z-loss needs each row's log-sum-exp and, for its gradient, the softmax,
     // which the row op overwrites: both taken here (accumulation type).
+    // With the gradient, lse comes from the softmax itself: its largest
+    // probability is exp(max - lse) >= 1/V, so lse = max - log(max prob)
+    // holds to the accumulation type's precision, for one reduction pass.
     Tensor lse, prob;
-    if (c.z_loss > 0) {
-      const Tensor logits = buf.scalar_type() == acc ? buf : buf.to(acc);
-      lse = at::logsumexp(logits, {1});
-      if (grad) prob = at::_softmax(logits, 1, false);
+    if (c.z_loss > 0 && grad) {
+      prob = at::softmax(buf, 1, acc);
+      lse = at::amax(buf, {1}).to(acc).sub_(at::amax(prob, {1}).log_());
+    } else if (c.z_loss > 0) {
+      lse = at::logsumexp(buf.scalar_type() == acc ? buf : buf.to(acc), {1});
     }
     // 3. loss and d(loss)/d(logits) in one pass, into buf when grad
     const Tensor tc = target.narrow(0, s, n);

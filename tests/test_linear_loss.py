@@ -512,3 +512,46 @@ def _bad_op_calls():
 def test_bad_input_op(name, call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------
+# Edge cases
+
+
+@compiled
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_rows(reduction):
+    x, W, b, y, _, _ = make(0, 4, 5)
+    loss = samplewt_ops.linear_cross_entropy(x, W, y, linear_bias=b, reduction=reduction)
+    want = TF.cross_entropy(x @ W.T + b, y, reduction=reduction)
+    torch.testing.assert_close(loss, want, equal_nan=True)
+    loss.sum().backward()
+    assert x.grad.shape == (0, 4) and torch.all(W.grad == 0) and torch.all(b.grad == 0)
+
+
+@compiled
+def test_strided_inputs_and_int32_target():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 6, 3, generator=g, dtype=torch.float64).transpose(0, 1).requires_grad_()  # (6, 4, 3)
+    W = torch.randn(3, 7, generator=g, dtype=torch.float64).t().requires_grad_()                 # (7, 3)
+    y = torch.randint(0, 7, (6, 4), generator=g).int()
+    got = grads(samplewt_ops.linear_cross_entropy(x, W, y, chunk_size=5, z_loss=0.1), (x, W))
+    want = grads(expected(x, W, y.long(), z=0.1), (x, W))
+    assert_same(got, want, **TIGHT)
+
+
+@compiled
+@pytest.mark.parametrize("cap", [None, 50.0])
+def test_large_logits_stay_finite_with_z_loss(cap):
+    # Logits of magnitude ~100: the lse of the z-loss must not overflow.
+    x, W, b, y, _, _ = make(16, 4, 40, dtype=torch.float32)
+    with torch.no_grad():
+        W.mul_(60.0)
+    loss = samplewt_ops.linear_cross_entropy(x, W, y, linear_bias=b, z_loss=1e-3, softcap=cap, chunk_size=5)
+    got = grads(loss, (x, W, b))
+    up = [t.detach().double().requires_grad_() for t in (x, W, b)]
+    want = grads(expected(up[0], up[1], y, b=up[2], z=1e-3, cap=cap), up)
+    assert torch.isfinite(got[0]) and all(torch.isfinite(g).all() for g in got[1])
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-3, rtol=1e-5)
+    for a, w in zip(got[1], want[1]):
+        torch.testing.assert_close(a.double(), w, atol=1e-3, rtol=1e-4)
