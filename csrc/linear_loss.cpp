@@ -329,8 +329,17 @@ Out4 linear_loss(const Call& c) {
     // 4. the three gradients
     Tensor gi = grad_input.narrow(0, s, n);
     at::mm_out(gi, buf, W);
-    if (dt == acc) grad_w_acc.addmm_(buf.t(), xc);
-    else grad_w_acc.add_(at::mm(buf.t(), xc));
+    if (dt == acc) {
+      grad_w_acc.addmm_(buf.t(), xc);
+    } else if (x.is_cpu()) {
+      // CPU half/bfloat16: the product in float32 too (a chunk-sized float32
+      // copy), so no partial sum is rounded to the input's dtype.
+      grad_w_acc.addmm_(buf.to(acc).t(), xc.to(acc));
+    } else {
+      // CUDA: the chunk's product in the input dtype (float32 accumulation
+      // inside the GEMM), summed over chunks in float32.
+      grad_w_acc.add_(at::mm(buf.t(), xc));
+    }
     if (bias) grad_b_acc.add_(at::sum(buf, {0}, false, acc));
   }
 
