@@ -555,3 +555,64 @@ def test_large_logits_stay_finite_with_z_loss(cap):
     torch.testing.assert_close(got[0].double(), want[0], atol=1e-3, rtol=1e-5)
     for a, w in zip(got[1], want[1]):
         torch.testing.assert_close(a.double(), w, atol=1e-3, rtol=1e-4)
+
+
+@compiled
+def test_reduction_none_backward_twice_and_input_modified():
+    x, W, b, y, _, sw = make(9, 3, 6, sw=True)
+    loss = samplewt_ops.linear_cross_entropy(x, W, y, linear_bias=b, sample_weight=sw, reduction="none",
+                                             chunk_size=4)
+    go = torch.linspace(-1, 2, 9, dtype=torch.float64)   # signed grad_output per token
+    g1 = torch.autograd.grad(loss, (x, W, b), go, retain_graph=True)
+    g2 = torch.autograd.grad(loss, (x, W, b), go, retain_graph=True)
+    want = torch.autograd.grad(expected(x, W, y, b=b, sw=sw, reduction="none"), (x, W, b), go)
+    for a, c, e in zip(g1, g2, want):
+        torch.testing.assert_close(a, c, **TIGHT)
+        torch.testing.assert_close(a, e, **TIGHT)
+    with torch.no_grad():
+        W.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        torch.autograd.grad(loss, (x, W, b), go)
+
+
+# ---------------------------------------------------------------------------
+# CUDA (make gpu-check): the same device-generic op on the GPU
+
+cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _loader.has_kernel("cuda")),
+                          reason="needs a CUDA device and samplewt_ops built with CUDA kernels")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cuda_matches_materialised(dtype, reduction):
+    x, W, b, y, cw, sw = make(300, 32, 1003, dtype=dtype, sw=True, cw=True, ignore=True)
+    dev = [t.detach().cuda().requires_grad_() for t in (x, W, b)]
+    loss = samplewt_ops.linear_cross_entropy(dev[0], dev[1], y.cuda(), linear_bias=dev[2], weight=cw.cuda(),
+                                             sample_weight=sw.cuda(), reduction=reduction, z_loss=1e-3,
+                                             softcap=20.0, chunk_size=64)
+    got = grads(loss, dev)
+    up = [t.detach().double().requires_grad_() for t in (x, W, b)]
+    want = grads(expected(up[0], up[1], y, b=up[2], cw=cw.double(), sw=sw.double(), reduction=reduction,
+                          z=1e-3, cap=20.0), up)
+    tol = {torch.float64: TIGHT, torch.float32: dict(atol=1e-4, rtol=1e-3)}.get(dtype, dict(atol=3e-2, rtol=3e-2))
+    torch.testing.assert_close(got[0].double().cpu(), want[0], **tol)
+    for a, w in zip(got[1], want[1]):
+        torch.testing.assert_close(a.double().cpu(), w, **tol)
+
+
+@cuda
+def test_cuda_peak_memory_is_one_chunk():
+    n, d, v, chunk = 8192, 64, 32000, 256
+    x, W, b, y, _, _ = make(n, d, v, dtype=torch.float32, bias=False)
+    x, W, y = x.detach().cuda().requires_grad_(), W.detach().cuda().requires_grad_(), y.cuda()
+    samplewt_ops.linear_cross_entropy(x, W, y, chunk_size=chunk).backward()  # warm
+    x.grad = W.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    samplewt_ops.linear_cross_entropy(x, W, y, chunk_size=chunk).backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert peak < 2 * chunk * v * 4 + 3 * (n * d + v * d) * 4 + (1 << 20)
+    assert peak < n * v * 4 // 4
