@@ -20,6 +20,12 @@
 // scales the three gradients by grad_output (reduction "none" recomputes the
 // chunks with grad_output folded into each row's gradient, see grad_rows).
 //
+// Cost of the extras, done with ATen ops on the chunk rather than inside the
+// row kernels (which both devices share): softcap adds four elementwise passes
+// over the chunk and, with the gradient, one chunk-sized temporary (tanh);
+// z-loss adds a softmax (an accumulation-type chunk-sized temporary), two row
+// maxima and two passes for its gradient. Neither ever holds N x V.
+//
 // Device-generic: only ATen ops and the row ops through the dispatcher, so
 // the one implementation is registered for CPU and CUDA alike. The schemas
 // are defined here (a fragment of the samplewt_ops library), and so is the
@@ -290,12 +296,18 @@ Out4 linear_loss(const Call& c) {
     // 1. the chunk's logits
     if (bias) at::addmm_out(buf, *c.linear_bias, xc, Wt);
     else at::mm_out(buf, xc, Wt);
-    // 2. softcap: cap * tanh(logits / cap); d/dlogits = 1 - tanh^2
-    Tensor cap_grad;
+    // 2. softcap: cap * tanh(logits / cap). With the gradient, tanh is kept
+    //    (one chunk-sized temporary) for d/dlogits = 1 - tanh^2, applied by
+    //    one fused tanh_backward pass at the end.
+    Tensor tanh_out;
     if (c.softcap.has_value()) {
-      buf.div_(*c.softcap).tanh_();
-      if (grad) cap_grad = at::mul(buf, buf).neg_().add_(1);
-      buf.mul_(*c.softcap);
+      buf.div_(*c.softcap);
+      if (grad) {
+        tanh_out = at::tanh(buf);
+        at::mul_out(buf, tanh_out, at::scalar_tensor(*c.softcap, at::kDouble));
+      } else {
+        buf.tanh_().mul_(*c.softcap);
+      }
     }
     // z-loss needs each row's log-sum-exp and, for its gradient, the softmax,
     // which the row op overwrites: both taken here (accumulation type).
@@ -324,7 +336,7 @@ Out4 linear_loss(const Call& c) {
     if (c.reduction == 0) loss_rows.narrow(0, s, n).copy_(chunk_loss);
     else total.add_(chunk_loss.to(acc));
     if (!grad) continue;
-    if (cap_grad.defined()) buf.mul_(cap_grad);
+    if (tanh_out.defined()) at::tanh_backward_out(buf, buf, tanh_out);
     if (grow.defined()) buf.mul_(grow.narrow(0, s, n).unsqueeze(1));
     // 4. the three gradients
     Tensor gi = grad_input.narrow(0, s, n);
