@@ -99,7 +99,8 @@ def check(fns, x, W, dtype):
     ref = fns["eager"]()
     ref.backward()
     want = (ref.detach().float(), x.grad.float(), W.grad.float())
-    tol = dict(atol=1e-4, rtol=1e-3) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    # Relative to each tensor's largest value: gradients of a mean over N x V are tiny.
+    rel = 1e-4 if dtype == torch.float32 else 3e-2
     ok = {}
     for name, fn in fns.items():
         x.grad = W.grad = None
@@ -107,7 +108,7 @@ def check(fns, x, W, dtype):
             loss = fn()
             loss.backward()
             for a, b in zip((loss.detach().float(), x.grad.float(), W.grad.float()), want):
-                torch.testing.assert_close(a, b, **tol)
+                torch.testing.assert_close(a, b, rtol=10 * rel, atol=rel * float(b.abs().max()))
             ok[name] = True
         except Exception as e:  # noqa: BLE001  (reported, not timed)
             print(f"  {name}: MISMATCH or error: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
