@@ -618,10 +618,13 @@ TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) {
   m.impl("linear_focal_loss", &linear_focal_loss);
 }
 
+#ifdef SAMPLEWT_WITH_CUDA
+// (Only where the row ops have CUDA kernels too: setup.py defines this with them.)
 TORCH_LIBRARY_IMPL(samplewt_ops, CUDA, m) {
   m.impl("linear_cross_entropy", &linear_cross_entropy);
   m.impl("linear_focal_loss", &linear_focal_loss);
 }
+#endif
 
 TORCH_LIBRARY_IMPL(samplewt_ops, CompositeExplicitAutograd, m) {
   m.impl("linear_loss_last_chunk", &last_chunk);
