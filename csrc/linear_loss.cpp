@@ -6,7 +6,7 @@
 //   1. one matmul (at::addmm) writes the chunk's logits into a chunk x V
 //      buffer;
 //   2. softcap, when set, maps the buffer to softcap * tanh(logits / softcap)
-//      in place (ATen ops), keeping 1 - tanh^2 for the gradient;
+//      in place (ATen ops), keeping tanh for the gradient (1 - tanh^2);
 //   3. the existing in-place row op (cross_entropy_ / focal_loss_, through the
 //      dispatcher, so the per-device row kernels of CPU and CUDA both serve)
 //      writes the loss and d(loss)/d(logits) into that same buffer;
@@ -29,7 +29,9 @@
 // Device-generic: only ATen ops and the row ops through the dispatcher, so
 // the one implementation is registered for CPU and CUDA alike. The schemas
 // are defined here (a fragment of the samplewt_ops library), and so is the
-// autograd kernel; the fake kernels are in samplewt_ops/linear.py.
+// autograd kernel; the fake kernels are in samplewt_ops/linear.py. Value
+// checks (target range, weight signs) run on the CPU, and on CUDA only with
+// SAMPLEWT_VALIDATE=1 (they cost a sync), as for the other ops.
 #include <ATen/ATen.h>
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
