@@ -205,40 +205,72 @@ int64_t choose_chunk(const Call& c, int64_t N, int64_t V) {
   return std::max<int64_t>(1, std::min<int64_t>(N, kChunkBytes / std::max<int64_t>(1, row_bytes)));
 }
 
+// A row op called by argument name, boxed: the arguments given by name,
+// every other argument of its schema at its default. So the call keeps
+// working when the row ops' schemas gain defaulted arguments (as the
+// adaptive-table arguments); a given name the schema lacks is an error.
+class RowOp {
+ public:
+  explicit RowOp(const char* name)
+      : name_(name), op_(c10::Dispatcher::singleton().findSchemaOrThrow(name, "")) {}
+
+  Tensor call(std::initializer_list<std::pair<const char*, c10::IValue>> given) const {
+    const auto& args = op_.schema().arguments();
+    torch::jit::Stack stack;
+    stack.reserve(args.size());
+    size_t used = 0;
+    for (const auto& a : args) {
+      const c10::IValue* v = nullptr;
+      for (const auto& g : given) {
+        if (a.name() == g.first) v = &g.second;
+      }
+      if (v != nullptr) {
+        stack.push_back(*v);
+        ++used;
+      } else {
+        TORCH_CHECK(a.default_value().has_value(), "samplewt_ops: ", name_, "'s argument ",
+                    a.name(), " has no default, and linear_loss.cpp does not pass it");
+        stack.push_back(*a.default_value());
+      }
+    }
+    TORCH_CHECK(used == given.size(), "samplewt_ops: ", name_,
+                "'s schema lacks an argument that linear_loss.cpp passes");
+    op_.callBoxed(stack);
+    return stack[0].toTensor();  // the loss
+  }
+
+ private:
+  const char* name_;
+  c10::OperatorHandle op_;
+};
+
 // The in-place (gradient) or plain row op on one chunk; returns its loss:
 // the weighted sum (reduction sum) or the weighted per-row losses (none).
 Tensor row_pass(const Call& c, Tensor& buf, const Tensor& target, const optional<Tensor>& scale,
                 int64_t red, bool grad) {
-  auto& d = c10::Dispatcher::singleton();
+  const c10::IValue sw(scale), cw(c.class_weight);
+  // (Only the plain ops have compute_grad: the `_` ones always write the gradient.)
   if (c.focal) {
+    static const RowOp focal_("samplewt_ops::focal_loss_"), focal("samplewt_ops::focal_loss");
     if (grad) {
-      static auto op = d.findSchemaOrThrow("samplewt_ops::focal_loss_", "")
-                           .typed<std::tuple<Tensor, Tensor>(
-                               Tensor&, const Tensor&, const optional<Tensor>&,
-                               const optional<Tensor>&, double, int64_t, int64_t, bool)>();
-      return std::get<0>(op.call(buf, target, c.class_weight, scale, c.gamma, c.ignore_index, red, false));
+      return focal_.call({{"input", buf}, {"target", target}, {"alpha", cw},
+                          {"sample_weight", sw}, {"gamma", c.gamma},
+                          {"ignore_index", c.ignore_index}, {"reduction", red},
+                          {"compute_stats", false}});
     }
-    static auto op = d.findSchemaOrThrow("samplewt_ops::focal_loss", "")
-                         .typed<std::tuple<Tensor, Tensor, Tensor>(
-                             const Tensor&, const Tensor&, const optional<Tensor>&,
-                             const optional<Tensor>&, double, int64_t, int64_t, bool, bool)>();
-    return std::get<0>(
-        op.call(buf, target, c.class_weight, scale, c.gamma, c.ignore_index, red, false, false));
+    return focal.call({{"input", buf}, {"target", target}, {"alpha", cw}, {"sample_weight", sw},
+                       {"gamma", c.gamma}, {"ignore_index", c.ignore_index},
+                       {"reduction", red}, {"compute_grad", false}, {"compute_stats", false}});
   }
+  static const RowOp ce_("samplewt_ops::cross_entropy_"), ce("samplewt_ops::cross_entropy");
   if (grad) {
-    static auto op = d.findSchemaOrThrow("samplewt_ops::cross_entropy_", "")
-                         .typed<std::tuple<Tensor, Tensor>(
-                             Tensor&, const Tensor&, const optional<Tensor>&,
-                             const optional<Tensor>&, int64_t, double, int64_t, bool)>();
-    return std::get<0>(
-        op.call(buf, target, c.class_weight, scale, c.ignore_index, c.label_smoothing, red, false));
+    return ce_.call({{"input", buf}, {"target", target}, {"weight", cw}, {"sample_weight", sw},
+                     {"ignore_index", c.ignore_index}, {"label_smoothing", c.label_smoothing},
+                     {"reduction", red}, {"compute_stats", false}});
   }
-  static auto op = d.findSchemaOrThrow("samplewt_ops::cross_entropy", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor>(
-                           const Tensor&, const Tensor&, const optional<Tensor>&,
-                           const optional<Tensor>&, int64_t, double, int64_t, bool, bool)>();
-  return std::get<0>(op.call(buf, target, c.class_weight, scale, c.ignore_index,
-                             c.label_smoothing, red, false, false));
+  return ce.call({{"input", buf}, {"target", target}, {"weight", cw}, {"sample_weight", sw},
+                  {"ignore_index", c.ignore_index}, {"label_smoothing", c.label_smoothing},
+                  {"reduction", red}, {"compute_grad", false}, {"compute_stats", false}});
 }
 
 Out4 linear_loss(const Call& c) {
