@@ -96,6 +96,7 @@ struct Call {
   int64_t reduction;
   optional<int64_t> chunk_size;
   bool compute_grad;
+  int64_t grad_mask;  // which gradients: 1 input, 2 linear_weight, 4 linear_bias
   const optional<Tensor>& grad_rows;  // (N,) or none: each row's gradient times this
 };
 
@@ -156,6 +157,9 @@ void check_args(const Call& c) {
                       ": sample_weight must have shape (", N, ",), got ", sw.sizes());
     check_tensor_on(x, sw, "sample_weight");
   }
+  TORCH_CHECK_VALUE(c.grad_mask >= 0 && c.grad_mask <= 7, "samplewt_ops.", op,
+                    ": grad_mask must be in [0, 7] (1 input, 2 linear_weight, 4 linear_bias), got ",
+                    c.grad_mask);
   if (has(c.grad_rows)) {
     TORCH_CHECK_VALUE(c.reduction == 0 && c.grad_rows->numel() == N, "samplewt_ops.", op,
                       ": grad_rows is for reduction none only, with one value per row");
@@ -280,8 +284,12 @@ Out4 linear_loss(const Call& c) {
   const int64_t N = x.size(0), D = x.size(1), V = W.size(0);
   const at::ScalarType dt = x.scalar_type(), acc = acc_type(dt);
   const auto acc_opts = x.options().dtype(acc);
-  const bool grad = c.compute_grad;
   const bool bias = has(c.linear_bias);
+  // Only the gradients asked for: a frozen head (or input) saves its matmul.
+  const bool want_x = c.compute_grad && (c.grad_mask & 1) != 0;
+  const bool want_w = c.compute_grad && (c.grad_mask & 2) != 0;
+  const bool want_b = c.compute_grad && bias && (c.grad_mask & 4) != 0;
+  const bool grad = want_x || want_w || want_b;
 
   // Per-row weights and the mean's denominator, before any chunk: O(N).
   const Tensor target = c.target.to(at::kLong).contiguous();
@@ -312,11 +320,9 @@ Out4 linear_loss(const Call& c) {
   Tensor loss_rows = c.reduction == 0 ? at::empty({N}, x.options()) : Tensor();
   Tensor total = at::zeros({}, acc_opts);
   Tensor grad_input, grad_w, grad_w_acc, grad_b_acc;
-  if (grad) {
-    grad_input = at::empty({N, D}, x.options());
-    grad_w_acc = at::zeros({V, D}, acc_opts);  // float32 accumulation for half/bfloat16
-    if (bias) grad_b_acc = at::zeros({V}, acc_opts);
-  }
+  if (want_x) grad_input = at::empty({N, D}, x.options());
+  if (want_w) grad_w_acc = at::zeros({V, D}, acc_opts);  // float32 accumulation for half/bfloat16
+  if (want_b) grad_b_acc = at::zeros({V}, acc_opts);
 
   const int64_t chunk = choose_chunk(c, N, V);
   Tensor buffer = N > 0 ? at::empty({chunk, V}, x.options()) : Tensor();
@@ -373,9 +379,13 @@ Out4 linear_loss(const Call& c) {
     if (tanh_out.defined()) at::tanh_backward_out(buf, buf, tanh_out);
     if (grow.defined()) buf.mul_(grow.narrow(0, s, n).unsqueeze(1));
     // 4. the three gradients
-    Tensor gi = grad_input.narrow(0, s, n);
-    at::mm_out(gi, buf, W);
-    if (dt == acc) {
+    if (want_x) {
+      Tensor gi = grad_input.narrow(0, s, n);
+      at::mm_out(gi, buf, W);
+    }
+    if (!want_w) {
+      // (no linear_weight gradient)
+    } else if (dt == acc) {
       grad_w_acc.addmm_(buf.t(), xc);
     } else if (x.is_cpu()) {
       // CPU half/bfloat16: the product in float32 too (a chunk-sized float32
@@ -386,7 +396,7 @@ Out4 linear_loss(const Call& c) {
       // inside the GEMM), summed over chunks in float32.
       grad_w_acc.add_(at::mm(buf.t(), xc));
     }
-    if (bias) grad_b_acc.add_(at::sum(buf, {0}, false, acc));
+    if (want_b) grad_b_acc.add_(at::sum(buf, {0}, false, acc));
   }
 
   Tensor loss;
@@ -398,9 +408,9 @@ Out4 linear_loss(const Call& c) {
     loss = loss.to(dt);
   }
   const auto empty = [&] { return at::empty({0}, x.options()); };
-  if (!grad) return {loss, empty(), empty(), empty()};
-  grad_w = dt == acc ? grad_w_acc : grad_w_acc.to(dt);
-  Tensor grad_b = bias ? grad_b_acc.to(dt) : empty();
+  if (!want_x) grad_input = empty();
+  grad_w = !want_w ? empty() : dt == acc ? grad_w_acc : grad_w_acc.to(dt);
+  Tensor grad_b = want_b ? grad_b_acc.to(dt) : empty();
   return {loss, grad_input, grad_w, grad_b};
 }
 
@@ -409,21 +419,21 @@ Out4 linear_cross_entropy(const Tensor& input, const Tensor& linear_weight, cons
                           const optional<Tensor>& sample_weight, int64_t ignore_index,
                           double label_smoothing, double z_loss, optional<double> softcap,
                           int64_t reduction, optional<int64_t> chunk_size, bool compute_grad,
-                          const optional<Tensor>& grad_rows) {
+                          int64_t grad_mask, const optional<Tensor>& grad_rows) {
   return linear_loss({false, input, linear_weight, target, linear_bias, weight, sample_weight,
                       ignore_index, label_smoothing, 0.0, z_loss, softcap, reduction, chunk_size,
-                      compute_grad, grad_rows});
+                      compute_grad, grad_mask, grad_rows});
 }
 
 Out4 linear_focal_loss(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
                        const optional<Tensor>& linear_bias, const optional<Tensor>& alpha,
                        const optional<Tensor>& sample_weight, double gamma, int64_t ignore_index,
                        double z_loss, optional<double> softcap, int64_t reduction,
-                       optional<int64_t> chunk_size, bool compute_grad,
+                       optional<int64_t> chunk_size, bool compute_grad, int64_t grad_mask,
                        const optional<Tensor>& grad_rows) {
   return linear_loss({true, input, linear_weight, target, linear_bias, alpha, sample_weight,
                       ignore_index, 0.0, gamma, z_loss, softcap, reduction, chunk_size,
-                      compute_grad, grad_rows});
+                      compute_grad, grad_mask, grad_rows});
 }
 
 // ---------------------------------------------------------------------------
@@ -445,7 +455,8 @@ auto make_node(Args&&... args) {
 struct Layout {
   std::string name;
   size_t num_args = 0;
-  int input = -1, weight = -1, bias = -1, reduction = -1, compute_grad = -1, grad_rows = -1;
+  int input = -1, weight = -1, bias = -1, reduction = -1, compute_grad = -1, grad_mask = -1,
+      grad_rows = -1;
   std::vector<int> other_tensors;  // never differentiated
 
   void bind(const c10::FunctionSchema& schema) {
@@ -462,13 +473,14 @@ struct Layout {
       else if (a == "reduction") reduction = k;
       else if (a == "compute_grad") compute_grad = k;
       else if (a == "grad_rows") grad_rows = k;
+      else if (a == "grad_mask") grad_mask = k;
       else if (args[i].type()->kind() == c10::TypeKind::TensorType ||
                args[i].type()->isSubtypeOf(*c10::OptionalType::ofTensor())) {
         other_tensors.push_back(k);
       }
     }
     TORCH_CHECK(input >= 0 && weight >= 0 && bias >= 0 && reduction >= 0 && compute_grad >= 0 &&
-                    grad_rows >= 0 && schema.returns().size() == 4,
+                    grad_mask >= 0 && grad_rows >= 0 && schema.returns().size() == 4,
                 "samplewt_ops: ", name, "'s schema lacks the linear loss layout (linear_loss.cpp)");
   }
 };
@@ -525,12 +537,13 @@ class LinearLossBackward final : public torch::autograd::Node {
   std::vector<Tensor> saved_;      // grad_input, grad_linear_weight, grad_linear_bias
   bool has_bias_ = false;
   std::vector<c10::IValue> args_;  // the call's arguments, to recompute
+  int64_t mask_ = 7;               // the gradients autograd needs (grad_mask bits)
   int64_t input_version_ = 0, weight_version_ = 0;
 
  private:
   // Whether gradient i exists (without reading sizes, which may be symbolic).
   bool wanted(int i, const std::vector<Tensor>& g) const {
-    return g[i].defined() && (i < 2 || has_bias_);
+    return g[i].defined() && ((mask_ >> i) & 1) != 0 && (i < 2 || has_bias_);
   }
 
   std::vector<Tensor> recompute(const Tensor& grad_rows) {
@@ -545,6 +558,7 @@ class LinearLossBackward final : public torch::autograd::Node {
                 "the gradient cannot be recomputed");
     torch::jit::Stack stack(args_.begin(), args_.end());
     stack[layout_.compute_grad] = true;
+    stack[layout_.grad_mask] = mask_;
     if (grad_rows.defined()) stack[layout_.grad_rows] = grad_rows.reshape({-1});
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -583,6 +597,9 @@ class LinearLossAutograd final : public c10::OperatorKernel {
     }
     const bool none = arg(L.reduction).toInt() == 0;
     const bool asked = arg(L.compute_grad).toBool();
+    const int64_t asked_mask = asked ? arg(L.grad_mask).toInt() : 0;
+    const int64_t needed = (input.requires_grad() ? 1 : 0) | (weight.requires_grad() ? 2 : 0) |
+                           (bias.defined() && bias.requires_grad() ? 4 : 0);
     decltype(make_node<LinearLossBackward>(op, layout_, none)) node;
     if (need) {
       node = make_node<LinearLossBackward>(op, layout_, none);
@@ -591,9 +608,13 @@ class LinearLossAutograd final : public c10::OperatorKernel {
       node->input_version_ = input._version();
       node->weight_version_ = weight._version();
       node->has_bias_ = bias.defined();
+      node->mask_ = needed;
       // "none" recomputes in backward, with grad_output per row; the others
       // compute the gradients now.
-      if (!none) arg(L.compute_grad) = true;
+      if (!none) {
+        arg(L.compute_grad) = true;
+        arg(L.grad_mask) = asked_mask | needed;
+      }
     }
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -604,9 +625,9 @@ class LinearLossAutograd final : public c10::OperatorKernel {
     if (!none) {
       node->saved_ = {(*stack)[out + 1].toTensor(), (*stack)[out + 2].toTensor(),
                       (*stack)[out + 3].toTensor()};
-      if (!asked) {
-        // The outputs as the caller asked for them (compute_grad=False: empty).
-        for (int i = 1; i < 4; ++i) (*stack)[out + i] = at::empty({0}, input.options());
+      // The outputs as the caller asked for them (compute_grad, grad_mask).
+      for (int i = 1; i < 4; ++i) {
+        if ((asked_mask & (1 << (i - 1))) == 0) (*stack)[out + i] = at::empty({0}, input.options());
       }
     }
     Tensor loss = (*stack)[out].toTensor();
@@ -635,13 +656,13 @@ TORCH_LIBRARY_FRAGMENT(samplewt_ops, m) {
       "linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor target, "
       "Tensor? linear_bias, Tensor? weight, Tensor? sample_weight, int ignore_index, "
       "float label_smoothing, float z_loss, float? softcap, int reduction, int? chunk_size, "
-      "bool compute_grad, Tensor? grad_rows=None) "
+      "bool compute_grad, int grad_mask=7, Tensor? grad_rows=None) "
       "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias)");
   m.def(
       "linear_focal_loss(Tensor input, Tensor linear_weight, Tensor target, "
       "Tensor? linear_bias, Tensor? alpha, Tensor? sample_weight, float gamma, int ignore_index, "
       "float z_loss, float? softcap, int reduction, int? chunk_size, "
-      "bool compute_grad, Tensor? grad_rows=None) "
+      "bool compute_grad, int grad_mask=7, Tensor? grad_rows=None) "
       "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias)");
   m.def("linear_loss_last_chunk() -> (int rows, int numel)");
 }

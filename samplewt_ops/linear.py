@@ -199,18 +199,21 @@ def _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_
     if y.dtype not in (torch.int64, torch.int32):
         y = y.long()
     sw = None if sample_weight is None else sample_weight.reshape(-1)
-    needs_grad = torch.is_grad_enabled() and (
-        input.requires_grad or linear_weight.requires_grad
-        or (linear_bias is not None and linear_bias.requires_grad))
+    # The gradients autograd needs (a frozen head or input saves its matmul).
+    mask = 0
+    if torch.is_grad_enabled():
+        mask = (int(input.requires_grad) | 2 * int(linear_weight.requires_grad)
+                | 4 * int(linear_bias is not None and linear_bias.requires_grad))
+    needs_grad = mask != 0
     red = _REDUCTION[reduction]
     if focal:
         loss = torch.ops.samplewt_ops.linear_focal_loss(
             x, linear_weight, y, linear_bias, class_weight, sw, gamma, ignore_index, z_loss, softcap,
-            red, chunk_size, needs_grad and red != 0)[0]
+            red, chunk_size, needs_grad and red != 0, mask)[0]
     else:
         loss = torch.ops.samplewt_ops.linear_cross_entropy(
             x, linear_weight, y, linear_bias, class_weight, sw, ignore_index, label_smoothing, z_loss,
-            softcap, red, chunk_size, needs_grad and red != 0)[0]
+            softcap, red, chunk_size, needs_grad and red != 0, mask)[0]
     return loss.reshape(target.shape) if red == 0 else loss
 
 
@@ -337,10 +340,11 @@ class LinearFocalLoss(_LinearLoss):
 # Fake kernels (torch.compile, opcheck): the structural checks and the shapes
 
 
-def _fake(input, linear_weight, target, linear_bias, class_weight, sample_weight, *rest, **_grad_rows):
-    # rest: the op's scalars, then reduction, chunk_size, compute_grad[, grad_rows].
-    # (gamma/ignore_index or ignore_index/label_smoothing, z_loss, softcap)
+def _fake(input, linear_weight, target, linear_bias, class_weight, sample_weight, *rest, **_kwargs):
+    # rest: the op's scalars (gamma/ignore_index or ignore_index/label_smoothing,
+    # z_loss, softcap), then reduction, chunk_size, compute_grad[, grad_mask, grad_rows].
     reduction, chunk_size, compute_grad = rest[4], rest[5], rest[6]
+    mask = rest[7] if len(rest) > 7 else _kwargs.get("grad_mask", 7)
     torch._check_value(input.dim() == 2, lambda: f"samplewt_ops: input must be 2-D, got {input.shape}")
     torch._check_value(linear_weight.dim() == 2 and linear_weight.shape[1] == input.shape[1],
                        lambda: f"samplewt_ops: linear_weight {linear_weight.shape} does not match "
@@ -358,11 +362,12 @@ def _fake(input, linear_weight, target, linear_bias, class_weight, sample_weight
     torch._check_value(reduction in (0, 1, 2), lambda: f"samplewt_ops: bad reduction {reduction}")
     torch._check_value(chunk_size is None or chunk_size > 0, lambda: "samplewt_ops: chunk_size must be > 0")
     loss = input.new_empty((n,) if reduction == 0 else ())
-    if not compute_grad:
-        empty = input.new_empty((0,))
-        return loss, empty, input.new_empty((0,)), input.new_empty((0,))
-    grad_b = input.new_empty((v,)) if linear_bias is not None else input.new_empty((0,))
-    return loss, input.new_empty(input.shape), linear_weight.new_empty(linear_weight.shape), grad_b
+    torch._check_value(0 <= mask <= 7, lambda: f"samplewt_ops: grad_mask must be in [0, 7], got {mask}")
+    mask = mask if compute_grad else 0
+    grad_x = input.new_empty(input.shape) if mask & 1 else input.new_empty((0,))
+    grad_w = linear_weight.new_empty(linear_weight.shape) if mask & 2 else input.new_empty((0,))
+    grad_b = input.new_empty((v,)) if linear_bias is not None and mask & 4 else input.new_empty((0,))
+    return loss, grad_x, grad_w, grad_b
 
 
 if _loader.COMPILED:

@@ -284,15 +284,29 @@ def test_grad_output_scales_and_second_backward_recomputes():
 
 
 @compiled
-def test_only_some_arguments_require_grad():
-    x, W, b, y, _, _ = make(10, 4, 7)
+@pytest.mark.parametrize("needs", ["x", "W", "b", "xb", "Wb"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_only_some_arguments_require_grad(needs, reduction):
+    x, W, b, y, _, sw = make(10, 4, 7, sw=True)
+    for name, t in (("x", x), ("W", W), ("b", b)):
+        t.requires_grad_(name in needs)
+    want_from = [t for name, t in (("x", x), ("W", W), ("b", b)) if name in needs]
+    loss = samplewt_ops.linear_cross_entropy(x, W, y, linear_bias=b, sample_weight=sw, reduction=reduction,
+                                             chunk_size=3)
+    got = grads(loss, want_from)
+    want = grads(expected(x, W, y, b=b, sw=sw, reduction=reduction), want_from)
+    assert_same(got, want, **TIGHT)
+
+
+@compiled
+def test_frozen_head_or_input_skips_its_matmul():
+    x, W, b, y, _, _ = make(40, 4, 9, bias=False)
+    call = lambda: samplewt_ops.linear_cross_entropy(x, W, y, chunk_size=10)
+    W.requires_grad_(False)
+    assert _matmuls(call) == 8   # logits and grad_input per chunk, no grad_linear_weight
+    W.requires_grad_(True)
     x.requires_grad_(False)
-    b.requires_grad_(False)
-    loss = samplewt_ops.linear_cross_entropy(x, W, y, linear_bias=b)
-    (gw,) = torch.autograd.grad(loss, W)
-    Wd = W.detach().requires_grad_()
-    (want,) = torch.autograd.grad(expected(x, Wd, y, b=b), Wd)
-    torch.testing.assert_close(gw, want, **TIGHT)
+    assert _matmuls(call) == 8   # logits and grad_linear_weight per chunk, no grad_input
 
 
 def _matmuls(fn):
@@ -338,6 +352,10 @@ def _op_samples():
                         (x, W, y, None, None, None, -100, 0.0, 0.0, None, red, None, False)))
             out.append(("linear_focal_loss",
                         (x, W, y, b, cw, sw, 2.0, -100, 1e-3, None, red, 2, red != 0)))
+            out.append(("linear_cross_entropy",
+                        (x, W, y, b, cw, sw, -100, 0.0, 0.0, 2.0, red, 3, red != 0, 2)))
+            out.append(("linear_cross_entropy",
+                        (x, W, y, b, None, None, -100, 0.0, 0.0, None, red, 5, True, 5)))
     return out
 
 
