@@ -11,6 +11,7 @@ from . import functional, modules, reference, weights
 from ._loader import backend
 from ._validation import set_validation
 from .functional import *  # noqa: F401,F403  (one function per loss)
+from .linear import LinearCrossEntropyLoss, LinearFocalLoss, linear_cross_entropy, linear_focal_loss
 from .modules import *  # noqa: F401,F403  (one module per loss)
 from .data import IndexedDataset
 from .samplers import AdaptiveSampler, DistributedAdaptiveSampler
@@ -21,6 +22,10 @@ __version__ = "0.1.0"
 __all__ = [
     *functional.__all__,
     *modules.__all__,
+    "linear_cross_entropy",
+    "linear_focal_loss",
+    "LinearCrossEntropyLoss",
+    "LinearFocalLoss",
     "class_weights",
     "AdaptiveWeights",
     *(name for name in weights.policies.__all__ if name not in ("LOSS_NAMES", "WeightPolicy")),

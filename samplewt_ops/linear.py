@@ -1,0 +1,375 @@
+"""Fused linear cross-entropy and linear focal loss (the logits never materialised).
+
+``linear_cross_entropy(input, linear_weight, target, ...)`` is
+``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)`` with the
+same arguments, computed chunk by chunk over the rows (tokens): per chunk one
+matmul into a chunk x V buffer, one fused row pass that writes the loss and
+d(loss)/d(logits) into that buffer, and the matmuls that turn it into the
+gradients of input, linear_weight and linear_bias. Peak extra memory is one
+chunk x V buffer (plus O(N + V), and a float32 copy of linear_weight's
+gradient for half/bfloat16), never N x V. The ops and their autograd are C++
+(csrc/linear_loss.cpp); this module checks arguments, flattens (B, T, D)
+inputs, registers the fake kernels and holds the modules.
+
+Two extras of large-vocabulary training:
+
+- ``softcap``: the logits become ``softcap * tanh(logits / softcap)`` before
+  anything else (Gemma 2). None is off.
+- ``z_loss``: each token's loss gains ``z_loss * lse**2``, lse the log-sum-exp
+  of its (softcapped) logits (PaLM), weighted and reduced like the
+  cross-entropy term: the same sample weight, the target's class weight
+  (``weight``; ``alpha`` for the focal loss) and the same mean denominator.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import _loader
+from . import _validation as V
+
+__all__ = ["linear_cross_entropy", "linear_focal_loss", "LinearCrossEntropyLoss", "LinearFocalLoss"]
+
+_REDUCTION = {"none": 0, "mean": 1, "sum": 2}
+
+
+# ---------------------------------------------------------------------------
+# Argument checks (the C++ op checks the same again)
+
+
+def _check_tensor(value, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_args(op, input, linear_weight, target, linear_bias, class_weight, cw_name,
+                sample_weight, reduction, z_loss, softcap, chunk_size):
+    _check_tensor(input, "input")
+    _check_tensor(linear_weight, "linear_weight")
+    _check_tensor(target, "target")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"{op}: input must be floating point, got {input.dtype}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"{op}: input must be (N, D) or (B, T, D), got shape {tuple(input.shape)}")
+    if linear_weight.dim() != 2:
+        raise ValueError(f"{op}: linear_weight must be (V, D), got shape {tuple(linear_weight.shape)}")
+    d = input.shape[-1]
+    if linear_weight.shape[1] != d:
+        raise ValueError(f"{op}: linear_weight has D={linear_weight.shape[1]} columns but input has "
+                         f"D={d} features (input {tuple(input.shape)}, linear_weight "
+                         f"{tuple(linear_weight.shape)})")
+    if linear_weight.dtype != input.dtype:
+        raise TypeError(f"{op}: linear_weight must have input's dtype {input.dtype}, got {linear_weight.dtype}")
+    v = linear_weight.shape[0]
+    if linear_bias is not None:
+        _check_tensor(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (v,):
+            raise ValueError(f"{op}: linear_bias must have shape ({v},), got {tuple(linear_bias.shape)}")
+        if linear_bias.dtype != input.dtype:
+            raise TypeError(f"{op}: linear_bias must have input's dtype {input.dtype}, got {linear_bias.dtype}")
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{op}: target must hold class indices (an integer tensor), got {target.dtype}")
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(f"{op}: target must have shape {tuple(input.shape[:-1])} (input's without D), "
+                         f"got {tuple(target.shape)}")
+    if class_weight is not None:
+        _check_tensor(class_weight, cw_name)
+        if not class_weight.dtype.is_floating_point:
+            raise TypeError(f"{op}: {cw_name} must be floating point, got {class_weight.dtype}")
+        if tuple(class_weight.shape) != (v,):
+            raise ValueError(f"{op}: {cw_name} must have shape ({v},), got {tuple(class_weight.shape)}")
+    if sample_weight is not None:
+        _check_tensor(sample_weight, "sample_weight")
+        if not sample_weight.dtype.is_floating_point:
+            raise TypeError(f"{op}: sample_weight must be floating point, got {sample_weight.dtype}")
+        if tuple(sample_weight.shape) != tuple(target.shape):
+            raise ValueError(f"{op}: sample_weight must have target's shape {tuple(target.shape)}, "
+                             f"got {tuple(sample_weight.shape)}")
+    for name, t in (("linear_weight", linear_weight), ("target", target), ("linear_bias", linear_bias),
+                    (cw_name, class_weight), ("sample_weight", sample_weight)):
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{op}: {name} must be on input's device {input.device}, got {t.device}")
+    for name, t in ((cw_name, class_weight), ("sample_weight", sample_weight)):
+        if t is not None and torch.is_grad_enabled() and t.requires_grad:
+            raise ValueError(f"{op}: {name} is not differentiated; pass {name}.detach()")
+    if not isinstance(reduction, str) or reduction not in _REDUCTION:
+        raise ValueError(f"{op}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    z_loss = V.check_real(z_loss, "z_loss", lo=0.0, finite=True)
+    if softcap is not None:
+        softcap = V.check_real(softcap, "softcap", lo=0.0, lo_open=True, finite=True)
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+            raise TypeError(f"{op}: chunk_size must be an int or None, got {type(chunk_size).__name__}")
+        if chunk_size <= 0:
+            raise ValueError(f"{op}: chunk_size must be > 0, got {chunk_size}")
+        chunk_size = int(chunk_size)
+    return z_loss, softcap, chunk_size
+
+
+def _check_values(op, target, ignore_index, v, class_weight, cw_name, sample_weight):
+    """Target range and weight signs: on the CPU always, elsewhere with
+    validation on (a device sync); never while tracing."""
+    if not V.validation_enabled(target) or target.numel() == 0:
+        return
+    t = target.reshape(-1)
+    bad = (t != ignore_index) & ((t < 0) | (t >= v))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise IndexError(f"{op}: target {int(t[i])} is out of bounds for {v} classes "
+                         f"(the rows of linear_weight), at position {i}")
+    for name, w in ((cw_name, class_weight), ("sample_weight", sample_weight)):
+        if w is not None and w.numel() and not bool((torch.isfinite(w) & (w >= 0)).all()):
+            raise ValueError(f"{op}: {name} must be non-negative and finite")
+
+
+# ---------------------------------------------------------------------------
+# The materialised form: the fallback where no kernel is built (and the
+# definition the ops are tested against)
+
+
+def materialised_loss(input, linear_weight, target, *, linear_bias=None, class_weight=None,
+                      sample_weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                      z_loss=0.0, softcap=None, focal=False, gamma=2.0) -> Tensor:
+    """The loss computed from the full N x V logits, with samplewt_ops's own
+    cross_entropy / focal_loss: what the fused ops equal."""
+    from . import functional as F
+
+    d, v = input.shape[-1], linear_weight.shape[0]
+    out_shape = target.shape
+    x, y = input.reshape(-1, d), target.reshape(-1).long()
+    sw = None if sample_weight is None else sample_weight.reshape(-1)
+    logits = torch.nn.functional.linear(x, linear_weight, linear_bias)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if focal:
+        rows = F.focal_loss(logits, y, alpha=class_weight, sample_weight=sw, gamma=gamma,
+                            ignore_index=ignore_index, reduction="none")
+    else:
+        rows = F.cross_entropy(logits, y, weight=class_weight, sample_weight=sw,
+                               ignore_index=ignore_index, label_smoothing=label_smoothing,
+                               reduction="none")
+    valid = (y != ignore_index).to(rows.dtype)
+    w = valid if sw is None else valid * sw.to(rows.dtype)
+    share = w
+    if class_weight is not None:
+        cw = class_weight.to(rows.dtype)[y.clamp(0, v - 1)]
+        share = w * cw if not focal else w
+        w = w * cw
+    if z_loss:
+        lse = torch.logsumexp(logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), 1)
+        rows = rows + (z_loss * w * lse * lse).to(rows.dtype)
+    if reduction == "none":
+        return rows.reshape(out_shape)
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / share.sum()
+
+
+# ---------------------------------------------------------------------------
+# The public functions
+
+
+def _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_weight, ignore_index,
+         reduction, label_smoothing, gamma, z_loss, softcap, chunk_size):
+    op = "samplewt_ops.linear_focal_loss" if focal else "samplewt_ops.linear_cross_entropy"
+    cw_name = "alpha" if focal else "weight"
+    z_loss, softcap, chunk_size = _check_args(op, input, linear_weight, target, linear_bias,
+                                              class_weight, cw_name, sample_weight, reduction, z_loss,
+                                              softcap, chunk_size)
+    ignore_index = V.check_ignore_index(ignore_index)
+    if focal:
+        gamma = V.check_gamma(gamma)
+    else:
+        label_smoothing = V.check_label_smoothing(label_smoothing)
+    v = linear_weight.shape[0]
+    _check_values(op, target, ignore_index, v, class_weight, cw_name, sample_weight)
+    if not _loader.has_kernel(input.device):
+        return materialised_loss(input, linear_weight, target, linear_bias=linear_bias,
+                                 class_weight=class_weight, sample_weight=sample_weight,
+                                 ignore_index=ignore_index, reduction=reduction,
+                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                                 focal=focal, gamma=gamma)
+    x = input.reshape(-1, input.shape[-1])
+    y = target.reshape(-1)
+    if y.dtype not in (torch.int64, torch.int32):
+        y = y.long()
+    sw = None if sample_weight is None else sample_weight.reshape(-1)
+    # The gradients autograd needs (a frozen head or input saves its matmul).
+    mask = 0
+    if torch.is_grad_enabled():
+        mask = (int(input.requires_grad) | 2 * int(linear_weight.requires_grad)
+                | 4 * int(linear_bias is not None and linear_bias.requires_grad))
+    needs_grad = mask != 0
+    red = _REDUCTION[reduction]
+    if focal:
+        loss = torch.ops.samplewt_ops.linear_focal_loss(
+            x, linear_weight, y, linear_bias, class_weight, sw, gamma, ignore_index, z_loss, softcap,
+            red, chunk_size, needs_grad and red != 0, mask)[0]
+    else:
+        loss = torch.ops.samplewt_ops.linear_cross_entropy(
+            x, linear_weight, y, linear_bias, class_weight, sw, ignore_index, label_smoothing, z_loss,
+            softcap, red, chunk_size, needs_grad and red != 0, mask)[0]
+    return loss.reshape(target.shape) if red == 0 else loss
+
+
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                         sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                         softcap: Optional[float] = None, chunk_size: Optional[int] = None) -> Tensor:
+    """Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the N x V logits.
+
+    input is (N, D) or (B, T, D), linear_weight (V, D), linear_bias (V,),
+    target (N,) or (B, T) class indices, sample_weight target's shape
+    (per-token weights). ``weight``, ``ignore_index``, ``reduction`` and
+    ``label_smoothing`` are those of :func:`samplewt_ops.cross_entropy` (and
+    of torch's ``F.linear_cross_entropy``): the result equals
+    ``samplewt_ops.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)``.
+    ``softcap`` (> 0) caps the logits as ``softcap * tanh(logits / softcap)``;
+    ``z_loss`` (>= 0) adds ``z_loss * logsumexp(logits)**2`` per token,
+    weighted and reduced like the cross-entropy term. ``chunk_size`` rows are
+    processed at a time (default: a chunk x V buffer of about 32 MB).
+
+    Example:
+        >>> x = torch.randn(2, 16, 64, requires_grad=True)       # (B, T, D) hidden states
+        >>> head = torch.randn(1000, 64, requires_grad=True)      # (V, D)
+        >>> y = torch.randint(0, 1000, (2, 16))
+        >>> loss = samplewt_ops.linear_cross_entropy(x, head, y, sample_weight=torch.rand(2, 16))
+        >>> loss.backward()
+    """
+    return _run(False, input, linear_weight, target, linear_bias, weight, sample_weight, ignore_index,
+                reduction, label_smoothing, 0.0, z_loss, softcap, chunk_size)
+
+
+def linear_focal_loss(input: Tensor, linear_weight: Tensor, target: Tensor, *, gamma: float = 2.0,
+                      alpha=None, linear_bias: Optional[Tensor] = None,
+                      sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
+                      reduction: str = "mean", z_loss: float = 0.0, softcap: Optional[float] = None,
+                      chunk_size: Optional[int] = None) -> Tensor:
+    """Softmax focal loss of ``input @ linear_weight.T + linear_bias`` without the N x V logits.
+
+    Equals ``samplewt_ops.focal_loss(F.linear(input, linear_weight, linear_bias), target,
+    gamma=gamma, alpha=alpha, ...)``; ``alpha`` is None, a float or a (V,)
+    tensor. Everything else as :func:`linear_cross_entropy` (z-loss weighted
+    by ``alpha`` of the target class, like the focal term).
+    """
+    if alpha is not None and not isinstance(alpha, Tensor):
+        alpha_value = V.check_real(alpha, "alpha", finite=True)
+        _check_tensor(linear_weight, "linear_weight")
+        if linear_weight.dim() == 2:
+            dtype = torch.float64 if linear_weight.dtype == torch.float64 else torch.float32
+            alpha = torch.full((linear_weight.shape[0],), alpha_value, dtype=dtype,
+                               device=linear_weight.device)
+    return _run(True, input, linear_weight, target, linear_bias, alpha, sample_weight, ignore_index,
+                reduction, 0.0, gamma, z_loss, softcap, chunk_size)
+
+
+# ---------------------------------------------------------------------------
+# Modules
+
+
+class _LinearLoss(nn.Module):
+    _cw_name = "weight"
+
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor,
+                sample_weight: Optional[Tensor] = None, linear_bias: Optional[Tensor] = None) -> Tensor:
+        return self._call(input, linear_weight, target, sample_weight=sample_weight,
+                          linear_bias=linear_bias)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._scalars)
+
+
+class LinearCrossEntropyLoss(_LinearLoss):
+    """Module form of :func:`samplewt_ops.linear_cross_entropy`.
+
+    The constructor takes the keyword arguments (``weight`` is a buffer);
+    ``forward(input, linear_weight, target, sample_weight=None, linear_bias=None)``.
+    """
+
+    _scalars = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap", "chunk_size")
+
+    def __init__(self, *, weight: Optional[Tensor] = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: Optional[float] = None, chunk_size: Optional[int] = None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
+
+    def _call(self, input, linear_weight, target, **kw):
+        return linear_cross_entropy(input, linear_weight, target, weight=self.weight,
+                                    ignore_index=self.ignore_index, reduction=self.reduction,
+                                    label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+                                    softcap=self.softcap, chunk_size=self.chunk_size, **kw)
+
+
+class LinearFocalLoss(_LinearLoss):
+    """Module form of :func:`samplewt_ops.linear_focal_loss`.
+
+    The constructor takes the keyword arguments (a tensor ``alpha`` is a buffer);
+    ``forward(input, linear_weight, target, sample_weight=None, linear_bias=None)``.
+    """
+
+    _scalars = ("gamma", "ignore_index", "reduction", "z_loss", "softcap", "chunk_size")
+
+    def __init__(self, *, gamma: float = 2.0, alpha=None, ignore_index: int = -100,
+                 reduction: str = "mean", z_loss: float = 0.0, softcap: Optional[float] = None,
+                 chunk_size: Optional[int] = None):
+        super().__init__()
+        if isinstance(alpha, Tensor):
+            self.register_buffer("alpha", alpha)
+        else:
+            self.alpha = alpha
+        self.gamma, self.ignore_index, self.reduction = gamma, ignore_index, reduction
+        self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
+
+    def _call(self, input, linear_weight, target, **kw):
+        return linear_focal_loss(input, linear_weight, target, gamma=self.gamma, alpha=self.alpha,
+                                 ignore_index=self.ignore_index, reduction=self.reduction,
+                                 z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size,
+                                 **kw)
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels (torch.compile, opcheck): the structural checks and the shapes
+
+
+def _fake(input, linear_weight, target, linear_bias, class_weight, sample_weight, *rest, **_kwargs):
+    # rest: the op's scalars (gamma/ignore_index or ignore_index/label_smoothing,
+    # z_loss, softcap), then reduction, chunk_size, compute_grad[, grad_mask, grad_rows].
+    reduction, chunk_size, compute_grad = rest[4], rest[5], rest[6]
+    mask = rest[7] if len(rest) > 7 else _kwargs.get("grad_mask", 7)
+    torch._check_value(input.dim() == 2, lambda: f"samplewt_ops: input must be 2-D, got {input.shape}")
+    torch._check_value(linear_weight.dim() == 2 and linear_weight.shape[1] == input.shape[1],
+                       lambda: f"samplewt_ops: linear_weight {linear_weight.shape} does not match "
+                               f"input {input.shape}")
+    torch._check_type(linear_weight.dtype == input.dtype,
+                      lambda: "samplewt_ops: linear_weight must have input's dtype")
+    n, v = input.shape[0], linear_weight.shape[0]
+    torch._check_value(target.shape == (n,), lambda: f"samplewt_ops: target must have shape ({n},)")
+    if linear_bias is not None:
+        torch._check_value(linear_bias.shape == (v,), lambda: f"samplewt_ops: linear_bias must have shape ({v},)")
+    if class_weight is not None:
+        torch._check_value(class_weight.shape == (v,), lambda: f"samplewt_ops: weight must have shape ({v},)")
+    if sample_weight is not None:
+        torch._check_value(sample_weight.shape == (n,), lambda: f"samplewt_ops: sample_weight must have shape ({n},)")
+    torch._check_value(reduction in (0, 1, 2), lambda: f"samplewt_ops: bad reduction {reduction}")
+    torch._check_value(chunk_size is None or chunk_size > 0, lambda: "samplewt_ops: chunk_size must be > 0")
+    loss = input.new_empty((n,) if reduction == 0 else ())
+    torch._check_value(0 <= mask <= 7, lambda: f"samplewt_ops: grad_mask must be in [0, 7], got {mask}")
+    mask = mask if compute_grad else 0
+    grad_x = input.new_empty(input.shape) if mask & 1 else input.new_empty((0,))
+    grad_w = linear_weight.new_empty(linear_weight.shape) if mask & 2 else input.new_empty((0,))
+    grad_b = input.new_empty((v,)) if linear_bias is not None and mask & 4 else input.new_empty((0,))
+    return loss, grad_x, grad_w, grad_b
+
+
+if _loader.COMPILED:
+    for _name in ("linear_cross_entropy", "linear_focal_loss"):
+        torch.library.register_fake(f"samplewt_ops::{_name}")(_fake)
