@@ -17,6 +17,8 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include "autograd_node.h"
+
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,19 +32,6 @@ namespace {
 
 using at::Tensor;
 using torch::autograd::variable_list;
-
-// torch 2.13 holds autograd nodes in c10::intrusive_ptr, earlier versions in
-// std::shared_ptr.
-using NodePtr = decltype(torch::autograd::Edge{}.function);
-
-template <class T, class... Args>
-auto make_node(Args&&... args) {
-  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
-    return std::make_shared<T>(std::forward<Args>(args)...);
-  } else {
-    return c10::make_intrusive<T>(std::forward<Args>(args)...);
-  }
-}
 
 // Where an op's schema has the arguments and outputs autograd needs.
 struct LossLayout {
@@ -81,13 +70,6 @@ struct LossLayout {
                 "samplewt_ops: ", name, "'s schema does not have the loss layout (autograd.cpp)");
   }
 };
-
-// With grad_output a plain CPU scalar 1 the saved gradient is final. Checked
-// only where reading it costs no device sync and traces nothing.
-bool is_one(const Tensor& g) {
-  return g.dim() == 0 && g.is_cpu() && !g.requires_grad() && !at::isTensorSubclassLike(g) &&
-         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
-}
 
 Tensor scaled(const Tensor& grad, const Tensor& grad_loss, bool rows) {
   if (grad_loss.dim() == 0) return is_one(grad_loss) ? grad : grad * grad_loss.to(grad.dtype());

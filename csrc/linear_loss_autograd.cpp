@@ -17,6 +17,8 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include "autograd_node.h"
+
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,17 +32,6 @@ namespace {
 using at::Tensor;
 
 using torch::autograd::variable_list;
-using NodePtr = decltype(torch::autograd::Edge{}.function);
-
-template <class T, class... Args>
-auto make_node(Args&&... args) {
-  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
-    return std::make_shared<T>(std::forward<Args>(args)...);
-  } else {
-    return c10::make_intrusive<T>(std::forward<Args>(args)...);
-  }
-}
-
 // Where the schemas (both alike) keep what autograd needs.
 struct Layout {
   std::string name;
@@ -74,11 +65,6 @@ struct Layout {
                 "samplewt_ops: ", name, "'s schema lacks the linear loss layout (linear_loss.cpp)");
   }
 };
-
-bool is_one(const Tensor& g) {
-  return g.dim() == 0 && g.is_cpu() && !g.requires_grad() && !at::isTensorSubclassLike(g) &&
-         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
-}
 
 class LinearLossBackward final : public torch::autograd::Node {
  public:

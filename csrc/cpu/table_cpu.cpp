@@ -184,24 +184,30 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
     int64_t count;
     double obs[3];
   };
-  thread_local std::vector<int64_t> slot_key;
-  thread_local std::vector<int32_t> slot_group;
-  thread_local std::vector<Group> groups;
+  // Per-thread, reused (bound once: each use of a thread_local costs a lookup).
+  thread_local std::vector<int64_t> slot_key_buffer;
+  thread_local std::vector<int32_t> slot_group_buffer;
+  thread_local std::vector<Group> group_buffer;
+  std::vector<int64_t>& slot_key = slot_key_buffer;
+  std::vector<int32_t>& slot_group = slot_group_buffer;
+  std::vector<Group>& groups = group_buffer;
   slot_key.assign(cap, -1);
   slot_group.resize(cap);
   groups.clear();
   groups.reserve(static_cast<size_t>(N));
+  int64_t* keys = slot_key.data();
+  int32_t* group_of = slot_group.data();
   for (int64_t i = 0; i < N; ++i) {
     const int64_t s = idx[i];
     size_t h = static_cast<size_t>(static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull >> 17) & (cap - 1);
-    while (slot_key[h] != -1 && slot_key[h] != s) h = (h + 1) & (cap - 1);
-    if (slot_key[h] == -1) {
-      slot_key[h] = s;
-      slot_group[h] = static_cast<int32_t>(groups.size());
+    while (keys[h] != -1 && keys[h] != s) h = (h + 1) & (cap - 1);
+    if (keys[h] == -1) {
+      keys[h] = s;
+      group_of[h] = static_cast<int32_t>(groups.size());
       groups.push_back({s, 0, {0.0, 0.0, 0.0}});
     }
     if (v != nullptr && !v[i]) continue;
-    Group& g = groups[slot_group[h]];
+    Group& g = groups[group_of[h]];
     g.obs[0] += static_cast<double>(st[i * 3 + kLossStat]);
     g.obs[1] += static_cast<double>(st[i * 3 + kGradNormStat]);
     if (track_g) g.obs[2] += static_cast<double>(table_g_observation(st[i * 3 + kGStat]));
