@@ -317,6 +317,49 @@ def lowp_ratios(rows):
     return out
 
 
+# The large-size targets (issue 12), each judged on the rows of the same run:
+# (op, shape, dtype, mode, what, bound) with what in "eager" (eager / ours >=),
+# "compiled" (compiled / ours >=) or a floor name (ours / floor <=).
+SIZE_TARGETS = (
+    ("focal_loss", (4096, 1000), "float32", "default", "eager", 3.0),
+    ("cross_entropy", (4096, 1000), "float32", "default", "compiled", 2.0),
+    ("focal_loss", (4096, 1000), "float32", "default", "compiled", 2.0),
+    ("cross_entropy", (8192, 32000), "float32", "fwd", "read", 2.5),
+    ("cross_entropy", (8192, 32000), "float32", "default", "eager", 13.0),
+    ("cross_entropy", (8192, 32000), "float32", "inplace", "compiled", 4.7),
+    ("sigmoid_focal_loss", (65536, 80), "float32", "default", "compiled", 1.5),
+    ("sigmoid_focal_loss", (65536, 80), "float32", "default", "clone", 2.0),
+    ("binary_cross_entropy_with_logits", (65536, 80), "float32", "default", "compiled", 1.5),
+    ("binary_cross_entropy_with_logits", (65536, 80), "float32", "default", "clone", 2.0),
+    ("mse_loss", (1000000, 16), "float32", "default", "compiled", 1.5),
+    ("mse_loss", (1000000, 16), "float32", "default", "clone", 2.0),
+    ("l1_loss", (1000000, 16), "float32", "default", "compiled", 1.5),
+    ("l1_loss", (1000000, 16), "float32", "default", "clone", 2.0),
+    ("huber_loss", (1000000, 16), "float32", "default", "compiled", 1.5),
+    ("huber_loss", (1000000, 16), "float32", "default", "clone", 2.0),
+)
+
+
+def size_targets(rows):
+    """One line per size target whose row ran: the measured ratio and whether it is met."""
+    out = []
+    for op, shape, dtype, mode, what, bound in SIZE_TARGETS:
+        for r in rows:
+            if (r["op"], tuple(r["shape"]), r["dtype"], r["mode"]) != (op, shape, dtype, mode):
+                continue
+            ours, other = r.get("ours_ms"), r.get(what + "_ms")
+            if not (isinstance(ours, (int, float)) and isinstance(other, (int, float)) and ours > 0):
+                continue
+            name = f"{op}{' (' + r['variant'] + ')' if r.get('variant') else ''} " \
+                   f"{'x'.join(map(str, shape))} {mode}"
+            if what in ("eager", "compiled"):
+                ratio, ok, rule = other / ours, other / ours >= bound, f">= {bound}x faster than {what}"
+            else:
+                ratio, ok, rule = ours / other, ours / other <= bound, f"<= {bound}x the {what} floor"
+            out.append(f"target {name}: {ratio:.2f}x ({rule}): {'met' if ok else 'MISSED'}")
+    return out
+
+
 def _show(path):
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
@@ -354,7 +397,7 @@ def write_results(args, devices, all_rows, scaling, swo_info, section_rows=()):
             print(title + ("  [SELF-TEST]" if args.self_test else ""))
             print(format_table(rows, markdown=args.markdown))
             print(footnotes(d, env, args.self_test, args.quick))
-            ratios = lowp_ratios(rows)
+            ratios = lowp_ratios(rows) + size_targets(rows)
             for line in ratios:
                 print("  * " + line)
             for r in rows:
