@@ -328,15 +328,15 @@ SIZE_TARGETS = (
     ("cross_entropy", (8192, 32000), "float32", "default", "eager", 13.0),
     ("cross_entropy", (8192, 32000), "float32", "inplace", "compiled", 4.7),
     ("sigmoid_focal_loss", (65536, 80), "float32", "default", "compiled", 1.5),
-    ("sigmoid_focal_loss", (65536, 80), "float32", "default", "clone", 2.0),
+    ("sigmoid_focal_loss", (65536, 80), "float32", "default", "copy_", 2.0),
     ("binary_cross_entropy_with_logits", (65536, 80), "float32", "default", "compiled", 1.5),
-    ("binary_cross_entropy_with_logits", (65536, 80), "float32", "default", "clone", 2.0),
+    ("binary_cross_entropy_with_logits", (65536, 80), "float32", "default", "copy_", 2.0),
     ("mse_loss", (1000000, 16), "float32", "default", "compiled", 1.5),
-    ("mse_loss", (1000000, 16), "float32", "default", "clone", 2.0),
+    ("mse_loss", (1000000, 16), "float32", "default", "copy_", 2.0),
     ("l1_loss", (1000000, 16), "float32", "default", "compiled", 1.5),
-    ("l1_loss", (1000000, 16), "float32", "default", "clone", 2.0),
+    ("l1_loss", (1000000, 16), "float32", "default", "copy_", 2.0),
     ("huber_loss", (1000000, 16), "float32", "default", "compiled", 1.5),
-    ("huber_loss", (1000000, 16), "float32", "default", "clone", 2.0),
+    ("huber_loss", (1000000, 16), "float32", "default", "copy_", 2.0),
 )
 
 

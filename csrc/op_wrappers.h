@@ -233,12 +233,19 @@ struct OpWrappers {
     const Tensor stats = per_sample_stats(std::get<2>(out), t);
     if (per_batch) {
       const Tensor bw = Device::table_update(t, stats, valid);
-      const Tensor share =
-          o.reduction == kMean ? row_mean_share(o.input, o.target, o.kind != kFocal,
-                                                o.class_weight, o.ignore_index)
-                               : Tensor();
-      std::get<0>(out) = scale_by_batch_weights(t, bw, std::get<0>(out), {std::get<1>(out)},
-                                                o.reduction, share, sample_weights(o.sample_weight));
+      if (o.input.is_cpu()) {
+        const table_detail::CpuRowShare share(o.input, o.target, o.kind != kFocal,
+                                              o.class_weight, o.ignore_index);
+        std::get<0>(out) = table_detail::scale_on_cpu(t, bw, std::get<0>(out), {std::get<1>(out)},
+                                                      o.reduction, share, sample_weights(o.sample_weight));
+      } else {
+        const Tensor share =
+            o.reduction == kMean ? row_mean_share(o.input, o.target, o.kind != kFocal,
+                                                  o.class_weight, o.ignore_index)
+                                 : Tensor();
+        std::get<0>(out) = scale_by_batch_weights(t, bw, std::get<0>(out), {std::get<1>(out)},
+                                                  o.reduction, share, sample_weights(o.sample_weight));
+      }
     } else {
       Device::table_update(t, stats, valid);
     }

@@ -160,26 +160,15 @@ inline Tensor per_row(const Tensor& per_sample, const Table& t) {
 }
 
 // What a row's loss counts for in the mean, before weights (the op's mean
-// rule): its class weight, 0 when ignored, 1 otherwise. float64 (rows).
+// rule): its class weight, 0 when ignored, 1 otherwise. float64 (rows), with
+// ATen ops (the CPU reads them in place: table_detail::CpuRowShare).
 inline Tensor row_mean_share(const Tensor& input, const Tensor& target, bool cross_entropy,
                              const optional<Tensor>& class_weight, int64_t ignore_index) {
   const int64_t R = input.size(0), C = input.size(1);
   const auto opt = input.options().dtype(at::kDouble);
   if (at::isFloatingType(target.scalar_type())) return at::ones({R}, opt);
-  const Tensor y = target.to(at::kLong).contiguous();
+  const Tensor y = target.to(at::kLong);
   const bool weighted = cross_entropy && checks::has(class_weight);
-  if (input.is_cpu()) {
-    Tensor share = at::empty({R}, opt);
-    const Tensor cw = weighted ? class_weight->to(at::kDouble).contiguous() : Tensor();
-    const double* cwp = weighted ? cw.data_ptr<double>() : nullptr;
-    const int64_t* yp = y.data_ptr<int64_t>();
-    double* out = share.data_ptr<double>();
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t c = yp[r];
-      out[r] = c == ignore_index ? 0.0 : (cwp != nullptr && c >= 0 && c < C ? cwp[c] : 1.0);
-    }
-    return share;
-  }
   const Tensor kept = y != ignore_index;
   if (weighted) {
     const Tensor cw = class_weight->to(at::kDouble).index_select(0, y.clamp(0, C - 1));
@@ -202,10 +191,41 @@ inline Tensor elem_mean_share(const Tensor& input, const optional<Tensor>& weigh
 
 namespace table_detail {
 
-// The CPU form of scale_by_batch_weights: one loop over each output.
-inline Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
-                           std::initializer_list<Tensor> grads, int64_t reduction,
-                           const Tensor& share_rows, const Tensor& sw_rows) {
+// A row op's mean share of row r on the CPU, read from its index target and
+// class weight in place (row_mean_share without its tensor).
+struct CpuRowShare {
+  const int64_t* y = nullptr;
+  Tensor y_holder, cw_holder;
+  const double* cw = nullptr;
+  int64_t ignore_index = -100, classes = 0;
+  bool prob = false;
+
+  CpuRowShare(const Tensor& input, const Tensor& target, bool cross_entropy,
+              const optional<Tensor>& class_weight, int64_t ignore_index_)
+      : ignore_index(ignore_index_), classes(input.size(1)) {
+    prob = at::isFloatingType(target.scalar_type());
+    if (prob) return;
+    y_holder = target.scalar_type() == at::kLong && target.is_contiguous() ? target
+                                                                           : target.to(at::kLong).contiguous();
+    y = y_holder.data_ptr<int64_t>();
+    if (cross_entropy && checks::has(class_weight)) {
+      cw_holder = class_weight->to(at::kDouble).contiguous();
+      cw = cw_holder.data_ptr<double>();
+    }
+  }
+  double operator()(int64_t r) const {
+    if (prob) return 1.0;
+    const int64_t c = y[r];
+    return c == ignore_index ? 0.0 : (cw != nullptr && c >= 0 && c < classes ? cw[c] : 1.0);
+  }
+};
+
+// The CPU form of scale_by_batch_weights: one loop over each output; share(r)
+// gives row r's share of the mean.
+template <class Share>
+Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
+                    std::initializer_list<Tensor> grads, int64_t reduction, const Share& share,
+                    const Tensor& sw_rows) {
   const int64_t R = t.batch * t.positions;
   std::vector<double> w(R), factor(R);
   const float* b = bw.data_ptr<float>();
@@ -214,9 +234,8 @@ inline Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
   if (reduction == kMean) {
     const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
     const double* swp = sw.defined() ? sw.data_ptr<double>() : nullptr;
-    const double* sh = share_rows.data_ptr<double>();
     denom = 0.0;
-    for (int64_t r = 0; r < R; ++r) denom += w[r] * (swp ? swp[r] : 1.0) * sh[r];
+    for (int64_t r = 0; r < R; ++r) denom += w[r] * (swp ? swp[r] : 1.0) * share(r);
   }
   for (int64_t r = 0; r < R; ++r) factor[r] = reduction == kMean && w[r] != 0.0 ? w[r] / denom : w[r];
   for (const Tensor& g : grads) {
@@ -266,7 +285,9 @@ inline Tensor scale_by_batch_weights(const Table& t, const Tensor& bw, const Ten
                                      std::initializer_list<Tensor> grads, int64_t reduction,
                                      const Tensor& share_rows, const Tensor& sw_rows) {
   if (loss.is_cpu()) {
-    return table_detail::scale_on_cpu(t, bw, loss, grads, reduction, share_rows, sw_rows);
+    const double* sh = share_rows.defined() ? share_rows.data_ptr<double>() : nullptr;
+    return table_detail::scale_on_cpu(t, bw, loss, grads, reduction,
+                                      [sh](int64_t r) { return sh[r]; }, sw_rows);
   }
   const Tensor w = per_row(bw, t).to(at::kDouble);  // (rows)
   Tensor factor = w;
