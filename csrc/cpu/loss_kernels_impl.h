@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "../samplewt_math.h"
 #include "kernel_args.h"
@@ -119,6 +120,10 @@ void row_kernel_typed(const RowArgs& a) {
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
   at::parallel_for(0, a.rows, grain_rows(C), [&](int64_t begin, int64_t end) {
+    // bfloat16/float16 rows park exp(x - m) in a float row of their own (a
+    // 16-bit gradient row would round it, and with label smoothing A p - a
+    // cancels), so that every dtype computes one exp per element.
+    std::vector<acc_t> exp_row;
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
       scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
@@ -166,12 +171,18 @@ void row_kernel_typed(const RowArgs& a) {
       const acc_t mx = hmax(vmax);
       const acc_t xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
       // Pass 2: s = sum_c exp(x_c - m), and the linear terms sum_c b_c (x_c - m),
-      // sum_c b_c when the loss has them. Where the gradient has the
-      // accumulation type, exp(x_c - m) is parked in the gradient row (even in
-      // place: x_c is not read again) so that pass 3 needs no second exp.
-      // bfloat16/float16 would round p there, and with label smoothing
-      // A p - a cancels: those recompute exp instead.
-      const bool stash = std::is_same_v<scalar_t, acc_t> && g != nullptr && !in_regs;
+      // sum_c b_c when the loss has them. exp(x_c - m) is parked (in the
+      // gradient row where it has the accumulation type, even in place: x_c
+      // is not read again; else in exp_row) so that pass 3 needs no second exp.
+      acc_t* parked = nullptr;
+      if (g != nullptr && !in_regs) {
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          parked = g;
+        } else {
+          if (static_cast<int64_t>(exp_row.size()) < C) exp_row.resize(C);
+          parked = exp_row.data();
+        }
+      }
       V vs(0), vbx(0), vb(0);
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
@@ -179,7 +190,7 @@ void row_kernel_typed(const RowArgs& a) {
         const V xs = (in_regs ? xr[j / W] : vload(x + j, n)) - vmx;
         const V e = M::softmax_exp(xs);
         if (in_regs) er[j / W] = e;
-        if (stash) vstore(g + j, e, n);
+        if (parked) e.store(parked + j, n);
         vs = vs + (n < W ? V::set(V(0), e, n) : e);
         if (linear) {
           const V bv = V::set(V(0), lin_coef(j, n), n);
@@ -208,7 +219,7 @@ void row_kernel_typed(const RowArgs& a) {
           const int64_t n = std::min(W, C - j);
           const V av = grad_coef_at(j, n);
           const V p = in_regs ? er[j / W] * vinv_s
-                      : stash ? vload(g + j, n) * vinv_s
+                      : parked ? V::loadu(parked + j, n) * vinv_s
                               : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
           V u = softmax_grad_p<M>(p, vA, av);
           if (n < W) u = V::set(V(0), u, n);
