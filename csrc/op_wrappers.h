@@ -227,17 +227,25 @@ struct OpWrappers {
     const bool per_batch = table_per_batch(t.policy);
     optional<Tensor> sw = o.sample_weight;
     if (!per_batch) sw = history_sample_weight(t, valid, o.sample_weight);
+    // A per-batch policy's pass runs unreduced, or, on the CPU, as a sum whose
+    // per-row losses (below float64, where the statistics have the kernels'
+    // own precision) come from the statistics.
+    const bool loss_from_stats = per_batch && o.input.is_cpu() && o.reduction != kNone &&
+                                 o.input.scalar_type() != at::kDouble;
+    const int64_t pass_reduction = !per_batch ? o.reduction : (loss_from_stats ? kSum : kNone);
     Out3 out = Device::row_loss({o.kind, o.input, o.target, o.class_weight, sw, o.ignore_index,
-                                 o.label_smoothing, o.gamma, per_batch ? kNone : o.reduction,
-                                 o.compute_grad, true, o.inplace});
+                                 o.label_smoothing, o.gamma, pass_reduction, o.compute_grad, true,
+                                 o.inplace});
     const Tensor stats = per_sample_stats(std::get<2>(out), t);
     if (per_batch) {
       const Tensor bw = Device::table_update(t, stats, valid);
       if (o.input.is_cpu()) {
         const table_detail::CpuRowShare share(o.input, o.target, o.kind != kFocal,
                                               o.class_weight, o.ignore_index);
-        std::get<0>(out) = table_detail::scale_on_cpu(t, bw, std::get<0>(out), {std::get<1>(out)},
-                                                      o.reduction, share, sample_weights(o.sample_weight));
+        const Tensor& row_stats = std::get<2>(out);
+        std::get<0>(out) = table_detail::scale_on_cpu(
+            t, bw, std::get<0>(out), {std::get<1>(out)}, o.reduction, share,
+            sample_weights(o.sample_weight), loss_from_stats ? row_stats.data_ptr<float>() : nullptr);
       } else {
         const Tensor share =
             o.reduction == kMean ? row_mean_share(o.input, o.target, o.kind != kFocal,

@@ -222,18 +222,21 @@ struct CpuRowShare {
 
 // The CPU form of scale_by_batch_weights: one loop over each output; share(r)
 // gives row r's share of the mean.
+// row_loss (rows, 3): the pass's per-row statistics, whose first column is
+// each row's loss without sample weight; when given (a sum or mean of a pass
+// run with reduction sum), the loss is summed from them instead of `loss`.
 template <class Share>
 Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
                     std::initializer_list<Tensor> grads, int64_t reduction, const Share& share,
-                    const Tensor& sw_rows) {
+                    const Tensor& sw_rows, const float* row_loss = nullptr) {
   const int64_t R = t.batch * t.positions;
   std::vector<double> w(R), factor(R);
   const float* b = bw.data_ptr<float>();
   for (int64_t r = 0; r < R; ++r) w[r] = static_cast<double>(b[r / t.positions]);
+  const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
+  const double* swp = sw.defined() ? sw.data_ptr<double>() : nullptr;
   double denom = 1.0;
   if (reduction == kMean) {
-    const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
-    const double* swp = sw.defined() ? sw.data_ptr<double>() : nullptr;
     denom = 0.0;
     for (int64_t r = 0; r < R; ++r) denom += w[r] * (swp ? swp[r] : 1.0) * share(r);
   }
@@ -254,6 +257,13 @@ Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
         for (int64_t j = 0; j < inner; ++j) p[r * inner + j] = p[r * inner + j] * f;
       }
     });
+  }
+  if (row_loss != nullptr && reduction != kNone) {
+    double total = 0.0;
+    for (int64_t r = 0; r < R; ++r) {
+      total += w[r] * (swp ? swp[r] : 1.0) * static_cast<double>(row_loss[r * 3]);
+    }
+    return at::scalar_tensor(reduction == kMean ? total / denom : total, loss.options());
   }
   const Tensor l = loss.contiguous();
   const int64_t inner = R > 0 ? l.numel() / R : 0;
