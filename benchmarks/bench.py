@@ -98,7 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--no-sections", action="store_true", help="skip the pair sections")
     p.add_argument("--section", action="append", default=None,
                    help="with --sections-only: run only this pair section (repeatable; "
-                        "'small sizes', 'target gradients', 'tables')")
+                        "'small sizes', 'target gradients', 'tables', 'linear cross-entropy')")
     # hidden: 'ours' = the eager function, to test this script without samplewt_ops' kernels
     p.add_argument("--self-test", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
