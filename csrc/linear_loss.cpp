@@ -46,6 +46,8 @@
 #include <tuple>
 #include <vector>
 
+#include "op_checks.h"
+
 namespace samplewt {
 namespace linear {
 namespace {
@@ -61,11 +63,8 @@ constexpr int64_t kChunkBytes = 32LL << 20;
 std::atomic<int64_t> g_last_chunk_rows{0};
 std::atomic<int64_t> g_last_chunk_numel{0};
 
-inline bool has(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
-
-inline at::ScalarType acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+using checks::acc_type;
+using checks::has;
 
 bool validate_values(const Tensor& input) {
   if (input.is_cpu()) return true;

@@ -62,8 +62,10 @@ struct TableSteps {
     return w;
   }
 
-  // OHEM's and GHM's weights of a batch, from its statistics and the table before it.
-  static Tensor per_batch_weights(const Table& t, const Tensor& stats, const Tensor& valid) {
+  // OHEM's and GHM's weights of a batch, from its statistics and the table
+  // before it (GHM: its bins and density after the batch, `ghm`).
+  static Tensor per_batch_weights(const Table& t, const Tensor& stats, const Tensor& valid,
+                                  const std::tuple<Tensor, Tensor, Tensor>& ghm) {
     if (t.policy == kOHEM) {
       const int64_t num = static_cast<int64_t>(t.params[kKeepNum]);
       const int64_t den = static_cast<int64_t>(t.params[kKeepDen]);
@@ -77,7 +79,7 @@ struct TableSteps {
       return valid.defined() ? w.mul_(valid) : w;
     }
     if (t.policy == kGHM) {
-      const auto [bin, vf, density] = ghm_density(t, stats, valid);
+      const auto& [bin, vf, density] = ghm;
       const Tensor d = density.index_select(0, bin).mul(t.params[kBins]);
       return vf.sum().div(at::where(d > 0, d, at::ones_like(d))).mul_(vf);
     }
@@ -86,7 +88,11 @@ struct TableSteps {
 
   static Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
     const auto guard = B::guard(t.ema);
-    const Tensor weights = per_batch_weights(t, stats, valid);
+    // GHM's density after the batch, from its bins before it: once, for
+    // both the weights and the update.
+    const auto ghm = t.policy == kGHM ? ghm_density(t, stats, valid)
+                                      : std::tuple<Tensor, Tensor, Tensor>();
+    const Tensor weights = per_batch_weights(t, stats, valid, ghm);
     const auto sorted = at::sort(t.indices, /*stable=*/true, 0, false);
     const Tensor sidx = std::get<0>(sorted).contiguous();
     const Tensor order = std::get<1>(sorted).contiguous();
@@ -100,9 +106,7 @@ struct TableSteps {
     a.valid = vb.defined() ? vb.data_ptr<bool>() : nullptr;
     a.delta = delta.data_ptr<double>();
     if (t.policy == kGHM) {
-      // The density from the bins before the batch, then the update.
-      const Tensor density = std::get<2>(ghm_density(t, stats, valid));
-      t.bin_ema.copy_(density);
+      t.bin_ema.copy_(std::get<2>(ghm));
       t.bin_steps.add_(1);
     }
     B::check(launch_table_update(a, B::stream(t.ema)));
