@@ -27,6 +27,7 @@ struct RowLayout {
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
   double gamma = 0.0;
+  double z_loss = 0.0;  // z-loss coefficient (row_coefficients)
 };
 
 // Element-wise losses over `samples` samples of `per_sample` contiguous

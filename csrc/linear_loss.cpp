@@ -5,13 +5,12 @@
 // The rows are processed in chunks. Per chunk:
 //   1. one matmul (at::addmm) writes the chunk's logits into a chunk x V
 //      buffer;
-//   2. softcap, when set, maps the buffer to softcap * tanh(logits / softcap)
-//      in place (ATen ops), keeping tanh for the gradient (1 - tanh^2);
-//   3. the existing in-place row op (cross_entropy_ / focal_loss_, through the
+//   2. the existing in-place row op (cross_entropy_ / focal_loss_, through the
 //      dispatcher, so the per-device row kernels of CPU and CUDA both serve)
-//      writes the loss and d(loss)/d(logits) into that same buffer;
-//      z-loss adds z * lse^2 per row and its gradient 2 z lse softmax (ATen);
-//   4. grad_input[chunk] = dlogits @ linear_weight,
+//      writes the loss and d(loss)/d(logits) into that same buffer, softcap
+//      and z-loss included (the row ops have both: z-loss in the kernels'
+//      row formulas, softcap around them in op_wrappers.h);
+//   3. grad_input[chunk] = dlogits @ linear_weight,
 //      grad_linear_weight += dlogits^T @ input[chunk],
 //      grad_linear_bias += sum of dlogits over the chunk's rows.
 // The mean's denominator is computed first, from target, class weights and
@@ -19,12 +18,7 @@
 // All of it runs in the forward when a gradient is wanted; backward only
 // scales the three gradients by grad_output (reduction "none" recomputes the
 // chunks with grad_output folded into each row's gradient, see grad_rows).
-//
-// Cost of the extras, done with ATen ops on the chunk rather than inside the
-// row kernels (which both devices share): softcap adds four elementwise passes
-// over the chunk and, with the gradient, one chunk-sized temporary (tanh);
-// z-loss adds a softmax (an accumulation-type chunk-sized temporary), two row
-// maxima and two passes for its gradient. Neither ever holds N x V.
+// softcap costs one more chunk-sized temporary (its tanh), never N x V.
 //
 // Device-generic: only ATen ops and the row ops through the dispatcher, so
 // the one implementation is registered for CPU and CUDA alike. The schemas
@@ -54,7 +48,7 @@ namespace {
 
 using at::Tensor;
 using c10::optional;
-using Out4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using Out5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // The chunk buffer's target size when chunk_size is not given.
 constexpr int64_t kChunkBytes = 32LL << 20;
@@ -91,6 +85,7 @@ struct Call {
   bool compute_grad;
   int64_t grad_mask;  // which gradients: 1 input, 2 linear_weight, 4 linear_bias
   const optional<Tensor>& grad_rows;  // (N,) or none: each row's gradient times this
+  bool compute_stats;  // the rows' statistics (loss, |dlogits|, 1 - p_y), as the row ops give them
 };
 
 void check_tensor_on(const Tensor& input, const Tensor& t, const char* name) {
@@ -211,7 +206,8 @@ class RowOp {
   explicit RowOp(const char* name)
       : name_(name), op_(c10::Dispatcher::singleton().findSchemaOrThrow(name, "")) {}
 
-  Tensor call(std::initializer_list<std::pair<const char*, c10::IValue>> given) const {
+  // The op's outputs: (loss, stats) of the `_` ops, (loss, grad, stats) of the others.
+  torch::jit::Stack call(const std::vector<std::pair<const char*, c10::IValue>>& given) const {
     const auto& args = op_.schema().arguments();
     torch::jit::Stack stack;
     stack.reserve(args.size());
@@ -233,7 +229,7 @@ class RowOp {
     TORCH_CHECK(used == given.size(), "samplewt_ops: ", name_,
                 "'s schema lacks an argument that linear_loss.cpp passes");
     op_.callBoxed(stack);
-    return stack[0].toTensor();  // the loss
+    return stack;
   }
 
  private:
@@ -241,36 +237,27 @@ class RowOp {
   c10::OperatorHandle op_;
 };
 
-// The in-place (gradient) or plain row op on one chunk; returns its loss:
-// the weighted sum (reduction sum) or the weighted per-row losses (none).
-Tensor row_pass(const Call& c, Tensor& buf, const Tensor& target, const optional<Tensor>& scale,
-                int64_t red, bool grad) {
-  const c10::IValue sw(scale), cw(c.class_weight);
-  // (Only the plain ops have compute_grad: the `_` ones always write the gradient.)
-  if (c.focal) {
-    static const RowOp focal_("samplewt_ops::focal_loss_"), focal("samplewt_ops::focal_loss");
-    if (grad) {
-      return focal_.call({{"input", buf}, {"target", target}, {"alpha", cw},
-                          {"sample_weight", sw}, {"gamma", c.gamma},
-                          {"ignore_index", c.ignore_index}, {"reduction", red},
-                          {"compute_stats", false}});
-    }
-    return focal.call({{"input", buf}, {"target", target}, {"alpha", cw}, {"sample_weight", sw},
-                       {"gamma", c.gamma}, {"ignore_index", c.ignore_index},
-                       {"reduction", red}, {"compute_grad", false}, {"compute_stats", false}});
-  }
-  static const RowOp ce_("samplewt_ops::cross_entropy_"), ce("samplewt_ops::cross_entropy");
-  if (grad) {
-    return ce_.call({{"input", buf}, {"target", target}, {"weight", cw}, {"sample_weight", sw},
-                     {"ignore_index", c.ignore_index}, {"label_smoothing", c.label_smoothing},
-                     {"reduction", red}, {"compute_stats", false}});
-  }
-  return ce.call({{"input", buf}, {"target", target}, {"weight", cw}, {"sample_weight", sw},
-                  {"ignore_index", c.ignore_index}, {"label_smoothing", c.label_smoothing},
-                  {"reduction", red}, {"compute_grad", false}, {"compute_stats", false}});
+// The in-place (gradient) or plain row op on one chunk: its loss (the
+// weighted sum for reduction sum, the weighted per-row losses for none) and,
+// with compute_stats, its rows' statistics.
+std::pair<Tensor, Tensor> row_pass(const Call& c, Tensor& buf, const Tensor& target,
+                                   const optional<Tensor>& scale, int64_t red, bool grad) {
+  std::vector<std::pair<const char*, c10::IValue>> args = {
+      {"input", buf}, {"target", target}, {c.focal ? "alpha" : "weight", c.class_weight},
+      {"sample_weight", scale}, {"ignore_index", c.ignore_index}, {"reduction", red},
+      {"compute_stats", c.compute_stats}, {"z_loss", c.z_loss}, {"softcap", c.softcap}};
+  if (c.focal) args.emplace_back("gamma", c.gamma);
+  else args.emplace_back("label_smoothing", c.label_smoothing);
+  // Only the plain ops have compute_grad: the `_` ones always write the gradient.
+  if (!grad) args.emplace_back("compute_grad", false);
+  static const RowOp ce_("samplewt_ops::cross_entropy_"), ce("samplewt_ops::cross_entropy"),
+      focal_("samplewt_ops::focal_loss_"), focal("samplewt_ops::focal_loss");
+  const RowOp& op = c.focal ? (grad ? focal_ : focal) : (grad ? ce_ : ce);
+  const torch::jit::Stack out = op.call(args);
+  return {out[0].toTensor(), out[grad ? 1 : 2].toTensor()};
 }
 
-Out4 linear_loss(const Call& c) {
+Out5 linear_loss(const Call& c) {
   check_args(c);
   const Tensor& x = c.input;
   const Tensor& W = c.linear_weight;
@@ -291,13 +278,10 @@ Out4 linear_loss(const Call& c) {
   const Tensor row_valid = valid.to(acc);
   const Tensor sw = has(c.sample_weight) ? c.sample_weight->to(acc).contiguous() : Tensor();
   Tensor share = sw.defined() ? sw * row_valid : row_valid;  // what the mean divides by
-  Tensor class_w;  // each row's target-class weight (z-loss), or undefined
-  if (has(c.class_weight)) {
-    class_w = c.class_weight->to(acc).index_select(0, at::where(valid, target, 0));
+  if (!c.focal && has(c.class_weight)) {
+    // cross-entropy's mean divides by sum(w * cw[y])
+    share = share * c.class_weight->to(acc).index_select(0, at::where(valid, target, 0));
   }
-  // z-loss weights each row like the CE term: sample weight times the target's class weight.
-  Tensor z_w = class_w.defined() ? share * class_w : share;
-  if (!c.focal) share = z_w;  // cross-entropy's mean divides by sum(w * cw[y])
   const bool mean = c.reduction == 1;
   const Tensor denom = share.sum();
   // 1/denom, or 0 when nothing counts (the loss is then 0/0 = nan, as torch's).
@@ -306,7 +290,6 @@ Out4 linear_loss(const Call& c) {
   optional<Tensor> scale;
   if (mean) scale = sw.defined() ? sw * inv : inv.expand({N}).contiguous();
   else if (sw.defined()) scale = sw;
-  const Tensor z_coef = c.z_loss > 0 ? (mean ? z_w * inv : z_w) * c.z_loss : Tensor();
   const Tensor grow = has(c.grad_rows) ? c.grad_rows->reshape({N}).to(acc) : Tensor();
 
   const int64_t red = c.reduction == 0 ? 0 : 2;  // the row op sums; the scales carry the mean
@@ -317,6 +300,7 @@ Out4 linear_loss(const Call& c) {
   if (want_w) grad_w_acc = at::zeros({V, D}, acc_opts);  // float32 accumulation for half/bfloat16
   if (want_b) grad_b_acc = at::zeros({V}, acc_opts);
 
+  Tensor stats = at::empty({c.compute_stats ? N : 0, 3}, x.options().dtype(at::kFloat));
   const int64_t chunk = choose_chunk(c, N, V);
   Tensor buffer = N > 0 ? at::empty({chunk, V}, x.options()) : Tensor();
   g_last_chunk_rows.store(N > 0 ? chunk : 0);
@@ -329,49 +313,17 @@ Out4 linear_loss(const Call& c) {
     // 1. the chunk's logits
     if (bias) at::addmm_out(buf, *c.linear_bias, xc, Wt);
     else at::mm_out(buf, xc, Wt);
-    // 2. softcap: cap * tanh(logits / cap). With the gradient, tanh is kept
-    //    (one chunk-sized temporary) for d/dlogits = 1 - tanh^2, applied by
-    //    one fused tanh_backward pass at the end.
-    Tensor tanh_out;
-    if (c.softcap.has_value()) {
-      buf.div_(*c.softcap);
-      if (grad) {
-        tanh_out = at::tanh(buf);
-        at::mul_out(buf, tanh_out, at::scalar_tensor(*c.softcap, at::kDouble));
-      } else {
-        buf.tanh_().mul_(*c.softcap);
-      }
-    }
-    // z-loss needs each row's log-sum-exp and, for its gradient, the softmax,
-    // which the row op overwrites: both taken here (accumulation type).
-    // With the gradient, lse comes from the softmax itself: its largest
-    // probability is exp(max - lse) >= 1/V, so lse = max - log(max prob)
-    // holds to the accumulation type's precision, for one reduction pass.
-    Tensor lse, prob;
-    if (c.z_loss > 0 && grad) {
-      prob = at::softmax(buf, 1, acc);
-      lse = at::amax(buf, {1}).to(acc).sub_(at::amax(prob, {1}).log_());
-    } else if (c.z_loss > 0) {
-      lse = at::logsumexp(buf.scalar_type() == acc ? buf : buf.to(acc), {1});
-    }
-    // 3. loss and d(loss)/d(logits) in one pass, into buf when grad
+    // 2. loss and d(loss)/d(logits) in one pass, into buf when grad
     const Tensor tc = target.narrow(0, s, n);
     optional<Tensor> sc;
     if (scale.has_value()) sc = scale->narrow(0, s, n);
-    Tensor chunk_loss = row_pass(c, buf, tc, sc, red, grad);
-    if (c.z_loss > 0) {
-      const Tensor zc = z_coef.narrow(0, s, n);
-      const Tensor z_rows = zc * lse * lse;
-      if (c.reduction == 0) chunk_loss = chunk_loss.to(acc) + z_rows;
-      else total.add_(z_rows.sum());
-      if (grad) buf.add_(prob.mul_((zc * lse * 2).unsqueeze(1)));
-    }
+    const auto [chunk_loss, chunk_stats] = row_pass(c, buf, tc, sc, red, grad);
+    if (c.compute_stats) stats.narrow(0, s, n).copy_(chunk_stats);
     if (c.reduction == 0) loss_rows.narrow(0, s, n).copy_(chunk_loss);
     else total.add_(chunk_loss.to(acc));
     if (!grad) continue;
-    if (tanh_out.defined()) at::tanh_backward_out(buf, buf, tanh_out);
     if (grow.defined()) buf.mul_(grow.narrow(0, s, n).unsqueeze(1));
-    // 4. the three gradients
+    // 3. the three gradients
     if (want_x) {
       Tensor gi = grad_input.narrow(0, s, n);
       at::mm_out(gi, buf, W);
@@ -404,29 +356,31 @@ Out4 linear_loss(const Call& c) {
   if (!want_x) grad_input = empty();
   grad_w = !want_w ? empty() : dt == acc ? grad_w_acc : grad_w_acc.to(dt);
   Tensor grad_b = want_b ? grad_b_acc.to(dt) : empty();
-  return {loss, grad_input, grad_w, grad_b};
+  if (!c.compute_stats) stats = at::empty({0}, x.options().dtype(at::kFloat));
+  return {loss, grad_input, grad_w, grad_b, stats};
 }
 
-Out4 linear_cross_entropy(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
+Out5 linear_cross_entropy(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
                           const optional<Tensor>& linear_bias, const optional<Tensor>& weight,
                           const optional<Tensor>& sample_weight, int64_t ignore_index,
                           double label_smoothing, double z_loss, optional<double> softcap,
                           int64_t reduction, optional<int64_t> chunk_size, bool compute_grad,
-                          int64_t grad_mask, const optional<Tensor>& grad_rows) {
+                          int64_t grad_mask, const optional<Tensor>& grad_rows,
+                          bool compute_stats) {
   return linear_loss({false, input, linear_weight, target, linear_bias, weight, sample_weight,
                       ignore_index, label_smoothing, 0.0, z_loss, softcap, reduction, chunk_size,
-                      compute_grad, grad_mask, grad_rows});
+                      compute_grad, grad_mask, grad_rows, compute_stats});
 }
 
-Out4 linear_focal_loss(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
+Out5 linear_focal_loss(const Tensor& input, const Tensor& linear_weight, const Tensor& target,
                        const optional<Tensor>& linear_bias, const optional<Tensor>& alpha,
                        const optional<Tensor>& sample_weight, double gamma, int64_t ignore_index,
                        double z_loss, optional<double> softcap, int64_t reduction,
                        optional<int64_t> chunk_size, bool compute_grad, int64_t grad_mask,
-                       const optional<Tensor>& grad_rows) {
+                       const optional<Tensor>& grad_rows, bool compute_stats) {
   return linear_loss({true, input, linear_weight, target, linear_bias, alpha, sample_weight,
                       ignore_index, 0.0, gamma, z_loss, softcap, reduction, chunk_size,
-                      compute_grad, grad_mask, grad_rows});
+                      compute_grad, grad_mask, grad_rows, compute_stats});
 }
 
 // ---------------------------------------------------------------------------
@@ -440,20 +394,22 @@ std::tuple<int64_t, int64_t> last_chunk() {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(samplewt_ops, m) {
-  // The adaptive table arguments (table=, indices=) of the other losses are
-  // not part of these ops.
+  // compute_stats gives each row's statistics (rows, 3), as the row ops do:
+  // the adaptive tables (table=, indices=) take them in samplewt_ops/linear.py.
   m.def(
       "linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor target, "
       "Tensor? linear_bias, Tensor? weight, Tensor? sample_weight, int ignore_index, "
       "float label_smoothing, float z_loss, float? softcap, int reduction, int? chunk_size, "
-      "bool compute_grad, int grad_mask=7, Tensor? grad_rows=None) "
-      "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias)");
+      "bool compute_grad, int grad_mask=7, Tensor? grad_rows=None, bool compute_stats=False) "
+      "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias, "
+      "Tensor stats)");
   m.def(
       "linear_focal_loss(Tensor input, Tensor linear_weight, Tensor target, "
       "Tensor? linear_bias, Tensor? alpha, Tensor? sample_weight, float gamma, int ignore_index, "
       "float z_loss, float? softcap, int reduction, int? chunk_size, "
-      "bool compute_grad, int grad_mask=7, Tensor? grad_rows=None) "
-      "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias)");
+      "bool compute_grad, int grad_mask=7, Tensor? grad_rows=None, bool compute_stats=False) "
+      "-> (Tensor loss, Tensor grad_input, Tensor grad_linear_weight, Tensor grad_linear_bias, "
+      "Tensor stats)");
   m.def("linear_loss_last_chunk() -> (int rows, int numel)");
 }
 

@@ -37,7 +37,7 @@ struct Layout {
   std::string name;
   size_t num_args = 0;
   int input = -1, weight = -1, bias = -1, reduction = -1, compute_grad = -1, grad_mask = -1,
-      grad_rows = -1;
+      grad_rows = -1, compute_stats = -1;
   std::vector<int> other_tensors;  // never differentiated
 
   void bind(const c10::FunctionSchema& schema) {
@@ -55,13 +55,15 @@ struct Layout {
       else if (a == "compute_grad") compute_grad = k;
       else if (a == "grad_rows") grad_rows = k;
       else if (a == "grad_mask") grad_mask = k;
+      else if (a == "compute_stats") compute_stats = k;
       else if (args[i].type()->kind() == c10::TypeKind::TensorType ||
                args[i].type()->isSubtypeOf(*c10::OptionalType::ofTensor())) {
         other_tensors.push_back(k);
       }
     }
     TORCH_CHECK(input >= 0 && weight >= 0 && bias >= 0 && reduction >= 0 && compute_grad >= 0 &&
-                    grad_mask >= 0 && grad_rows >= 0 && schema.returns().size() == 4,
+                    grad_mask >= 0 && grad_rows >= 0 && compute_stats >= 0 &&
+                    schema.returns().size() == 5,
                 "samplewt_ops: ", name, "'s schema lacks the linear loss layout (linear_loss.cpp)");
   }
 };
@@ -135,6 +137,7 @@ class LinearLossBackward final : public torch::autograd::Node {
     torch::jit::Stack stack(args_.begin(), args_.end());
     stack[layout_.compute_grad] = true;
     stack[layout_.grad_mask] = mask_;
+    stack[layout_.compute_stats] = false;  // the forward gave them
     if (grad_rows.defined()) stack[layout_.grad_rows] = grad_rows.reshape({-1});
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -197,7 +200,7 @@ class LinearLossAutograd final : public c10::OperatorKernel {
       op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
     }
     if (!node) return;
-    const size_t out = stack->size() - 4;
+    const size_t out = stack->size() - 5;
     if (!none) {
       node->saved_ = {(*stack)[out + 1].toTensor(), (*stack)[out + 2].toTensor(),
                       (*stack)[out + 3].toTensor()};

@@ -227,7 +227,7 @@ RowBuffers row_buffers(const Tensor& input, bool inplace, bool compute_grad, All
 
 inline void fill_row_layout(RowLayout& a, bool focal, const RowInputs& in, const RowBuffers& b,
                             float* stats, int64_t ignore_index, double label_smoothing,
-                            double gamma) {
+                            double gamma, double z_loss) {
   const int64_t R = b.x.size(0), C = b.x.size(1);
   a.kind = focal ? kFocal : (in.prob ? kCrossEntropyProb : kCrossEntropyIndex);
   a.rows = R;
@@ -244,6 +244,7 @@ inline void fill_row_layout(RowLayout& a, bool focal, const RowInputs& in, const
   a.ignore_index = ignore_index;
   a.label_smoothing = label_smoothing;
   a.gamma = gamma;
+  a.z_loss = z_loss;
 }
 
 inline void fill_elem_layout(ElemLayout& a, ElemLoss kind, const ElemInputs& in,

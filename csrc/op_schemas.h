@@ -45,25 +45,29 @@ inline std::string loss_schema(const char* args, const char* outputs) {
   return std::string(args) + kTableArgs + outputs;
 }
 
+// The row ops' z-loss and softcap (op_wrappers.h), after their own arguments.
+#define ROW_EXTRAS ", float z_loss=0., float? softcap=None"
+
 inline void define_ops(torch::Library& m) {
   m.def(loss_schema(
       "cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? "
       "sample_weight, int ignore_index, float label_smoothing, int reduction, bool "
-      "compute_grad, bool compute_stats",
+      "compute_grad, bool compute_stats" ROW_EXTRAS,
       "(Tensor loss, Tensor grad, Tensor stats)").c_str());
   m.def(loss_schema(
       "cross_entropy_(Tensor(a!) input, Tensor target, Tensor? weight, Tensor? "
       "sample_weight, int ignore_index, float label_smoothing, int reduction, bool "
-      "compute_stats",
+      "compute_stats" ROW_EXTRAS,
       "(Tensor loss, Tensor stats)").c_str());
   m.def(loss_schema(
       "focal_loss(Tensor input, Tensor target, Tensor? alpha, Tensor? sample_weight, "
       "float gamma, int ignore_index, int reduction, bool compute_grad, bool "
-      "compute_stats",
+      "compute_stats" ROW_EXTRAS,
       "(Tensor loss, Tensor grad, Tensor stats)").c_str());
   m.def(loss_schema(
       "focal_loss_(Tensor(a!) input, Tensor target, Tensor? alpha, Tensor? "
-      "sample_weight, float gamma, int ignore_index, int reduction, bool compute_stats",
+      "sample_weight, float gamma, int ignore_index, int reduction, bool compute_stats"
+      ROW_EXTRAS,
       "(Tensor loss, Tensor stats)").c_str());
   m.def(loss_schema(
       "sigmoid_focal_loss(Tensor input, Tensor target, Tensor? sample_weight, float "
@@ -89,5 +93,6 @@ inline void define_ops(torch::Library& m) {
       "compute_target_grad=False",
       "(Tensor loss, Tensor grad, Tensor stats, Tensor target_grad)").c_str());
 }
+#undef ROW_EXTRAS
 
 }  // namespace samplewt

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cmath>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -45,6 +46,8 @@ struct RowCall {
   bool compute_grad;
   bool compute_stats;
   bool inplace;  // write the gradient into input
+  double z_loss = 0.0;             // z-loss coefficient, in the kernels' row formulas
+  optional<double> softcap = {};   // logits -> softcap * tanh(logits / softcap) first
 };
 
 // One call of an element-wise op.
@@ -166,60 +169,99 @@ struct OpWrappers {
   using Out3 = std::tuple<Tensor, Tensor, Tensor>;
   using Out2 = std::tuple<Tensor, Tensor>;
 
+  // The table's arguments of every loss op (kTableArgs), as one struct.
+#define SWT_TABLE_PARAMS                                                                 \
+  const optional<Tensor>&indices, const optional<Tensor>&table_ema,                      \
+      const optional<Tensor>&seen_count, const optional<Tensor>&stat_sum,                \
+      const optional<Tensor>&bin_ema, const optional<Tensor>&bin_steps,                  \
+      const optional<Tensor>&threshold, int64_t policy, c10::ArrayRef<double> policy_params
+#define SWT_TABLE_ARGS \
+  { indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params }
+
   static Out3 cross_entropy(const Tensor& input, const Tensor& target,
                             const optional<Tensor>& weight, const optional<Tensor>& sample_weight,
                             int64_t ignore_index, double label_smoothing, int64_t reduction,
-                            bool compute_grad, bool compute_stats, const optional<Tensor>& indices, const optional<Tensor>& table_ema,
-      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
-      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
-      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+                            bool compute_grad, bool compute_stats, double z_loss,
+                            optional<double> softcap, SWT_TABLE_PARAMS) {
     return row_with_table({kCrossEntropyIndex, input, target, weight, sample_weight,
                            ignore_index, label_smoothing, 0.0, reduction, compute_grad,
-                           compute_stats, false},
-                          {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params});
+                           compute_stats, false, z_loss, softcap},
+                          SWT_TABLE_ARGS);
   }
 
   static Out2 cross_entropy_(Tensor& input, const Tensor& target, const optional<Tensor>& weight,
                              const optional<Tensor>& sample_weight, int64_t ignore_index,
                              double label_smoothing, int64_t reduction, bool compute_stats,
-                             const optional<Tensor>& indices, const optional<Tensor>& table_ema,
-      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
-      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
-      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+                             double z_loss, optional<double> softcap, SWT_TABLE_PARAMS) {
     return loss_and_stats(row_with_table({kCrossEntropyIndex, input, target, weight,
                                           sample_weight, ignore_index, label_smoothing, 0.0,
-                                          reduction, true, compute_stats, true},
-                                         {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params}));
+                                          reduction, true, compute_stats, true, z_loss, softcap},
+                                         SWT_TABLE_ARGS));
   }
 
   static Out3 focal_loss(const Tensor& input, const Tensor& target, const optional<Tensor>& alpha,
                          const optional<Tensor>& sample_weight, double gamma,
                          int64_t ignore_index, int64_t reduction, bool compute_grad,
-                         bool compute_stats, const optional<Tensor>& indices, const optional<Tensor>& table_ema,
-      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
-      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
-      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+                         bool compute_stats, double z_loss, optional<double> softcap,
+                         SWT_TABLE_PARAMS) {
     return row_with_table({kFocal, input, target, alpha, sample_weight, ignore_index, 0.0,
-                           gamma, reduction, compute_grad, compute_stats, false},
-                          {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params});
+                           gamma, reduction, compute_grad, compute_stats, false, z_loss, softcap},
+                          SWT_TABLE_ARGS);
   }
 
   static Out2 focal_loss_(Tensor& input, const Tensor& target, const optional<Tensor>& alpha,
                           const optional<Tensor>& sample_weight, double gamma,
                           int64_t ignore_index, int64_t reduction, bool compute_stats,
-                          const optional<Tensor>& indices, const optional<Tensor>& table_ema,
-      const optional<Tensor>& seen_count, const optional<Tensor>& stat_sum,
-      const optional<Tensor>& bin_ema, const optional<Tensor>& bin_steps,
-      const optional<Tensor>& threshold, int64_t policy, c10::ArrayRef<double> policy_params) {
+                          double z_loss, optional<double> softcap, SWT_TABLE_PARAMS) {
     return loss_and_stats(row_with_table({kFocal, input, target, alpha, sample_weight,
                                           ignore_index, 0.0, gamma, reduction, true,
-                                          compute_stats, true},
-                                         {indices, table_ema, seen_count, stat_sum, bin_ema, bin_steps, threshold, policy, policy_params}));
+                                          compute_stats, true, z_loss, softcap},
+                                         SWT_TABLE_ARGS));
+  }
+#undef SWT_TABLE_PARAMS
+#undef SWT_TABLE_ARGS
+
+  // A row op's pass on one device. softcap (Gemma 2) runs the kernels on
+  // cap * tanh(input / cap) and multiplies their gradient by 1 - tanh^2, with
+  // ATen ops around the kernels (the same on every device). Both happen in
+  // the accumulation type: capped bfloat16 logits would be rounded to 8 bits
+  // before the softmax. tanh is kept for the gradient, so the call holds one
+  // or two more rows x C tensors. The statistics are those of the capped
+  // logits, which the softmax sees.
+  static Out3 row_pass(const RowCall& o) {
+    TORCH_CHECK_VALUE(o.z_loss >= 0.0 && std::isfinite(o.z_loss),
+                      "samplewt_ops: z_loss must be >= 0 and finite, got ", o.z_loss);
+    if (!o.softcap.has_value()) return Device::row_loss(o);
+    const double cap = *o.softcap;
+    TORCH_CHECK_VALUE(cap > 0.0 && std::isfinite(cap),
+                      "samplewt_ops: softcap must be > 0 and finite (or None), got ", cap);
+    const Tensor& x = o.input;
+    TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                     "samplewt_ops: input must be floating point, got ", x.scalar_type());
+    const at::ScalarType dt = x.scalar_type(), acc = checks::acc_type(dt);
+    const auto with_input = [&](const Tensor& in, bool grad, bool inplace) {
+      Out3 out = Device::row_loss({o.kind, in, o.target, o.class_weight, o.sample_weight,
+                                   o.ignore_index, o.label_smoothing, o.gamma, o.reduction, grad,
+                                   o.compute_stats, inplace, o.z_loss, {}});
+      std::get<0>(out) = std::get<0>(out).to(dt);
+      return out;
+    };
+    const Tensor t = at::tanh(x.to(acc) / cap);
+    const Tensor c = at::scalar_tensor(cap, at::kDouble);
+    if (!o.compute_grad) return with_input(t.mul_(c), false, false);
+    // The gradient's buffer: input itself in place (when it has the accumulation type).
+    Tensor buf = (o.inplace && acc == dt) ? x : at::empty_like(t, at::MemoryFormat::Contiguous);
+    at::mul_out(buf, t, c);
+    Out3 out = with_input(buf, true, true);
+    at::tanh_backward_out(buf, buf, t);
+    if (o.inplace && !buf.is_same(x)) x.copy_(buf);
+    std::get<1>(out) = o.inplace ? x : (acc == dt ? buf : buf.to(dt));
+    return out;
   }
 
   // A row op's call, through its table when one is given (table_step.h).
   static Out3 row_with_table(const RowCall& o, const TableArgs& ta) {
-    if (!ta.active()) return Device::row_loss(o);
+    if (!ta.active()) return row_pass(o);
     const Table t = check_table(ta, o.input, o.input.dim() == 2 ? o.input.size(0) : 0, true);
     Device::table_check_indices(t);
     const bool index_target = !at::isFloatingType(o.target.scalar_type());
@@ -233,9 +275,9 @@ struct OpWrappers {
     const bool loss_from_stats = per_batch && o.input.is_cpu() && o.reduction != kNone &&
                                  o.input.scalar_type() != at::kDouble;
     const int64_t pass_reduction = !per_batch ? o.reduction : (loss_from_stats ? kSum : kNone);
-    Out3 out = Device::row_loss({o.kind, o.input, o.target, o.class_weight, sw, o.ignore_index,
-                                 o.label_smoothing, o.gamma, pass_reduction, o.compute_grad, true,
-                                 o.inplace});
+    Out3 out = row_pass({o.kind, o.input, o.target, o.class_weight, sw, o.ignore_index,
+                         o.label_smoothing, o.gamma, pass_reduction, o.compute_grad, true,
+                         o.inplace, o.z_loss, o.softcap});
     const Tensor stats = per_sample_stats(std::get<2>(out), t);
     if (per_batch) {
       const Tensor bw = Device::table_update(t, stats, valid);

@@ -435,11 +435,14 @@ struct RowCoef {
 
 // From the row's log-sum-exp lse and target logit x_y (both may be shifted
 // by the row max), w_y the target's class weight (focal: its alpha; 1
-// without), sum_cw = sum_c cw_c, and the linear sums bx = sum_c b_c x_c and
-// b = sum_c b_c where the loss has a linear term.
+// without, and for probability targets), sum_cw = sum_c cw_c, and the linear
+// sums bx = sum_c b_c x_c and b = sum_c b_c where the loss has a linear term.
+//
+// z-loss (PaLM) adds z w_y lse^2 with the unshifted lse_abs, weighted like
+// the loss's own term; its gradient 2 z w_y lse softmax_j only adds to A.
 template <typename T>
 SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_classes,
-                                   T sum_cw, T bx, T b, T gamma) {
+                                   T sum_cw, T bx, T b, T gamma, T z_loss, T lse_abs) {
   RowCoef<T> r;
   if (kind == kCrossEntropyProb) {
     r.A = b;
@@ -454,6 +457,11 @@ SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_c
     r.loss = cr.loss;
     r.A = cr.A;
     r.a_target = cr.a_target;
+  }
+  if (z_loss != T(0)) {
+    const T z = z_loss * w_y;
+    r.loss += z * lse_abs * lse_abs;
+    r.A += T(2) * z * lse_abs;
   }
   return r;
 }

@@ -53,6 +53,10 @@ TABLE_ARGS = {"indices": "Optional[Tensor]", "table_ema": "Optional[Tensor]",
               "bin_ema": "Optional[Tensor]", "bin_steps": "Optional[Tensor]",
               "threshold": "Optional[Tensor]", "policy": "int", "policy_params": "List[float]"}
 TABLE_MUTATED = ("table_ema", "seen_count", "stat_sum", "bin_ema", "bin_steps")
+# The softmax losses' z-loss and softcap (csrc/op_wrappers.h). softcap is
+# the one optional scalar: None turns it off.
+ROW_EXTRAS = {"z_loss": V.check_z_loss, "softcap": V.check_softcap}
+OPTIONAL_SCALARS = ("softcap",)
 # Element-wise ops also give d(loss)/d(target) from the same pass, on request.
 ELEMENTWISE_ARGS = {"compute_target_grad": "bool"}
 ELEMENTWISE_OUTPUTS = OUTPUTS + ("target_grad",)
@@ -111,7 +115,8 @@ class OpSpec:
         """Every schema argument of the op (or its ``_`` variant) and its type."""
         args = dict(COMMON_ARGS)
         args.update({name: "Optional[Tensor]" for name in self.tensors})
-        args.update({name: "number" for name in self.scalars})
+        args.update({name: "Optional[float]" if name in OPTIONAL_SCALARS else "number"
+                     for name in self.scalars})
         if inplace:
             del args["compute_grad"]
         if not self.rows:
@@ -141,7 +146,8 @@ def _sigmoid_alpha(alpha, input):
 
 _SPEC_LIST = (
     OpSpec("cross_entropy", ROW, "CrossEntropyLoss", MEAN_CLASS_WEIGHT, reference.cross_entropy,
-           scalars={"label_smoothing": V.check_label_smoothing, "ignore_index": V.check_ignore_index},
+           scalars={"label_smoothing": V.check_label_smoothing, "ignore_index": V.check_ignore_index,
+                    **ROW_EXTRAS},
            tensors={"weight": V.per_class}, inplace=True, prob_targets=True,
            module_doc="""Module form of :func:`samplewt_ops.cross_entropy`.
 
@@ -163,6 +169,12 @@ _SPEC_LIST = (
     (input's shape) give :math:`\ell_i = -\sum_c cw_c q'_{ic} \log p_{ic}` and a
     mean over :math:`\sum_i w_i`. Input may be (N, C), (N, C, d1..dk) or (C,).
 
+    ``softcap`` (Gemma 2, > 0 or None) first maps the logits to
+    :math:`s \tanh(x / s)`; ``z_loss`` (PaLM, >= 0) adds
+    :math:`z\, cw_{y_i} \mathrm{lse}_i^2` to :math:`\ell_i`, lse the
+    log-sum-exp of the (capped) logits, weighted and reduced like the
+    cross-entropy term (:math:`z\, \mathrm{lse}_i^2` for probability targets).
+
     ``inplace_grad=True`` writes d(loss)/d(input) into ``input``'s own memory,
     so forward plus backward allocates no N x C buffer: the logits are
     consumed (overwritten) and backward may run only once.
@@ -174,7 +186,7 @@ _SPEC_LIST = (
         >>> loss.backward()
     """),
     OpSpec("focal_loss", ROW, "FocalLoss", MEAN_NOT_IGNORED, reference.focal_loss,
-           scalars={"gamma": V.check_gamma, "ignore_index": V.check_ignore_index},
+           scalars={"gamma": V.check_gamma, "ignore_index": V.check_ignore_index, **ROW_EXTRAS},
            tensors={"alpha": V.per_class_or_real}, inplace=True, to_op={"alpha": _class_alpha},
            module_doc="Module form of :func:`samplewt_ops.focal_loss` (softmax focal loss).",
            doc=r"""Softmax (multi-class) focal loss of Lin et al. 2017.
@@ -184,7 +196,8 @@ _SPEC_LIST = (
     ``alpha`` is None (1), a float for every class, or a tensor (C,).
     ``reduction="mean"`` gives :math:`\sum_i w_i \ell_i / \sum_i w_i` over the
     samples that are not ``ignore_index``. With gamma=0 and alpha=None this is
-    cross_entropy. ``inplace_grad`` as in :func:`cross_entropy`.
+    cross_entropy. ``inplace_grad``, ``softcap`` and ``z_loss`` as in
+    :func:`cross_entropy`, the z term weighted by :math:`\alpha_{y_i}`.
 
     Example:
         >>> x = torch.randn(8, 5, requires_grad=True)
@@ -301,14 +314,21 @@ def check_schema(spec: OpSpec) -> Dict[str, Tuple[str, ...]]:
     return found
 
 
+# Losses with statistics that are not spec entries: the fused linear losses
+# take a (V, D) head instead of logits, and samplewt_ops/linear.py holds their
+# checks, fake kernels and modules.
+LINEAR_OPS = ("linear_cross_entropy", "linear_focal_loss")
+
+
 def _loss_ops() -> set:
-    """The registered ops that are losses (they return per-sample statistics)."""
+    """The registered ops that are spec'd losses (they return per-sample
+    statistics), the linear losses aside."""
     names = set()
     for qualname in torch._C._dispatch_get_all_op_names():
         if qualname.startswith("samplewt_ops::"):
             name = qualname.split("::", 1)[1]
             schema = getattr(torch.ops.samplewt_ops, name).default._schema
-            if any(a.name == "compute_stats" for a in schema.arguments):
+            if name not in LINEAR_OPS and any(a.name == "compute_stats" for a in schema.arguments):
                 names.add(name)
     return names
 

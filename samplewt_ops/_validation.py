@@ -418,6 +418,18 @@ def check_gamma(gamma) -> float:
     return value
 
 
+def check_z_loss(z_loss) -> float:
+    """z_loss (the coefficient of lse**2) must be a finite real number >= 0."""
+    return check_real(z_loss, "z_loss", lo=0.0, finite=True)
+
+
+def check_softcap(softcap) -> Optional[float]:
+    """softcap must be None (off) or a finite real number > 0."""
+    if softcap is None:
+        return None
+    return check_real(softcap, "softcap", lo=0.0, lo_open=True, finite=True)
+
+
 def check_delta(delta) -> float:
     """delta (Huber threshold) must be a finite real number > 0."""
     value = check_real(delta, "delta")

@@ -109,12 +109,7 @@ class _Rows(_Samples):
 
     def per_sample_stats(self, stats: Tensor) -> Tensor:
         """(rows, 3) statistics summed up per sample: loss, |grad|, mean g."""
-        if self.positions == 1:
-            return stats
-        s = stats.view(self.n, self.positions, 3)
-        return torch.stack(
-            (s[..., 0].sum(1), s[..., 1].square().sum(1).sqrt(), s[..., 2].mean(1)), dim=1
-        )
+        return driver.fold_positions(stats, self.n)
 
 
 def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: bool, inplace_grad: bool):

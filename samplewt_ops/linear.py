@@ -144,25 +144,18 @@ def materialised_loss(input, linear_weight, target, *, linear_bias=None, class_w
     x, y = input.reshape(-1, d), target.reshape(-1).long()
     sw = None if sample_weight is None else sample_weight.reshape(-1)
     logits = torch.nn.functional.linear(x, linear_weight, linear_bias)
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
     if focal:
         rows = F.focal_loss(logits, y, alpha=class_weight, sample_weight=sw, gamma=gamma,
-                            ignore_index=ignore_index, reduction="none")
+                            ignore_index=ignore_index, reduction="none", z_loss=z_loss,
+                            softcap=softcap)
     else:
         rows = F.cross_entropy(logits, y, weight=class_weight, sample_weight=sw,
                                ignore_index=ignore_index, label_smoothing=label_smoothing,
-                               reduction="none")
+                               reduction="none", z_loss=z_loss, softcap=softcap)
     valid = (y != ignore_index).to(rows.dtype)
-    w = valid if sw is None else valid * sw.to(rows.dtype)
-    share = w
-    if class_weight is not None:
-        cw = class_weight.to(rows.dtype)[y.clamp(0, v - 1)]
-        share = w * cw if not focal else w
-        w = w * cw
-    if z_loss:
-        lse = torch.logsumexp(logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), 1)
-        rows = rows + (z_loss * w * lse * lse).to(rows.dtype)
+    share = valid if sw is None else valid * sw.to(rows.dtype)
+    if class_weight is not None and not focal:
+        share = share * class_weight.to(rows.dtype)[y.clamp(0, v - 1)]
     if reduction == "none":
         return rows.reshape(out_shape)
     if reduction == "sum":
@@ -170,12 +163,37 @@ def materialised_loss(input, linear_weight, target, *, linear_bias=None, class_w
     return rows.sum() / share.sum()
 
 
+def _materialised_stats(focal, input, linear_weight, target, linear_bias, class_weight, ignore_index,
+                        label_smoothing, gamma, z_loss, softcap) -> Tensor:
+    """Per token, as the op's compute_stats gives them: the loss without
+    sample weight, the norm of d(loss)/d(capped logits), 1 - p_y."""
+    from . import functional as F
+
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(input.reshape(-1, input.shape[-1]), linear_weight, linear_bias)
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+    y = target.reshape(-1).long()
+    with torch.enable_grad():
+        z = logits.detach().requires_grad_(True)
+        if focal:
+            per = F.focal_loss(z, y, alpha=class_weight, gamma=gamma, ignore_index=ignore_index,
+                               reduction="none", z_loss=z_loss)
+        else:
+            per = F.cross_entropy(z, y, weight=class_weight, ignore_index=ignore_index,
+                                  label_smoothing=label_smoothing, reduction="none", z_loss=z_loss)
+        (g,) = torch.autograd.grad(per.sum(), z)
+    p_y = torch.softmax(logits.float(), 1).gather(1, y.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
+    ghm = torch.where(y != ignore_index, 1.0 - p_y, torch.zeros_like(p_y))
+    return torch.stack((per.detach().float(), g.float().norm(dim=1), ghm), dim=1)
+
+
 # ---------------------------------------------------------------------------
 # The public functions
 
 
 def _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_weight, ignore_index,
-         reduction, label_smoothing, gamma, z_loss, softcap, chunk_size):
+         reduction, label_smoothing, gamma, z_loss, softcap, chunk_size, table=None, indices=None):
     op = "samplewt_ops.linear_focal_loss" if focal else "samplewt_ops.linear_cross_entropy"
     cw_name = "alpha" if focal else "weight"
     z_loss, softcap, chunk_size = _check_args(op, input, linear_weight, target, linear_bias,
@@ -188,12 +206,35 @@ def _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_
         label_smoothing = V.check_label_smoothing(label_smoothing)
     v = linear_weight.shape[0]
     _check_values(op, target, ignore_index, v, class_weight, cw_name, sample_weight)
+    if table is not None or indices is not None:
+        return _table_loss(focal, table, indices, input, linear_weight, target, linear_bias,
+                           class_weight, sample_weight, ignore_index, reduction, label_smoothing,
+                           gamma, z_loss, softcap, chunk_size)
     if not _loader.has_kernel(input.device):
         return materialised_loss(input, linear_weight, target, linear_bias=linear_bias,
                                  class_weight=class_weight, sample_weight=sample_weight,
                                  ignore_index=ignore_index, reduction=reduction,
                                  label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                                  focal=focal, gamma=gamma)
+    return _op_call(focal, input, linear_weight, target, linear_bias, class_weight, sample_weight,
+                    ignore_index, reduction, label_smoothing, gamma, z_loss, softcap, chunk_size)[0]
+
+
+def _op_call(focal, input, linear_weight, target, linear_bias, class_weight, sample_weight,
+             ignore_index, reduction, label_smoothing, gamma, z_loss, softcap, chunk_size,
+             compute_stats=False):
+    """The compiled op on checked arguments: (loss, per-token statistics (N, 3) or None)."""
+    if not _loader.has_kernel(input.device):
+        loss = materialised_loss(input, linear_weight, target, linear_bias=linear_bias,
+                                 class_weight=class_weight, sample_weight=sample_weight,
+                                 ignore_index=ignore_index, reduction=reduction,
+                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                                 focal=focal, gamma=gamma)
+        stats = None
+        if compute_stats:
+            stats = _materialised_stats(focal, input, linear_weight, target, linear_bias, class_weight,
+                                        ignore_index, label_smoothing, gamma, z_loss, softcap)
+        return loss, stats
     x = input.reshape(-1, input.shape[-1])
     y = target.reshape(-1)
     if y.dtype not in (torch.int64, torch.int32):
@@ -207,21 +248,83 @@ def _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_
     needs_grad = mask != 0
     red = _REDUCTION[reduction]
     if focal:
-        loss = torch.ops.samplewt_ops.linear_focal_loss(
+        out = torch.ops.samplewt_ops.linear_focal_loss(
             x, linear_weight, y, linear_bias, class_weight, sw, gamma, ignore_index, z_loss, softcap,
-            red, chunk_size, needs_grad and red != 0, mask)[0]
+            red, chunk_size, needs_grad and red != 0, mask, None, compute_stats)
     else:
-        loss = torch.ops.samplewt_ops.linear_cross_entropy(
+        out = torch.ops.samplewt_ops.linear_cross_entropy(
             x, linear_weight, y, linear_bias, class_weight, sw, ignore_index, label_smoothing, z_loss,
-            softcap, red, chunk_size, needs_grad and red != 0, mask)[0]
-    return loss.reshape(target.shape) if red == 0 else loss
+            softcap, red, chunk_size, needs_grad and red != 0, mask, None, compute_stats)
+    loss = out[0].reshape(target.shape) if red == 0 else out[0]
+    return loss, (out[4] if compute_stats else None)
+
+
+def _table_loss(focal, table, indices, input, linear_weight, target, linear_bias, class_weight,
+                sample_weight, ignore_index, reduction, label_smoothing, gamma, z_loss, softcap,
+                chunk_size):
+    """The loss with an adaptive weight table, by cross_entropy's protocol
+    (weights/driver.py): the samples are input's first dimension (tokens of an
+    (N, D) input, sequences of a (B, T, D) one, whose tokens' statistics are
+    summed as cross_entropy sums an (N, C, d) input's positions). History
+    policies weight the batch before the pass; OHEM and GHM weight it from
+    the pass's own statistics (an unreduced pass, reduced here). The table
+    sees the op's statistics: the loss without sample weight (z term
+    included), the norm of d(loss)/d(logits) and 1 - p_y."""
+    from .weights.driver import fold_positions
+
+    name = "focal_loss" if focal else "cross_entropy"
+    if table is None or indices is None:
+        raise ValueError(f"samplewt_ops.linear_{name}: table and indices go together; got "
+                         f"{'indices' if table is None else 'table'} alone")
+    table.check_loss(name)
+    batch = target.shape[0] if target.dim() > 0 else 1
+    indices = table.check_indices(indices, batch, input.device)
+    tokens = target.reshape(batch, -1)
+    valid = tokens != ignore_index
+    sample_valid = valid.any(1)
+
+    def per_token(w):  # one weight per sample, as one per token
+        return w.to(input.dtype if input.dtype == torch.float64 else torch.float32)[:, None].expand_as(tokens)
+
+    def run(sw, red):
+        return _op_call(focal, input, linear_weight, target, linear_bias, class_weight, sw,
+                        ignore_index, red, label_smoothing, gamma, z_loss, softcap, chunk_size,
+                        compute_stats=True)
+
+    if not table.policy.per_batch:
+        tw = per_token(table.batch_weights(indices, valid=sample_valid)).reshape(target.shape)
+        sw = tw if sample_weight is None else tw * sample_weight.to(tw.dtype)
+        loss, stats = run(sw, reduction)
+        stats = fold_positions(stats, batch)
+        table.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2], valid=sample_valid)
+        return loss
+    per, stats = run(sample_weight, "none")
+    stats = fold_positions(stats, batch)
+    bw = table.batch_weights(indices, loss=stats[:, 0], g=stats[:, 2], valid=sample_valid)
+    table.observe(indices, stats[:, 0], stats[:, 1], stats[:, 2], valid=sample_valid)
+    bw_tok = per_token(bw).reshape(target.shape)
+    weighted = per * bw_tok.to(per.dtype)
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    # The mean's denominator: each token's share (valid, times cw[y] for
+    # cross-entropy) times its batch and sample weights.
+    share = valid.reshape(target.shape).to(bw_tok.dtype) * bw_tok
+    if sample_weight is not None:
+        share = share * sample_weight.to(share.dtype)
+    if class_weight is not None and not focal:
+        y = target.long().clamp(0, linear_weight.shape[0] - 1)
+        share = share * class_weight.to(share.dtype)[y]
+    return weighted.sum() / share.sum().to(weighted.dtype)
 
 
 def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
                          linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                          sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                         softcap: Optional[float] = None, chunk_size: Optional[int] = None) -> Tensor:
+                         softcap: Optional[float] = None, chunk_size: Optional[int] = None,
+                         table=None, indices: Optional[Tensor] = None) -> Tensor:
     """Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the N x V logits.
 
     input is (N, D) or (B, T, D), linear_weight (V, D), linear_bias (V,),
@@ -234,6 +337,10 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     ``z_loss`` (>= 0) adds ``z_loss * logsumexp(logits)**2`` per token,
     weighted and reduced like the cross-entropy term. ``chunk_size`` rows are
     processed at a time (default: a chunk x V buffer of about 32 MB).
+    ``table`` (an :class:`~samplewt_ops.weights.AdaptiveWeights`) and
+    ``indices`` weight the samples as in :func:`samplewt_ops.cross_entropy`:
+    the samples are input's first dimension (tokens of (N, D), sequences of
+    (B, T, D)), and the table's weights multiply ``sample_weight``.
 
     Example:
         >>> x = torch.randn(2, 16, 64, requires_grad=True)       # (B, T, D) hidden states
@@ -243,14 +350,15 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         >>> loss.backward()
     """
     return _run(False, input, linear_weight, target, linear_bias, weight, sample_weight, ignore_index,
-                reduction, label_smoothing, 0.0, z_loss, softcap, chunk_size)
+                reduction, label_smoothing, 0.0, z_loss, softcap, chunk_size, table, indices)
 
 
 def linear_focal_loss(input: Tensor, linear_weight: Tensor, target: Tensor, *, gamma: float = 2.0,
                       alpha=None, linear_bias: Optional[Tensor] = None,
                       sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
                       reduction: str = "mean", z_loss: float = 0.0, softcap: Optional[float] = None,
-                      chunk_size: Optional[int] = None) -> Tensor:
+                      chunk_size: Optional[int] = None, table=None,
+                      indices: Optional[Tensor] = None) -> Tensor:
     """Softmax focal loss of ``input @ linear_weight.T + linear_bias`` without the N x V logits.
 
     Equals ``samplewt_ops.focal_loss(F.linear(input, linear_weight, linear_bias), target,
@@ -266,7 +374,7 @@ def linear_focal_loss(input: Tensor, linear_weight: Tensor, target: Tensor, *, g
             alpha = torch.full((linear_weight.shape[0],), alpha_value, dtype=dtype,
                                device=linear_weight.device)
     return _run(True, input, linear_weight, target, linear_bias, alpha, sample_weight, ignore_index,
-                reduction, 0.0, gamma, z_loss, softcap, chunk_size)
+                reduction, 0.0, gamma, z_loss, softcap, chunk_size, table, indices)
 
 
 # ---------------------------------------------------------------------------
@@ -277,9 +385,11 @@ class _LinearLoss(nn.Module):
     _cw_name = "weight"
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor,
-                sample_weight: Optional[Tensor] = None, linear_bias: Optional[Tensor] = None) -> Tensor:
+                sample_weight: Optional[Tensor] = None, linear_bias: Optional[Tensor] = None,
+                indices: Optional[Tensor] = None) -> Tensor:
+        kw = {} if self.table is None and indices is None else {"table": self.table, "indices": indices}
         return self._call(input, linear_weight, target, sample_weight=sample_weight,
-                          linear_bias=linear_bias)
+                          linear_bias=linear_bias, **kw)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._scalars)
@@ -288,16 +398,18 @@ class _LinearLoss(nn.Module):
 class LinearCrossEntropyLoss(_LinearLoss):
     """Module form of :func:`samplewt_ops.linear_cross_entropy`.
 
-    The constructor takes the keyword arguments (``weight`` is a buffer);
-    ``forward(input, linear_weight, target, sample_weight=None, linear_bias=None)``.
+    The constructor takes the keyword arguments (``weight`` is a buffer,
+    ``table`` an adaptive weight table); ``forward(input, linear_weight, target,
+    sample_weight=None, linear_bias=None, indices=None)``.
     """
 
     _scalars = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap", "chunk_size")
 
     def __init__(self, *, weight: Optional[Tensor] = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                 softcap: Optional[float] = None, chunk_size: Optional[int] = None):
+                 softcap: Optional[float] = None, chunk_size: Optional[int] = None, table=None):
         super().__init__()
+        self.table = table
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
@@ -312,16 +424,18 @@ class LinearCrossEntropyLoss(_LinearLoss):
 class LinearFocalLoss(_LinearLoss):
     """Module form of :func:`samplewt_ops.linear_focal_loss`.
 
-    The constructor takes the keyword arguments (a tensor ``alpha`` is a buffer);
-    ``forward(input, linear_weight, target, sample_weight=None, linear_bias=None)``.
+    The constructor takes the keyword arguments (a tensor ``alpha`` is a buffer,
+    ``table`` an adaptive weight table); ``forward(input, linear_weight, target,
+    sample_weight=None, linear_bias=None, indices=None)``.
     """
 
     _scalars = ("gamma", "ignore_index", "reduction", "z_loss", "softcap", "chunk_size")
 
     def __init__(self, *, gamma: float = 2.0, alpha=None, ignore_index: int = -100,
                  reduction: str = "mean", z_loss: float = 0.0, softcap: Optional[float] = None,
-                 chunk_size: Optional[int] = None):
+                 chunk_size: Optional[int] = None, table=None):
         super().__init__()
+        self.table = table
         if isinstance(alpha, Tensor):
             self.register_buffer("alpha", alpha)
         else:
@@ -342,9 +456,11 @@ class LinearFocalLoss(_LinearLoss):
 
 def _fake(input, linear_weight, target, linear_bias, class_weight, sample_weight, *rest, **_kwargs):
     # rest: the op's scalars (gamma/ignore_index or ignore_index/label_smoothing,
-    # z_loss, softcap), then reduction, chunk_size, compute_grad[, grad_mask, grad_rows].
+    # z_loss, softcap), then reduction, chunk_size, compute_grad[, grad_mask,
+    # grad_rows, compute_stats].
     reduction, chunk_size, compute_grad = rest[4], rest[5], rest[6]
     mask = rest[7] if len(rest) > 7 else _kwargs.get("grad_mask", 7)
+    compute_stats = rest[9] if len(rest) > 9 else _kwargs.get("compute_stats", False)
     torch._check_value(input.dim() == 2, lambda: f"samplewt_ops: input must be 2-D, got {input.shape}")
     torch._check_value(linear_weight.dim() == 2 and linear_weight.shape[1] == input.shape[1],
                        lambda: f"samplewt_ops: linear_weight {linear_weight.shape} does not match "
@@ -367,7 +483,8 @@ def _fake(input, linear_weight, target, linear_bias, class_weight, sample_weight
     grad_x = input.new_empty(input.shape) if mask & 1 else input.new_empty((0,))
     grad_w = linear_weight.new_empty(linear_weight.shape) if mask & 2 else input.new_empty((0,))
     grad_b = input.new_empty((v,)) if linear_bias is not None and mask & 4 else input.new_empty((0,))
-    return loss, grad_x, grad_w, grad_b
+    stats = input.new_empty((n, 3) if compute_stats else (0,), dtype=torch.float32)
+    return loss, grad_x, grad_w, grad_b, stats
 
 
 if _loader.COMPILED:

@@ -62,7 +62,9 @@ from ._validation import (
     check_same_device,
     check_sample_weight,
     check_sigmoid_alpha,
+    check_softcap,
     check_tensor,
+    check_z_loss,
 )
 
 __all__ = [
@@ -203,13 +205,18 @@ def _rows_end(input, target, sample_weight, ignore_index, allow_prob):
     return sample_weight, prob
 
 
-def _log_softmax(input: Tensor, target: Tensor):
-    """(accumulation dtype, log p over the class dimension, target), batched."""
+def _log_softmax(input: Tensor, target: Tensor, softcap: Optional[float] = None,
+                 z_loss: float = 0.0):
+    """(accumulation dtype, log p over the class dimension, target, lse**2
+    times z_loss or None), batched; the logits softcapped first when asked."""
     acc = _acc_dtype(input.dtype)
     x = input.to(acc)
     if input.dim() == 1:
         x, target = x.unsqueeze(0), target.unsqueeze(0)
-    return acc, torch.log_softmax(x, dim=1), target
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    z = z_loss * torch.logsumexp(x, dim=1).square() if z_loss else None
+    return acc, torch.log_softmax(x, dim=1), target, z
 
 
 def _reduce_rows(loss: Tensor, count, sample_weight, reduction: str, input: Tensor) -> Tensor:
@@ -228,6 +235,8 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
 ) -> Tensor:
     r"""Cross-entropy over softmax(input), with optional per-sample weights.
 
@@ -249,7 +258,14 @@ def cross_entropy(
         index targets: sum_i w_i l_i / sum_{i not ignored} w_i cw[y_i]
         prob. targets: sum_i w_i l_i / sum_i w_i
 
-    ``sample_weight=None`` is exactly ``torch.nn.functional.cross_entropy``.
+    ``softcap`` (Gemma 2) first maps the logits to
+    ``softcap * tanh(input / softcap)``; ``z_loss`` (PaLM) adds
+    ``z_loss * cw[y_i] * lse_i**2`` to each ``l_i``, lse_i the log-sum-exp of
+    its (capped) logits (``z_loss * lse_i**2`` for probability targets), so it
+    is weighted and reduced like the cross-entropy term.
+
+    ``sample_weight=None`` (and no z_loss or softcap) is exactly
+    ``torch.nn.functional.cross_entropy``.
 
     Example::
 
@@ -261,11 +277,12 @@ def cross_entropy(
     reduction, n_classes = _rows_start(input, target, reduction)
     eps = check_label_smoothing(label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
+    z_loss, softcap = check_z_loss(z_loss), check_softcap(softcap)
     check_same_device(input=input, target=target, weight=weight, sample_weight=sample_weight)
     weight = check_class_weight(weight, n_classes, "weight")
     sample_weight, prob = _rows_end(input, target, sample_weight, ignore_index, allow_prob=True)
 
-    acc, logp, t = _log_softmax(input, target)
+    acc, logp, t, z = _log_softmax(input, target, softcap, z_loss)
     cw = cw_b = None
     if weight is not None:
         cw = weight.to(acc)
@@ -279,6 +296,8 @@ def cross_entropy(
         if cw_b is not None:
             prod = prod * cw_b
         loss = -prod.sum(dim=1)
+        if z is not None:
+            loss = loss + z
         count = None  # PyTorch divides by the number of positions
     else:
         lp_y, safe, valid, out_of_range = _gather_targets(logp, t, ignore_index)
@@ -291,6 +310,8 @@ def cross_entropy(
         if eps > 0.0:
             smooth = -(logp * cw_b).sum(dim=1) if cw_b is not None else -logp.sum(dim=1)
             loss = (1.0 - eps) * loss + (eps / n_classes) * smooth
+        if z is not None:
+            loss = loss + cw_y * z
         loss = _masked(loss, valid, out_of_range)
         count = torch.where(valid, cw_y, torch.zeros_like(loss))
     return _reduce_rows(loss, count, sample_weight, reduction, input)
@@ -305,6 +326,8 @@ def focal_loss(
     sample_weight: Optional[Tensor] = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
 ) -> Tensor:
     r"""Softmax (multi-class) focal loss of Lin et al. (2017).
 
@@ -319,6 +342,8 @@ def focal_loss(
     denominator); without sample weights ``w_i = 1``.  ``gamma=0`` with
     ``alpha=None`` is exactly :func:`cross_entropy`.  ``1 - p`` is computed as
     ``-expm1(log p)`` so confident samples keep their precision.
+    ``softcap`` and ``z_loss`` as in :func:`cross_entropy`, the z term
+    weighted by ``alpha_{y_i}``.
 
     Example::
 
@@ -330,14 +355,17 @@ def focal_loss(
     reduction, n_classes = _rows_start(input, target, reduction)
     gamma = check_gamma(gamma)
     ignore_index = check_ignore_index(ignore_index)
+    z_loss, softcap = check_z_loss(z_loss), check_softcap(softcap)
     check_same_device(input=input, target=target, alpha=alpha, sample_weight=sample_weight)
     alpha = check_focal_alpha(alpha, n_classes)
     sample_weight, _ = _rows_end(input, target, sample_weight, ignore_index, allow_prob=False)
 
-    acc, logp, t = _log_softmax(input, target)
+    acc, logp, t, z = _log_softmax(input, target, softcap, z_loss)
     lp_y, safe, valid, out_of_range = _gather_targets(logp, t, ignore_index)
     one_minus_p = -torch.expm1(lp_y)
     loss = -_unit_pow(one_minus_p, gamma) * lp_y
+    if z is not None:
+        loss = loss + z
     if isinstance(alpha, Tensor):
         loss = loss * alpha.to(acc)[safe]
     elif alpha is not None:

@@ -5,14 +5,14 @@ smoothing, probability targets, weight rows broadcast over samples).
 
 Samples are built by keyword (the schema's argument names); `op_args` puts
 them in the compiled schema's order for a positional call (opcheck, the CUDA
-emulation). `row_case`, `with_tail` and `elem_cases` give that positional
+emulation). `row_case` with `row_args`, and `with_tail` with `elem_cases`, give that positional
 form directly, with the tail (reduction, compute_grad, compute_stats) last.
 """
 import torch
 
 from samplewt_ops._spec import SCHEMA_ARGS
 
-ROW_VARIANTS = ("ce_index", "ce_plain", "ce_prob", "focal")
+ROW_VARIANTS = ("ce_index", "ce_plain", "ce_prob", "focal", "ce_zloss", "ce_softcap", "focal_zloss")
 TAIL = ("reduction", "compute_grad", "compute_stats")
 
 
@@ -75,7 +75,15 @@ def row_kwargs(variant, n, c, dtype, gen):
     if variant == "ce_prob":
         q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype)
         return "cross_entropy", dict(ce, target=q, label_smoothing=0.2)
-    return "focal_loss", dict(input=x, target=y, alpha=cw, sample_weight=sw, gamma=2.0, ignore_index=-100)
+    # z-loss (in the kernels' row formulas) and softcap (around the kernels).
+    if variant == "ce_zloss":
+        return "cross_entropy", dict(ce, z_loss=0.01, softcap=None)
+    if variant == "ce_softcap":
+        return "cross_entropy", dict(ce, z_loss=0.001, softcap=2.0)
+    focal = dict(input=x, target=y, alpha=cw, sample_weight=sw, gamma=2.0, ignore_index=-100)
+    if variant == "focal_zloss":
+        return "focal_loss", dict(focal, z_loss=0.01, softcap=5.0)
+    return "focal_loss", focal
 
 
 def strided_row_kwargs(x, gen):
@@ -139,6 +147,11 @@ def row_opcheck_samples(gen, dtypes, sizes, device="cpu", plain=True):
             q = torch.softmax(torch.randn(n, c, generator=gen), 1).to(dtype).to(device)
             yield "cross_entropy", op_args("cross_entropy", **dict(ce, target=q, label_smoothing=0.2),
                                            **tail(1, True, True))
+            yield "cross_entropy", op_args("cross_entropy", **ce, **tail(1, True, True), z_loss=0.01,
+                                           softcap=3.0)
+            yield "focal_loss", op_args("focal_loss", input=x, target=y, alpha=cw, sample_weight=sw,
+                                        gamma=2.0, ignore_index=-100, **tail(0, True, False),
+                                        z_loss=0.01, softcap=None)
 
 
 def elem_opcheck_samples(gen, dtypes, shapes, device="cpu"):
@@ -179,6 +192,8 @@ def inplace_opcheck_samples(x, y, sw):
                                     compute_stats=True)
     yield "focal_loss_", op_args("focal_loss_", input=x.clone(), target=y, alpha=None, sample_weight=None,
                                  gamma=2.0, ignore_index=-100, reduction=1, compute_stats=False)
+    yield "cross_entropy_", op_args("cross_entropy_", **ce_kwargs(x.clone(), y, sw), reduction=2,
+                                    compute_stats=True, z_loss=0.01, softcap=2.0)
 
 
 # ---------------------------------------------------------------------------
@@ -192,10 +207,14 @@ def with_tail(args, reduction, compute_grad, compute_stats):
 
 
 def row_case(variant, n, c, dtype, gen):
-    """(op name, args) of a row op over n x c logits; the tail is a
-    placeholder for with_tail."""
-    name, kwargs = row_kwargs(variant, n, c, dtype, gen)
-    return name, op_args(name, **kwargs, **tail(None, None, None))
+    """(op name, keyword arguments) of a row op over n x c logits, for
+    row_args."""
+    return row_kwargs(variant, n, c, dtype, gen)
+
+
+def row_args(name, kwargs, reduction, compute_grad, compute_stats):
+    """A row_case's positional arguments with this tail."""
+    return op_args(name, **kwargs, **tail(reduction, compute_grad, compute_stats))
 
 
 def elem_cases(shape, dtype, gen):

@@ -13,7 +13,7 @@ from samplewt_ops import _loader, reference
 from samplewt_ops._ops import call
 from samples import assert_outputs_close as _assert_outputs_close
 from samples import ce_kwargs, elem_kwargs, elem_opcheck_samples, inplace_opcheck_samples, row_kwargs
-from samples import row_opcheck_samples, strided_row_kwargs, tail, to_device
+from samples import ROW_VARIANTS, row_opcheck_samples, strided_row_kwargs, tail, to_device
 from samples import tol as _tol
 
 HAS_CUDA = torch.cuda.is_available() and _loader.has_kernel("cuda")
@@ -52,7 +52,7 @@ def _validation_default():
 
 @pytest.mark.parametrize("n,c", ROW_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", ["ce_index", "ce_plain", "ce_prob", "focal"])
+@pytest.mark.parametrize("variant", ROW_VARIANTS)
 def test_row_ops_match_cpu(variant, n, c, dtype):
     gen = torch.Generator().manual_seed(n * 7 + c)
     name, kw = row_kwargs(variant, n, c, dtype, gen)

@@ -9,7 +9,7 @@ import torch
 
 import cuda_emu
 import samplewt_ops  # noqa: F401  (registers the CPU ops)
-from samples import ROW_VARIANTS, assert_outputs_close, elem_cases, row_case, with_tail
+from samples import ROW_VARIANTS, assert_outputs_close, elem_cases, row_args, row_case, with_tail
 
 OPS = torch.ops.samplewt_ops
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -52,15 +52,15 @@ ROW_SHAPES = [
 @pytest.mark.parametrize("variant", ROW_VARIANTS)
 def test_row_ops_match_cpu(emu, variant, n, c, regime, width, dtype):
     gen = torch.Generator().manual_seed(n * 7 + c)
-    name, args = row_case(variant, n, c, dtype, gen)
+    name, kw = row_case(variant, n, c, dtype, gen)
     if dtype == torch.float32:
-        plan = _plan_row(emu, name, args[0], args[1])
+        plan = _plan_row(emu, name, kw["input"], kw["target"])
         assert plan["regime"] == regime
         assert width == {"small": plan["group"], "block": plan["block"], "split": plan["nch"]}[regime]
     for reduction in (0, 1, 2):
-        full = with_tail(args, reduction, True, True)
+        full = row_args(name, kw, reduction, True, True)
         assert_outputs_close(getattr(emu, name)(*full), getattr(OPS, name)(*full), dtype)
-    fwd = with_tail(args, 1, False, False)
+    fwd = row_args(name, kw, 1, False, False)
     got = getattr(emu, name)(*fwd)
     assert got[1].numel() == 0 and got[2].numel() == 0
     assert_outputs_close(got[:1], getattr(OPS, name)(*fwd)[:1], dtype)

@@ -116,6 +116,7 @@ void row_kernel_typed(const RowArgs& a) {
   const bool focal = a.kind == kFocal;
   const acc_t eps = focal ? acc_t(0) : static_cast<acc_t>(a.label_smoothing);
   const acc_t gamma = static_cast<acc_t>(a.gamma);
+  const acc_t z_loss = static_cast<acc_t>(a.z_loss);
   const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
@@ -206,7 +207,7 @@ void row_kernel_typed(const RowArgs& a) {
       const RowCoef<acc_t> rc = row_coefficients<acc_t>(
           static_cast<int>(a.kind), log_s, xs_y, w_y, eps, acc_t(C),
           static_cast<acc_t>(a.sum_class_weight), linear ? hsum(vbx) : acc_t(0),
-          linear ? hsum(vb) : acc_t(0), gamma);
+          linear ? hsum(vb) : acc_t(0), gamma, z_loss, mx + log_s);
       const acc_t loss = rc.loss, A = rc.A, a_target = rc.a_target;
       row_loss[r] = loss;
 

@@ -215,7 +215,7 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
 
   RowArgs a;
   checks::fill_row_layout(a, o.kind == kFocal, in, buf, checks::stats_ptr(o.compute_stats, stats),
-                          o.ignore_index, o.label_smoothing, o.gamma);
+                          o.ignore_index, o.label_smoothing, o.gamma, o.z_loss);
   a.dtype = input.scalar_type();
   a.grad_scale = grad_scale.data();
   a.row_loss = row_loss_acc.data();

@@ -90,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
 
   RowArgs a;
   checks::fill_row_layout(a, focal, in, buf, checks::stats_ptr(o.compute_stats, stats),
-                          o.ignore_index, o.label_smoothing, o.gamma);
+                          o.ignore_index, o.label_smoothing, o.gamma, o.z_loss);
   a.reduction = static_cast<int>(o.reduction);
   a.sample_weight = checks::ptr_or_null(in.sample_weight);
   a.out = loss.data_ptr();

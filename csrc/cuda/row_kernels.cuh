@@ -47,6 +47,7 @@ struct RowParams {
   A q_shift;   // eps / C (probability targets), the smoothing share a_smooth
   A eps;
   A gamma;
+  A z_loss;
   bool linear;  // the loss has the linear term sum_c a_c x_c
   void* out;
   float* stats;
@@ -215,7 +216,8 @@ __device__ __forceinline__ RowResult<A> row_result(const RowParams<A>& p, const 
     const A sum_cw = p.cw ? as : static_cast<A>(p.cols);
     const RowCoef<A> rc = row_coefficients<A>(KIND, r.lse, x_y, w_y, p.eps,
                                               static_cast<A>(p.cols), sum_cw,
-                                              p.linear ? ax : A(0), as, p.gamma);
+                                              p.linear ? ax : A(0), as, p.gamma, p.z_loss,
+                                              r.lse);
     r.loss = rc.loss;
     r.A_ = rc.A;
     r.a_target = rc.a_target;

@@ -63,6 +63,7 @@ cudaError_t launch_row_loss(const RowArgs& a, void* workspace, cudaStream_t stre
   kp.q_scale = static_cast<A>(1.0 - eps);
   kp.q_shift = a.cols > 0 ? static_cast<A>(eps) / static_cast<A>(a.cols) : A(0);
   kp.gamma = static_cast<A>(a.gamma);
+  kp.z_loss = static_cast<A>(a.z_loss);
   kp.linear = a.kind == kCrossEntropyProb || (a.kind == kCrossEntropyIndex && eps != 0.0);
   kp.out = a.out;
   detail::set_shared_params<A>(kp, a, plan, workspace);

@@ -21,11 +21,16 @@ from .._validation import LossCall, num_classes
 
 def reference_stats(call: LossCall) -> Tensor:
     """Per-sample (loss, |grad|, g) of the reference, with plain autograd."""
-    spec, input, target = call.spec, call.input, call.target
+    spec, input, target, args = call.spec, call.input, call.target, call.args
     n = spec.batch_size(input)
+    if args.get("softcap") is not None:
+        # The statistics of the capped logits, which the softmax sees (as the kernels have them).
+        cap = args["softcap"]
+        input = (cap * torch.tanh(input.detach() / cap)).to(input.dtype)
+        args = dict(args, softcap=None)
     with torch.enable_grad():
         x = input.detach().requires_grad_(True)
-        per = spec.reference(x, target, reduction="none", **call.args)
+        per = spec.reference(x, target, reduction="none", **args)
         (g,) = torch.autograd.grad(per.sum(), x)
     loss = per.detach().float().reshape(n, -1).sum(1)
     g_norm = g.float().reshape(n, -1).norm(dim=1)
@@ -42,6 +47,16 @@ def reference_stats(call: LossCall) -> Tensor:
     else:
         ghm = (torch.sigmoid(input.detach().float()) - target.float()).abs().reshape(n, -1).mean(1)
     return torch.stack((loss, g_norm, ghm), dim=1)
+
+
+def fold_positions(stats: Tensor, batch: int) -> Tensor:
+    """(rows, 3) statistics of `batch` samples with rows // batch positions
+    each, per sample: the losses summed, the gradient norms combined, g
+    averaged (as cross_entropy folds an (N, C, d1..dk) input's positions)."""
+    if stats.shape[0] == batch:
+        return stats
+    s = stats.reshape(batch, -1, 3)
+    return torch.stack((s[..., 0].sum(1), s[..., 1].square().sum(1).sqrt(), s[..., 2].mean(1)), dim=1)
 
 
 def _mean_share(call: LossCall, batch: int, dtype=torch.float32) -> Tensor:
