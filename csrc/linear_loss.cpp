@@ -50,7 +50,7 @@ using at::Tensor;
 using c10::optional;
 using Out5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// The chunk buffer's target size when chunk_size is not given.
+// The chunk buffer's largest size when chunk_size is not given.
 constexpr int64_t kChunkBytes = 32LL << 20;
 
 // For tests: the rows of the last chunk buffer allocated (linear_loss_stats).
@@ -194,7 +194,11 @@ void check_values(const Call& c, const Tensor& target, const Tensor& valid, int6
 int64_t choose_chunk(const Call& c, int64_t N, int64_t V) {
   if (c.chunk_size.has_value()) return std::max<int64_t>(1, std::min(*c.chunk_size, N));
   const int64_t row_bytes = V * static_cast<int64_t>(c.input.element_size());
-  return std::max<int64_t>(1, std::min<int64_t>(N, kChunkBytes / std::max<int64_t>(1, row_bytes)));
+  int64_t rows = kChunkBytes / std::max<int64_t>(1, row_bytes);
+  // A multiple of 64 rows where there are that many: the GEMMs' blocking
+  // favours it (N=4096, V=32000: 256 rows run as fast as 262, in less memory).
+  if (rows >= 128) rows -= rows % 64;
+  return std::max<int64_t>(1, std::min<int64_t>(N, rows));
 }
 
 // A row op called by argument name, boxed: the arguments given by name,

@@ -336,7 +336,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     ``softcap`` (> 0) caps the logits as ``softcap * tanh(logits / softcap)``;
     ``z_loss`` (>= 0) adds ``z_loss * logsumexp(logits)**2`` per token,
     weighted and reduced like the cross-entropy term. ``chunk_size`` rows are
-    processed at a time (default: a chunk x V buffer of about 32 MB).
+    processed at a time (default: a chunk x V buffer of at most 32 MiB, a
+    multiple of 64 rows where it holds that many).
     ``table`` (an :class:`~samplewt_ops.weights.AdaptiveWeights`) and
     ``indices`` weight the samples as in :func:`samplewt_ops.cross_entropy`:
     the samples are input's first dimension (tokens of (N, D), sequences of

@@ -92,8 +92,9 @@ inline acc_t hmax(const Vectorized<acc_t>& v) {
 }
 
 // Rows per parallel task: enough elements that a task outweighs its dispatch.
+constexpr int64_t kGrainElems = 8192;
 inline int64_t grain_rows(int64_t cols) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(cols, 1));
 }
 
 // ---------------------------------------------------------------------------

@@ -120,18 +120,23 @@ void per_batch_weights(const Table& t, const float* st, const bool* v, const Ghm
     const int64_t den = static_cast<int64_t>(params[kKeepDen]);
     const int64_t k = std::min((num * N + den - 1) / den, N);
     // Largest losses first (NaN above everything, invalid samples last),
-    // ties by position.
-    auto key = [&](int64_t i) {
+    // ties by position. The keys once per sample, not per comparison.
+    thread_local std::vector<float> key_buffer;
+    thread_local std::vector<int64_t> order_buffer;
+    std::vector<float>& key = key_buffer;
+    std::vector<int64_t>& order = order_buffer;
+    key.resize(N);
+    order.resize(N);
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < N; ++i) {
       const float l = st[i * 3 + kLossStat];
-      if (v != nullptr && !v[i]) return -std::numeric_limits<double>::infinity();
-      return l != l ? std::numeric_limits<double>::infinity() : static_cast<double>(l);
-    };
-    std::vector<int64_t> order(N);
+      key[i] = (v != nullptr && !v[i]) ? -kInf : (l != l ? kInf : l);
+    }
     std::iota(order.begin(), order.end(), 0);
     if (k > 0 && k < N) {
-      std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [&](int64_t a, int64_t b) {
-        const double ka = key(a), kb = key(b);
-        return ka > kb || (ka == kb && a < b);
+      const float* kp = key.data();
+      std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [kp](int64_t a, int64_t b) {
+        return kp[a] > kp[b] || (kp[a] == kp[b] && a < b);
       });
     }
     std::fill(w, w + N, 0.0f);
