@@ -230,7 +230,12 @@ Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
                     std::initializer_list<Tensor> grads, int64_t reduction, const Share& share,
                     const Tensor& sw_rows, const float* row_loss = nullptr) {
   const int64_t R = t.batch * t.positions;
-  std::vector<double> w(R), factor(R);
+  // Per-thread, reused: a small batch's scaling costs no allocation.
+  thread_local std::vector<double> w_buffer, factor_buffer;
+  std::vector<double>& w = w_buffer;
+  std::vector<double>& factor = factor_buffer;
+  w.resize(R);
+  factor.resize(R);
   const float* b = bw.data_ptr<float>();
   for (int64_t r = 0; r < R; ++r) w[r] = static_cast<double>(b[r / t.positions]);
   const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
@@ -263,7 +268,12 @@ Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
     for (int64_t r = 0; r < R; ++r) {
       total += w[r] * (swp ? swp[r] : 1.0) * static_cast<double>(row_loss[r * 3]);
     }
-    return at::scalar_tensor(reduction == kMean ? total / denom : total, loss.options());
+    // Into the pass's own (scalar, fresh) loss tensor: no new tensor.
+    const double value = reduction == kMean ? total / denom : total;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, loss.scalar_type(), "samplewt_table_total", [&] {
+      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(value);
+    });
+    return loss;
   }
   const Tensor l = loss.contiguous();
   const int64_t inner = R > 0 ? l.numel() / R : 0;

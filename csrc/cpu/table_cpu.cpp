@@ -21,11 +21,13 @@ struct GhmBatch {
   float valid_count = 0.0f;
 };
 
-GhmBatch ghm_batch(const Table& t, const float* stats, const bool* valid) {
+void ghm_batch(const Table& t, const float* stats, const bool* valid, GhmBatch& out) {
   const int64_t N = t.batch, M = static_cast<int64_t>(t.params[kBins]);
-  GhmBatch out;
   out.bin.resize(N);
-  std::vector<float> hist(M, 0.0f);
+  out.valid_count = 0.0f;
+  thread_local std::vector<float> hist_buffer;
+  std::vector<float>& hist = hist_buffer;
+  hist.assign(M, 0.0f);
   for (int64_t i = 0; i < N; ++i) {
     out.bin[i] = table_ghm_bin(stats[i * 3 + kGStat], M);
     const float v = valid == nullptr || valid[i] ? 1.0f : 0.0f;
@@ -40,7 +42,6 @@ GhmBatch ghm_batch(const Table& t, const float* stats, const bool* valid) {
   for (int64_t j = 0; j < M; ++j) {
     out.density[j] = table_ghm_density(ema[j], hist[j], a, one_minus_a, first);
   }
-  return out;
 }
 
 // Per-thread vectors reused from call to call (same batch size, nobody else
@@ -164,8 +165,9 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   const bool* v = valid_ptr(valid);
   // Per-batch policies: the batch's weights, from the table before the update.
   Tensor weights;
-  GhmBatch ghm;
-  if (t.policy == kGHM) ghm = ghm_batch(t, st, v);
+  thread_local GhmBatch ghm_buffer;  // reused: no allocation per step
+  GhmBatch& ghm = ghm_buffer;
+  if (t.policy == kGHM) ghm_batch(t, st, v, ghm);
   if (table_per_batch(t.policy)) {
     weights = scratch(kWeightScratch, N, at::kFloat);
     per_batch_weights(t, st, v, &ghm, weights.data_ptr<float>());
