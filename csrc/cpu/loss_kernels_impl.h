@@ -151,8 +151,11 @@ void row_kernel_typed(const RowArgs& a) {
       auto lin_coef = [&](int64_t j, int64_t n) {
         return coef([](auto... v) { return linear_coef<M>(v...); }, j, n);
       };
+      // Every a_j is 0 for the focal loss and for index targets without label
+      // smoothing (the target's own term is applied once, below): nothing to load.
+      const bool zero_coef = focal || (!prob && eps == acc_t(0));
       auto grad_coef_at = [&](int64_t j, int64_t n) -> V {
-        if (focal) return V(0);  // no class weight or target to load
+        if (zero_coef) return V(0);
         return coef([](auto... v) { return grad_coef<M>(v...); }, j, n);
       };
       const bool linear = prob || eps != acc_t(0);
@@ -216,9 +219,20 @@ void row_kernel_typed(const RowArgs& a) {
       if (g || st) {
         const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
         const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(std::exp(-log_s));
+        // Without statistics or per-class coefficients the gradient is one
+        // product per element: exp(x_j - m) * (A / s * scale).
+        const bool lean = zero_coef && st == nullptr;
+        const V vlean(A * std::exp(-log_s) * scale);
         V vsq(0), vl1(0);
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
+          if (lean) {
+            const V e = in_regs ? er[j / W]
+                        : parked ? V::loadu(parked + j, n)
+                                 : M::softmax_exp(vload(x + j, n) - vmx);
+            vstore(g + j, e * vlean, n);
+            continue;
+          }
           const V av = grad_coef_at(j, n);
           const V p = in_regs ? er[j / W] * vinv_s
                       : parked ? V::loadu(parked + j, n) * vinv_s
