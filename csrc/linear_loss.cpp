@@ -304,7 +304,8 @@ Out5 linear_loss(const Call& c) {
   if (want_w) grad_w_acc = at::zeros({V, D}, acc_opts);  // float32 accumulation for half/bfloat16
   if (want_b) grad_b_acc = at::zeros({V}, acc_opts);
 
-  Tensor stats = at::empty({c.compute_stats ? N : 0, 3}, x.options().dtype(at::kFloat));
+  Tensor stats = c.compute_stats ? at::empty({N, 3}, x.options().dtype(at::kFloat))
+                                 : at::empty({0}, x.options().dtype(at::kFloat));
   const int64_t chunk = choose_chunk(c, N, V);
   Tensor buffer = N > 0 ? at::empty({chunk, V}, x.options()) : Tensor();
   g_last_chunk_rows.store(N > 0 ? chunk : 0);
@@ -360,7 +361,6 @@ Out5 linear_loss(const Call& c) {
   if (!want_x) grad_input = empty();
   grad_w = !want_w ? empty() : dt == acc ? grad_w_acc : grad_w_acc.to(dt);
   Tensor grad_b = want_b ? grad_b_acc.to(dt) : empty();
-  if (!c.compute_stats) stats = at::empty({0}, x.options().dtype(at::kFloat));
   return {loss, grad_input, grad_w, grad_b, stats};
 }
 

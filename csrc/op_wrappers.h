@@ -169,7 +169,7 @@ struct OpWrappers {
   using Out3 = std::tuple<Tensor, Tensor, Tensor>;
   using Out2 = std::tuple<Tensor, Tensor>;
 
-  // The table's arguments of every loss op (kTableArgs), as one struct.
+  // The table's parameters of every loss op (kTableArgs), and the TableArgs built from them.
 #define SWT_TABLE_PARAMS                                                                 \
   const optional<Tensor>&indices, const optional<Tensor>&table_ema,                      \
       const optional<Tensor>&seen_count, const optional<Tensor>&stat_sum,                \

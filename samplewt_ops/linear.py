@@ -99,9 +99,7 @@ def _check_args(op, input, linear_weight, target, linear_bias, class_weight, cw_
             raise ValueError(f"{op}: {name} is not differentiated; pass {name}.detach()")
     if not isinstance(reduction, str) or reduction not in _REDUCTION:
         raise ValueError(f"{op}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    z_loss = V.check_real(z_loss, "z_loss", lo=0.0, finite=True)
-    if softcap is not None:
-        softcap = V.check_real(softcap, "softcap", lo=0.0, lo_open=True, finite=True)
+    z_loss, softcap = V.check_z_loss(z_loss), V.check_softcap(softcap)
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
             raise TypeError(f"{op}: chunk_size must be an int or None, got {type(chunk_size).__name__}")

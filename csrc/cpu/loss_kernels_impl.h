@@ -218,11 +218,12 @@ void row_kernel_typed(const RowArgs& a) {
       // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
       if (g || st) {
         const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
-        const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(std::exp(-log_s));
+        const acc_t inv_s = std::exp(-log_s);
+        const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(inv_s);
         // Without statistics or per-class coefficients the gradient is one
         // product per element: exp(x_j - m) * (A / s * scale).
         const bool lean = zero_coef && st == nullptr;
-        const V vlean(A * std::exp(-log_s) * scale);
+        const V vlean(A * inv_s * scale);
         V vsq(0), vl1(0);
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
