@@ -46,14 +46,15 @@ def test_dtype_promotion_is_torchs(name, input_dtype, target_dtype):
     _close(got, want, low)
     got.backward()
     assert x.grad.dtype == input_dtype
-    if name == "huber_loss" and input_dtype != target_dtype:
-        # torch's own huber backward fails here ("Found dtype Double but
-        # expected Float"); its gradient is d/dx of the same formula.
-        x3 = x.detach().clone().requires_grad_()
-        theirs(x3, t.to(input_dtype)).backward()
-        _close(x.grad, x3.grad, low)
-        return
-    want.backward()
+    try:
+        want.backward()
+    except RuntimeError as e:
+        # torch's own backward of mixed dtypes fails in some versions ("Found
+        # dtype Double but expected Float": huber_loss in 2.13, mse_loss until
+        # pytorch#94086 was fixed); its gradient is d/dx of the same formula.
+        assert input_dtype != target_dtype and "dtype" in str(e), e
+        x2 = x.detach().clone().requires_grad_()
+        theirs(x2, t.to(input_dtype)).backward()
     _close(x.grad, x2.grad, low)
 
 

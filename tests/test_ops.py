@@ -56,6 +56,22 @@ def test_stats_are_per_sample_loss_and_gradient_norm():
     torch.testing.assert_close(stats[:, 2], (1 - p_y).detach().float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c", [10, 1000])
+def test_gradient_norm_is_accurate_when_the_target_is_nearly_certain(c, dtype):
+    # 1 - p_y from 1.2e-4 down to 2e-6: the norm (about 1 - p_y) must not come
+    # from a sum of squares near 1 corrected afterwards (which gave 0 in
+    # float32). atol: the float32 exp's error of p_y near 1 (the old sum lost 1e-4).
+    x = torch.zeros(3, c, dtype=torch.float64)
+    x[:, 0] = torch.tensor([9.0, 11.0, 13.0]) + torch.tensor(float(c)).log()
+    y = torch.zeros(3, dtype=torch.long)
+    x = x.to(dtype)
+    _, _, stats = call("cross_entropy", **ce_kwargs(x, y, None), **tail(1, True, True))
+    xd = x.double().requires_grad_()
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(xd, y, reduction="sum"), xd)
+    torch.testing.assert_close(stats[:, 1].double(), g.norm(dim=1), rtol=1e-3, atol=2e-6)
+
+
 ISAS = ["DEFAULT", "AVX2", "AVX512"]
 
 

@@ -273,3 +273,60 @@ def _read(path):
             return f.read()
     except OSError:
         return ""
+
+
+# ---------------------------------------------------------------------------------------
+# Does an error raised by the extension's C++ checks reach Python? (the first GPU run,
+# torch 2.11 built with /opt/gcc, died of SIGSEGV at every TORCH_CHECK that fired)
+# ---------------------------------------------------------------------------------------
+
+RAISE_PROBE = r"""
+import torch, samplewt_ops
+devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+for dev in devs:
+    x = torch.zeros(2, 3, device=dev)
+    y = torch.zeros(5, dtype=torch.long, device=dev)  # wrong length: the C++ check raises
+    try:
+        torch.ops.samplewt_ops.cross_entropy(x, y, None, None, -100, 0.0, 1, True, False)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        print(f"RAISE-PROBE {dev} ok: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    else:
+        print(f"RAISE-PROBE {dev} FAILED: no error raised")
+"""
+
+
+def raise_probe(env, timeout=120):
+    """(ok, line): whether a C++ TORCH_CHECK of the built extension raises in Python."""
+    rc, text, _ = run([sys.executable, "-c", RAISE_PROBE], timeout, env=env, name="raise-probe")
+    oks = [l for l in text.splitlines() if l.startswith("RAISE-PROBE") and " ok: " in l]
+    if rc == 0 and oks and not any("FAILED" in l for l in text.splitlines()):
+        return True, "C++ errors raise in Python (" + ", ".join(l.split()[1] for l in oks) + ")"
+    how = "timed out" if rc is None else (f"killed by signal {-rc}" if rc < 0 else f"rc {rc}")
+    return False, f"a C++ check of the extension did not raise cleanly: {how}"
+
+
+def toolchain_report(env, so_path, timeout=120):
+    """Logs what decides how C++ exceptions unwind: the compilers, the extension's
+    program headers (GNU_EH_FRAME), its libraries, and a native backtrace of the probe
+    (cuda-gdb runs host programs too; the GPU machine has no gdb)."""
+    cmds = [["sh", "-c", "echo CC=$CC CXX=$CXX; command -v c++ gcc g++; ${CXX:-c++} --version | head -1; "
+             "/usr/bin/g++ --version 2>/dev/null | head -1; ld --version | head -1"]]
+    if so_path:
+        cmds += [["readelf", "-lW", so_path], ["ldd", so_path]]
+    dbg = shutil.which("cuda-gdb") or shutil.which("gdb")
+    if dbg:
+        cmds.append([dbg, "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable, "-c", RAISE_PROBE])
+    for i, cmd in enumerate(cmds):
+        run(cmd, timeout if i == len(cmds) - 1 else 30, env=env, name=f"toolchain-{i}")
+
+
+def system_compiler(env):
+    """(CC, CXX) of the distribution's own gcc when it is not the compiler just used,
+    else None."""
+    cc, cxx = "/usr/bin/gcc", "/usr/bin/g++"
+    if not (os.access(cc, os.X_OK) and os.access(cxx, os.X_OK)):
+        return None
+    used = env.get("CXX") or shutil.which("c++", path=env.get("PATH")) or ""
+    if used and os.path.realpath(used) == os.path.realpath(cxx):
+        return None
+    return cc, cxx

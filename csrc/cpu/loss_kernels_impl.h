@@ -240,6 +240,15 @@ void row_kernel_typed(const RowArgs& a) {
                               : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
           V u = softmax_grad_p<M>(p, vA, av);
           if (n < W) u = V::set(V(0), u, n);
+          if (!prob && y >= j && y < j + n) {
+            // The target's own coefficient, applied to element y in place: a
+            // correction of the sum of squares afterwards would cancel
+            // catastrophically when p_y is near 1.
+            alignas(64) acc_t lanes[W];
+            u.store(lanes);
+            lanes[y - j] -= a_target;
+            u = V::loadu(lanes);
+          }
           if (st) {
             vsq = vsq + u * u;
             // For probability targets |p_j - q_j| feeds the GHM magnitude.
@@ -250,20 +259,15 @@ void row_kernel_typed(const RowArgs& a) {
           }
           if (g) vstore(g + j, u * vscale, n);
         }
-        acc_t sumsq = hsum(vsq);
-        acc_t p_y = 0;
-        if (!prob) {
-          // The target's own coefficient, applied once to element y.
+        const acc_t p_y = prob ? acc_t(0) : std::exp(xs_y - log_s);
+        if (lean && !prob && g) {
+          // The lean pass left element y without the target's own coefficient.
           const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
-          p_y = std::exp(xs_y - log_s);
-          const acc_t u_old = A * p_y - a_y;
-          const acc_t u_new = u_old - a_target;
-          if (g) g[y] = static_cast<scalar_t>(u_new * scale);
-          sumsq += u_new * u_new - u_old * u_old;
+          g[y] = static_cast<scalar_t>((A * p_y - a_y - a_target) * scale);
         }
         if (st) {
           st[0] = static_cast<float>(loss);
-          st[1] = static_cast<float>(std::sqrt(std::max(sumsq, acc_t(0))));
+          st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
           // GHM's g = 1 - p_y, from the p_y just computed (as the reference has it).
           st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1) : ghm_g_softmax<acc_t>(p_y));
         }
