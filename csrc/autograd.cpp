@@ -15,6 +15,7 @@
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "autograd_node.h"
@@ -77,6 +78,15 @@ Tensor scaled(const Tensor& grad, const Tensor& grad_loss, bool rows) {
   return rows ? grad * g.unsqueeze(-1) : grad * g;
 }
 
+Tensor scale_in_place(Tensor& grad, const Tensor& grad_loss, bool rows) {
+  if (grad_loss.dim() == 0) {
+    if (!is_one(grad_loss)) grad.mul_(grad_loss.to(grad.dtype()));
+    return grad;
+  }
+  const Tensor g = grad_loss.to(grad.dtype());
+  return rows ? grad.mul_(g.unsqueeze(-1)) : grad.mul_(g);
+}
+
 class LossBackward final : public torch::autograd::Node {
  public:
   LossBackward(const c10::OperatorHandle& op, const LossLayout& layout)
@@ -94,6 +104,12 @@ class LossBackward final : public torch::autograd::Node {
       if (handover_ && is_one(grad_loss)) {
         out[0] = grad_.defined() ? std::move(grad_) : recompute_grad();
         grad_.reset();
+      } else if (last_use_of_grad(grad_loss)) {
+        // Nothing needs the saved gradient after this call: scale it in place
+        // rather than allocate a second buffer of the input's size.
+        Tensor g = grad_.defined() ? std::move(grad_) : recompute_grad();
+        grad_.reset();
+        out[0] = scale_in_place(g, grad_loss, layout_.rows);
       } else {
         out[0] = scaled(grad_.defined() ? grad_ : recompute_grad(), grad_loss, layout_.rows);
       }
@@ -141,6 +157,19 @@ class LossBackward final : public torch::autograd::Node {
       op_.callBoxed(stack);
     }
     return stack[1].toTensor();
+  }
+
+  // This backward is the saved gradient's last use (the graph is freed after
+  // it, and no one else holds the buffer), and scaling it in place is plain
+  // eager work: no tracing, no double backward through grad_output.
+  bool last_use_of_grad(const Tensor& grad_loss) const {
+    if (torch::autograd::get_current_graph_task_keep_graph()) return false;
+    if (grad_loss.requires_grad() || at::isTensorSubclassLike(grad_loss) ||
+        c10::impl::TorchDispatchModeTLS::stack_len() != 0) {
+      return false;
+    }
+    if (!grad_.defined()) return !args_.empty();  // recomputed: a fresh buffer
+    return sole_reference(grad_);
   }
 
   c10::OperatorHandle op_;

@@ -34,4 +34,28 @@ inline bool is_one(const at::Tensor& g) {
          c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
 }
 
+namespace detail {
+// torch >= 2.10 (or so) lets a tensor's Python wrapper keep a reference to it
+// after Python dropped the wrapper; its slot then says the reference is the
+// only one. Earlier versions have no such reference (nor the method).
+template <class Slot>
+auto python_holds_the_only_extra_ref(const Slot* slot, int) -> decltype(slot->has_unique_reference()) {
+  return slot->has_unique_reference();
+}
+template <class Slot>
+bool python_holds_the_only_extra_ref(const Slot*, long) {
+  return false;
+}
+}  // namespace detail
+
+// Whether the caller's reference is the only one to t and its memory: then t
+// may be changed in place without anyone seeing it (as AccumulateGrad steals
+// a gradient).
+inline bool sole_reference(const at::Tensor& t) {
+  if (!t.defined() || at::isTensorSubclassLike(t) || t.storage().use_count() != 1) return false;
+  const size_t n = t.use_count();
+  return n == 1 ||
+         (n == 2 && detail::python_holds_the_only_extra_ref(t.unsafeGetTensorImpl()->pyobj_slot(), 0));
+}
+
 }  // namespace samplewt

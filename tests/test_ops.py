@@ -171,6 +171,42 @@ def test_leaf_gradient_is_handed_over_and_recomputed_for_a_second_backward():
         loss.backward()
 
 
+def _op_call_with_grad_hook(x, y):
+    """The row op called directly (autograd kernel included), its gradient
+    buffer's address, and the gradients that reach x (by a hook)."""
+    loss, grad, _ = call("cross_entropy", **ce_kwargs(x, y), **tail(1, True, False))
+    seen = []
+    x.register_hook(lambda g: seen.append(g.data_ptr()) or None)
+    return loss, grad, seen
+
+
+def test_saved_gradient_is_scaled_in_place_on_its_last_use():
+    # grad_output 0.5 (say, a loss scaler): the last backward scales the
+    # saved buffer itself rather than allocate a second one.
+    torch.manual_seed(0)
+    x = torch.randn(6, 30, requires_grad=True)
+    y = torch.randint(0, 30, (6,))
+    want = torch.autograd.grad(torch.nn.functional.cross_entropy(x, y) * 0.5, x)[0]
+    loss, grad, seen = _op_call_with_grad_hook(x, y)
+    ptr = grad.data_ptr()
+    del grad  # the node holds the only reference now
+    (loss * 0.5).backward()
+    assert seen == [ptr]
+    torch.testing.assert_close(x.grad, want)
+
+
+def test_saved_gradient_is_copied_while_someone_else_holds_it():
+    torch.manual_seed(0)
+    x = torch.randn(6, 30, requires_grad=True)
+    y = torch.randint(0, 30, (6,))
+    loss, grad, seen = _op_call_with_grad_hook(x, y)
+    before = grad.clone()
+    (loss * 0.5).backward()
+    assert seen != [grad.data_ptr()]
+    torch.testing.assert_close(grad, before)  # the caller's tensor is untouched
+    torch.testing.assert_close(x.grad, before * 0.5)
+
+
 def test_retain_graph_with_non_leaf_input_backpropagates_twice():
     x = torch.randn(8, 50, requires_grad=True)
     y = torch.randint(0, 50, (8,))
