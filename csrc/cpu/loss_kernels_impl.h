@@ -241,13 +241,10 @@ void row_kernel_typed(const RowArgs& a) {
           V u = softmax_grad_p<M>(p, vA, av);
           if (n < W) u = V::set(V(0), u, n);
           if (!prob && y >= j && y < j + n) {
-            // The target's own coefficient, applied to element y in place: a
+            // The target's own coefficient, applied to element y's lane: a
             // correction of the sum of squares afterwards would cancel
             // catastrophically when p_y is near 1.
-            alignas(64) acc_t lanes[W];
-            u.store(lanes);
-            lanes[y - j] -= a_target;
-            u = V::loadu(lanes);
+            u = u - (V(a_target) & (V::arange(acc_t(0), acc_t(1)) == V(static_cast<acc_t>(y - j))));
           }
           if (st) {
             vsq = vsq + u * u;
