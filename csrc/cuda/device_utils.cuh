@@ -194,6 +194,18 @@ __device__ __forceinline__ void load_acc(const T* p, AccT<T> (&v)[VW]) {
   }
 }
 
+// The raw 16 bytes at p (16-byte aligned), for loops that issue several loads
+// before converting any: more bytes in flight per thread.
+template <bool STREAM = false>
+__device__ __forceinline__ uint4 load16(const void* p) {
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+  if constexpr (STREAM) {
+    return __ldcs(q);
+  } else {
+    return *q;
+  }
+}
+
 template <typename T, int VW>
 __device__ __forceinline__ void store_acc(T* p, const AccT<T> (&v)[VW]) {
   if constexpr (VW == 1) {

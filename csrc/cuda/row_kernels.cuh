@@ -138,6 +138,39 @@ __device__ __forceinline__ void row_pass1(const RowParams<AccT<T>>& p, const T* 
   constexpr bool kProb = KIND == kCrossEntropyProb;
   const int nvec = (c1 - c0) / VW;
   int v = lane;
+  // Four vectors in flight per thread (the large-C kernel runs at most two
+  // 512-thread blocks per multiprocessor: the bytes in flight come from
+  // each thread), converted and merged two at a time.
+  if constexpr (!kProb && VW > 1) {
+    for (; v + 3 * nthr < nvec; v += 4 * nthr) {
+      uint4 raw[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) raw[u] = load16(x + c0 + (v + u * nthr) * VW);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        A both[2 * VW];
+        A xa[VW], xb[VW];
+        Pack<T>::unpack(raw[2 * h], xa);
+        Pack<T>::unpack(raw[2 * h + 1], xb);
+#pragma unroll
+        for (int k = 0; k < VW; ++k) {
+          both[k] = xa[k];
+          both[VW + k] = xb[k];
+        }
+        online_add(m, s, both);
+        if (LIN) {
+          const int ca = c0 + (v + 2 * h * nthr) * VW, cb = ca + nthr * VW;
+#pragma unroll
+          for (int k = 0; k < VW; ++k) {
+            const A a1 = lin_coef<KIND>(p, ca + k, A(0));
+            const A a2 = lin_coef<KIND>(p, cb + k, A(0));
+            ax += a1 * xa[k] + a2 * xb[k];
+            as += a1 + a2;
+          }
+        }
+      }
+    }
+  }
   // Two vectors in flight per thread (probability targets load x and q:
   // one vector of each).
   for (; !kProb && v + nthr < nvec; v += 2 * nthr) {
@@ -276,6 +309,23 @@ __device__ __forceinline__ void row_pass2(const RowParams<AccT<T>>& p, const T* 
     // Targets double the loads of a step already: one vector at a time.
     for (; v >= 0; v -= nthr) one_vector(v);
   } else {
+    if constexpr (VW > 1) {
+      // Four vectors in flight: v, v - nthr, v - 2 nthr, v - 3 nthr, all >= lane.
+      for (; v >= 3 * nthr; v -= 4 * nthr) {
+        uint4 raw[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) raw[u] = load16<true>(x + c0 + (v - u * nthr) * VW);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int ca = c0 + (v - u * nthr) * VW;
+          A xa[VW], ga[VW];
+          Pack<T>::unpack(raw[u], xa);
+#pragma unroll
+          for (int k = 0; k < VW; ++k) body(ca + k, xa[k], A(0), ga[k]);
+          if (g) store_acc<T, VW>(g + ca, ga);
+        }
+      }
+    }
     for (; v >= nthr; v -= 2 * nthr) {  // v and v - nthr, both >= lane
       const int ca = c0 + v * VW, cb = ca - nthr * VW;
       A xa[VW], xb[VW], ga[VW], gb[VW];
