@@ -128,6 +128,28 @@ __device__ __forceinline__ void online_add(A& m, A& s, const A (&v)[N]) {
   }
 }
 
+// Pass 1's step over two vectors: columns ca.. and cb.. (values xa, xb).
+template <int KIND, int VW, bool LIN, typename A>
+__device__ __forceinline__ void pass1_pair(const RowParams<A>& p, int ca, int cb, const A (&xa)[VW],
+                                           const A (&xb)[VW], A& m, A& s, A& ax, A& as) {
+  A both[2 * VW];
+#pragma unroll
+  for (int k = 0; k < VW; ++k) {
+    both[k] = xa[k];
+    both[VW + k] = xb[k];
+  }
+  online_add(m, s, both);
+  if (LIN) {
+#pragma unroll
+    for (int k = 0; k < VW; ++k) {
+      const A a1 = lin_coef<KIND>(p, ca + k, A(0));
+      const A a2 = lin_coef<KIND>(p, cb + k, A(0));
+      ax += a1 * xa[k] + a2 * xb[k];
+      as += a1 + a2;
+    }
+  }
+}
+
 // Pass 1 of one thread over columns [c0, c1) of a row (c0 a multiple of VW):
 // online max and sum-exp, and the linear sums when LIN.
 template <typename T, int KIND, int VW, bool LIN>
@@ -148,26 +170,11 @@ __device__ __forceinline__ void row_pass1(const RowParams<AccT<T>>& p, const T* 
       for (int u = 0; u < 4; ++u) raw[u] = load16(x + c0 + (v + u * nthr) * VW);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        A both[2 * VW];
         A xa[VW], xb[VW];
         Pack<T>::unpack(raw[2 * h], xa);
         Pack<T>::unpack(raw[2 * h + 1], xb);
-#pragma unroll
-        for (int k = 0; k < VW; ++k) {
-          both[k] = xa[k];
-          both[VW + k] = xb[k];
-        }
-        online_add(m, s, both);
-        if (LIN) {
-          const int ca = c0 + (v + 2 * h * nthr) * VW, cb = ca + nthr * VW;
-#pragma unroll
-          for (int k = 0; k < VW; ++k) {
-            const A a1 = lin_coef<KIND>(p, ca + k, A(0));
-            const A a2 = lin_coef<KIND>(p, cb + k, A(0));
-            ax += a1 * xa[k] + a2 * xb[k];
-            as += a1 + a2;
-          }
-        }
+        const int ca = c0 + (v + 2 * h * nthr) * VW;
+        pass1_pair<KIND, VW, LIN>(p, ca, ca + nthr * VW, xa, xb, m, s, ax, as);
       }
     }
   }
@@ -178,22 +185,7 @@ __device__ __forceinline__ void row_pass1(const RowParams<AccT<T>>& p, const T* 
     A xa[VW], xb[VW];
     load_acc<T, VW>(x + ca, xa);
     load_acc<T, VW>(x + cb, xb);
-    A both[2 * VW];
-#pragma unroll
-    for (int k = 0; k < VW; ++k) {
-      both[k] = xa[k];
-      both[VW + k] = xb[k];
-    }
-    online_add(m, s, both);
-    if (LIN) {
-#pragma unroll
-      for (int k = 0; k < VW; ++k) {
-        const A a1 = lin_coef<KIND>(p, ca + k, A(0));
-        const A a2 = lin_coef<KIND>(p, cb + k, A(0));
-        ax += a1 * xa[k] + a2 * xb[k];
-        as += a1 + a2;
-      }
-    }
+    pass1_pair<KIND, VW, LIN>(p, ca, cb, xa, xb, m, s, ax, as);
   }
   for (; v < nvec; v += nthr) {
     const int ca = c0 + v * VW;
