@@ -25,9 +25,35 @@ struct ElemArgs : ElemLayout {
   c10::ScalarType dtype = c10::ScalarType::Float;
   void* out_elem = nullptr;          // reduction "none": weighted loss per element
   const void* grad_scale = nullptr;  // acc (samples) or null: gradient factor
-  void* sample_loss = nullptr;       // acc (samples), zeroed: out, sum_j weight_ij l_ij
-                                     // (the flat kernel: per-task partial sums)
+  bool grad_scale_uniform = false;   // grad_scale holds one value for every sample
+  void* sample_loss = nullptr;       // acc (samples), zeroed: out, see elem_partial_sums
 };
+
+// Elements per partial sum of the loss when no per-sample loss is asked for.
+constexpr int64_t kElemSumBlock = 32768;
+
+// Short samples with nothing per sample to tell apart (no statistics, no
+// sample weight, weights absent or full) run as one flat span of elements.
+inline bool elem_flat(const ElemArgs& a) {
+  return !a.stats && !a.sample_weight && a.per_sample < kElemSumBlock &&
+         (!a.weight || a.weight_full) && (!a.pos_weight || a.pos_weight_full);
+}
+
+// Samples per partial sum outside the flat span.
+inline int64_t elem_samples_per_sum(const ElemArgs& a) {
+  return a.per_sample >= kElemSumBlock ? 1 : kElemSumBlock / (a.per_sample > 0 ? a.per_sample : 1);
+}
+
+// What the kernel leaves in sample_loss: with statistics, each sample's loss
+// without its sample weight (returns -1); else this many partial sums of the
+// loss with sample weights, over fixed blocks (elements when flat, samples
+// otherwise), so that the total is the same whatever the threads.
+inline int64_t elem_partial_sums(const ElemArgs& a) {
+  if (a.stats) return -1;
+  if (elem_flat(a)) return (a.samples * a.per_sample + kElemSumBlock - 1) / kElemSumBlock;
+  const int64_t spb = elem_samples_per_sum(a);
+  return (a.samples + spb - 1) / spb;
+}
 
 using RowKernelFn = void (*)(const RowArgs&);
 using ElemKernelFn = void (*)(const ElemArgs&);

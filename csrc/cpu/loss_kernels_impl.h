@@ -332,21 +332,15 @@ void elem_kernel_typed(const ElemArgs& a) {
     }
   };
 
-  // Short samples with nothing per sample to tell apart (no statistics, no
-  // sample weight, weights absent or full) run as one flat span: no vector
-  // tail and no horizontal sum per sample. Block k of kFlatBlock elements
-  // leaves its sum in sample_loss[k] (fewer blocks than samples, since
-  // S < kFlatBlock; the rest stay zero): the same sums whatever the threads.
-  constexpr int64_t kFlatBlock = 32768;
-  const bool flat = !a.stats && !sample_weight && S < kFlatBlock &&
-                    (!weight || a.weight_full) && (!pos_weight || a.pos_weight_full);
-  if (flat) {
+  // A flat span of elements (see elem_flat): block k of kElemSumBlock
+  // elements leaves its sum in sample_loss[k].
+  if (elem_flat(a)) {
     const V vgs(grad_scale ? grad_scale[0] : acc_t(1));  // one value when unweighted
     const int64_t total = a.samples * S;
-    const int64_t blocks = (total + kFlatBlock - 1) / kFlatBlock;
+    const int64_t blocks = elem_partial_sums(a);
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
-        const int64_t off = k * kFlatBlock, len = std::min(kFlatBlock, total - off);
+        const int64_t off = k * kElemSumBlock, len = std::min(kElemSumBlock, total - off);
         V vloss(0), vsq(0), vg(0);
         span(off, len, weight ? weight + off : nullptr, pos_weight ? pos_weight + off : nullptr,
              V(1), vgs, vloss, vsq, vg);
@@ -356,23 +350,44 @@ void elem_kernel_typed(const ElemArgs& a) {
     return;
   }
 
+  const auto sample = [&](int64_t i, V& vloss, V& vsq, V& vg) {
+    const int64_t off = i * S;
+    const acc_t* w = weight ? weight + (a.weight_full ? off : 0) : nullptr;
+    const acc_t* pw = pos_weight ? pos_weight + (a.pos_weight_full ? off : 0) : nullptr;
+    const V vsw(sample_weight ? sample_weight[i] : acc_t(1));
+    const V vgs(grad_scale ? grad_scale[a.grad_scale_uniform ? 0 : i] : acc_t(1));
+    span(off, S, w, pw, vsw, vgs, vloss, vsq, vg);
+    return vsw;
+  };
+
+  if (!a.stats) {
+    // No per-sample loss wanted: block k of samples leaves its weighted sum in
+    // sample_loss[k], with no horizontal sum per sample.
+    const int64_t spb = elem_samples_per_sum(a);
+    at::parallel_for(0, elem_partial_sums(a), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        V vtotal(0), vsq(0), vg(0);
+        for (int64_t i = k * spb, e = std::min(a.samples, i + spb); i < e; ++i) {
+          V vloss(0);
+          const V vsw = sample(i, vloss, vsq, vg);
+          vtotal = vtotal + vloss * vsw;
+        }
+        sample_loss[k] = hsum(vtotal);
+      }
+    });
+    return;
+  }
+
   at::parallel_for(0, a.samples, grain_rows(S), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t off = i * S;
-      const acc_t* w = weight ? weight + (a.weight_full ? off : 0) : nullptr;
-      const acc_t* pw = pos_weight ? pos_weight + (a.pos_weight_full ? off : 0) : nullptr;
-      const V vsw(sample_weight ? sample_weight[i] : acc_t(1));
-      const V vgs(grad_scale ? grad_scale[i] : acc_t(1));
       V vloss(0), vsq(0), vg(0);
-      span(off, S, w, pw, vsw, vgs, vloss, vsq, vg);
+      sample(i, vloss, vsq, vg);
       const acc_t l = hsum(vloss);
-      if (sample_loss) sample_loss[i] = l;
-      if (a.stats) {
-        float* st = a.stats + 3 * i;
-        st[0] = static_cast<float>(l);
-        st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
-        st[2] = S > 0 ? static_cast<float>(hsum(vg) / acc_t(S)) : 0.f;
-      }
+      sample_loss[i] = l;
+      float* st = a.stats + 3 * i;
+      st[0] = static_cast<float>(l);
+      st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
+      st[2] = S > 0 ? static_cast<float>(hsum(vg) / acc_t(S)) : 0.f;
     }
   });
 }

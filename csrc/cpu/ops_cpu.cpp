@@ -136,10 +136,12 @@ Tensor reduced_loss(AccScratch& item_loss, const Tensor& sw, int64_t n, int64_t 
   AT_DISPATCH_FLOATING_TYPES(item_loss.dtype(), "samplewt_reduce", [&] {
     const scalar_t* l = item_loss.as<scalar_t>();
     const scalar_t* w = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
+    double part[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the loop is not latency-bound
     for (int64_t i = 0; i < n; ++i) {
-      total += w ? static_cast<double>(w[i]) * static_cast<double>(l[i])
-                 : static_cast<double>(l[i]);
+      part[i & 3] += w ? static_cast<double>(w[i]) * static_cast<double>(l[i])
+                       : static_cast<double>(l[i]);
     }
+    total = (part[0] + part[1]) + (part[2] + part[3]);
   });
   if (reduction == kMean) total /= denom;
   return at::scalar_tensor(total, input.options());
@@ -248,14 +250,17 @@ ElemOut elem_loss(const ElemCall& o) {
   if (sw.defined()) check_sample_weight_values(sw);
 
   // What "mean" divides by: each sample's share (S elements, or its weight
-  // sum) times its sample weight. One O(N) loop; a sample of weight 0 gets a
+  // sum) times its sample weight. One O(N) loop where the shares or weights
+  // differ by sample, else one value for all; a sample of weight 0 gets a
   // gradient scale of 0 even when the denominator is 0.
+  const bool by_weight = o.mean_over_weight && w.values.defined();
+  const bool per_sample_scale = sw.defined() || (by_weight && w.full);
+  const bool want_scale = sw.defined() || o.reduction == kMean;
   double denom = 0.0;
-  AccScratch grad_scale(sw.defined() || o.reduction == kMean ? N : 0, acc);
-  if (sw.defined() || o.reduction == kMean) {
+  AccScratch grad_scale(want_scale ? (per_sample_scale ? N : 1) : 0, acc);
+  if (want_scale) {
     AT_DISPATCH_FLOATING_TYPES(acc, "samplewt_elem_prepass", [&] {
       const scalar_t* wp = sw.defined() ? sw.data_ptr<scalar_t>() : nullptr;
-      const bool by_weight = o.mean_over_weight && w.values.defined();
       const scalar_t* wv = by_weight ? w.values.data_ptr<scalar_t>() : nullptr;
       double shared_share = static_cast<double>(S);
       if (by_weight && !w.full) {
@@ -263,6 +268,13 @@ ElemOut elem_loss(const ElemCall& o) {
         for (int64_t j = 0; j < S; ++j) shared_share += static_cast<double>(wv[j]);
       }
       scalar_t* gs = grad_scale.as<scalar_t>();
+      if (!per_sample_scale) {
+        denom = static_cast<double>(N) * shared_share;
+        gs[0] = scalar_t(1);
+        if (o.reduction == kMean) divide_scales_by(gs, 1, denom);
+        return;
+      }
+      double part[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the loop is not latency-bound
       for (int64_t i = 0; i < N; ++i) {
         double share = shared_share;
         if (by_weight && w.full) {
@@ -270,9 +282,10 @@ ElemOut elem_loss(const ElemCall& o) {
           for (int64_t j = 0; j < S; ++j) share += static_cast<double>(wv[i * S + j]);
         }
         const double wi = wp ? static_cast<double>(wp[i]) : 1.0;
-        denom += wi * share;
+        part[i & 3] += wi * share;
         gs[i] = static_cast<scalar_t>(wi);
       }
+      denom = (part[0] + part[1]) + (part[2] + part[3]);
       if (o.reduction == kMean) divide_scales_by(gs, N, denom);
     });
   }
@@ -282,7 +295,6 @@ ElemOut elem_loss(const ElemCall& o) {
       o.compute_target_grad ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
   Tensor out_elem =
       o.reduction == kNone ? alloc_large_buffer(input.sizes(), input.options()) : Tensor();
-  AccScratch sample_loss(N, acc);
   Tensor stats = stats_or_empty(o.compute_stats, N, input);
 
   ElemArgs a;
@@ -290,15 +302,21 @@ ElemOut elem_loss(const ElemCall& o) {
                            checks::stats_ptr(o.compute_stats, stats), o.alpha, o.gamma, o.delta);
   a.dtype = input.scalar_type();
   a.out_elem = out_elem.defined() ? out_elem.data_ptr() : nullptr;
-  a.grad_scale = sw.defined() || o.reduction == kMean ? grad_scale.data() : nullptr;
+  a.grad_scale = want_scale ? grad_scale.data() : nullptr;
+  a.grad_scale_uniform = want_scale && !per_sample_scale;
+  // With statistics one loss per sample, else weighted partial sums
+  // (elem_partial_sums); the kernel did not run on an empty input.
+  const int64_t partial = elem_partial_sums(a);
+  AccScratch sample_loss(partial >= 0 ? partial : N, acc);
   a.sample_loss = sample_loss.data();
   if (numel > 0) elem_kernel()(a);
 
-  // The kernel did not run on an empty input: its sample losses are unset.
-  const Tensor loss = o.reduction == kNone
-                          ? out_elem
-                          : reduced_loss(sample_loss, sw, numel > 0 ? N : 0, o.reduction,
-                                         denom, input);
+  const Tensor loss =
+      o.reduction == kNone ? out_elem
+      : partial >= 0       ? reduced_loss(sample_loss, Tensor(), numel > 0 ? partial : 0,
+                                          o.reduction, denom, input)
+                           : reduced_loss(sample_loss, sw, numel > 0 ? N : 0, o.reduction, denom,
+                                          input);
   return {loss, grad.defined() ? grad : empty_like_nothing(input), stats,
           target_grad.defined() ? target_grad : empty_like_nothing(input)};
 }
