@@ -292,6 +292,39 @@ def test_regression(name, shape, dtype, use_weight, reduction, sw):
     check_op(name, x, t, weight=w, sample_weight=elem_sample_weight(shape, dtype, sw), reduction=reduction)
 
 
+# Many samples whose length is a multiple of 16 (the kernel's flat span with
+# sample weights, vector by vector) or not (sample by sample), over several
+# blocks of 32768 elements whose boundaries fall inside samples.
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "huber_loss", "binary_cross_entropy_with_logits",
+                                  "sigmoid_focal_loss"])
+@pytest.mark.parametrize("shape", [(5000, 16), (2100, 80), (1500, 40)], ids=str)
+@pytest.mark.parametrize("use_weight", [False, True], ids=["noW", "W"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_elementwise_many_samples_with_sample_weights(name, shape, use_weight, reduction):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 2
+    t = mixed_targets(shape, torch.float32) if name in ("binary_cross_entropy_with_logits",
+                                                         "sigmoid_focal_loss") else torch.randn(shape)
+    sw = elem_sample_weight(shape, torch.float32, "rand")
+    kw = dict(sample_weight=sw, reduction=reduction)
+    if use_weight and name != "sigmoid_focal_loss":
+        kw["weight"] = torch.rand(shape) + 0.1
+    check_op(name, x, t, **kw)
+    # The same bits whatever the number of threads.
+    got = []
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            xg = x.clone().requires_grad_()
+            out = getattr(swo, name)(xg, t, **kw)
+            (g,) = torch.autograd.grad(out.sum(), xg)
+            got.append((out, g))
+        finally:
+            torch.set_num_threads(old)
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
 @pytest.mark.parametrize("delta", [0.1, 1.0, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_huber_delta(delta, dtype):

@@ -32,10 +32,12 @@ struct ElemArgs : ElemLayout {
 // Elements per partial sum of the loss when no per-sample loss is asked for.
 constexpr int64_t kElemSumBlock = 32768;
 
-// Short samples with nothing per sample to tell apart (no statistics, no
-// sample weight, weights absent or full) run as one flat span of elements.
+// Short samples with nothing per sample to tell apart but their sample
+// weights (no statistics, weights absent or full) run as one flat span of
+// elements. With sample weights, samples of a multiple of 16 elements: every
+// vector of every instruction set then lies in one sample.
 inline bool elem_flat(const ElemArgs& a) {
-  return !a.stats && !a.sample_weight && a.per_sample < kElemSumBlock &&
+  return !a.stats && a.per_sample < kElemSumBlock && (!a.sample_weight || a.per_sample % 16 == 0) &&
          (!a.weight || a.weight_full) && (!a.pos_weight || a.pos_weight_full);
 }
 

@@ -335,15 +335,37 @@ void elem_kernel_typed(const ElemArgs& a) {
   // A flat span of elements (see elem_flat): block k of kElemSumBlock
   // elements leaves its sum in sample_loss[k].
   if (elem_flat(a)) {
-    const V vgs(grad_scale ? grad_scale[0] : acc_t(1));  // one value when unweighted
     const int64_t total = a.samples * S;
     const int64_t blocks = elem_partial_sums(a);
+    const auto scale_of = [&](int64_t i) {
+      return V(grad_scale ? grad_scale[a.grad_scale_uniform ? 0 : i] : acc_t(1));
+    };
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const int64_t off = k * kElemSumBlock, len = std::min(kElemSumBlock, total - off);
+        const acc_t* w = weight ? weight + off : nullptr;
+        const acc_t* pw = pos_weight ? pos_weight + off : nullptr;
         V vloss(0), vsq(0), vg(0);
-        span(off, len, weight ? weight + off : nullptr, pos_weight ? pos_weight + off : nullptr,
-             V(1), vgs, vloss, vsq, vg);
+        if (!sample_weight) {
+          span(off, len, w, pw, V(1), scale_of(0), vloss, vsq, vg);  // one scale for all
+          sample_loss[k] = hsum(vloss);
+          continue;
+        }
+        // Vector by vector (each in one sample, len a multiple of W), the
+        // sample's weight and scale changing at its boundary.
+        int64_t i = off / S, left = S - off % S;
+        V vsw(sample_weight[i]), vgs = scale_of(i);
+        for (int64_t j = 0; j < len; j += W, left -= W) {
+          if (left == 0) {
+            ++i;
+            left = S;
+            vsw = V(sample_weight[i]);
+            vgs = scale_of(i);
+          }
+          V vl(0);
+          span(off + j, W, w ? w + j : nullptr, pw ? pw + j : nullptr, vsw, vgs, vl, vsq, vg);
+          vloss = vloss + vl * vsw;
+        }
         sample_loss[k] = hsum(vloss);
       }
     });

@@ -4,11 +4,13 @@
 // vectorised kernel of the selected instruction set, and the final
 // reduction.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -247,7 +249,6 @@ ElemOut elem_loss(const ElemCall& o) {
   const int64_t S = in.per_sample;
   const ElemWeight& w = in.weight;
   Tensor sw = in.sample_weight;
-  if (sw.defined()) check_sample_weight_values(sw);
 
   // What "mean" divides by: each sample's share (S elements, or its weight
   // sum) times its sample weight. One O(N) loop where the shares or weights
@@ -274,19 +275,44 @@ ElemOut elem_loss(const ElemCall& o) {
         if (o.reduction == kMean) divide_scales_by(gs, 1, denom);
         return;
       }
-      double part[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the loop is not latency-bound
-      for (int64_t i = 0; i < N; ++i) {
-        double share = shared_share;
-        if (by_weight && w.full) {
-          share = 0.0;
-          for (int64_t j = 0; j < S; ++j) share += static_cast<double>(wv[i * S + j]);
+      // Blocks of samples summed in parallel, then added in block order: the
+      // same denominator whatever the threads.
+      constexpr int64_t kBlock = 16384;
+      const int64_t nblocks = (N + kBlock - 1) / kBlock;
+      std::vector<double> block_sum(nblocks, 0.0);
+      std::vector<char> bad(nblocks, 0);
+      at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          double part[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: not latency-bound
+          for (int64_t i = b * kBlock, e = std::min(N, i + kBlock); i < e; ++i) {
+            double share = shared_share;
+            if (by_weight && w.full) {
+              share = 0.0;
+              for (int64_t j = 0; j < S; ++j) share += static_cast<double>(wv[i * S + j]);
+            }
+            const double wi = wp ? static_cast<double>(wp[i]) : 1.0;
+            part[i & 3] += wi * share;
+            gs[i] = static_cast<scalar_t>(wi);
+          }
+          block_sum[b] = (part[0] + part[1]) + (part[2] + part[3]);
+          // A negative or non-finite weight makes its block's sum so (NaN
+          // stays NaN); checked once below.
+          if (wp) {
+            for (int64_t i = b * kBlock, e = std::min(N, i + kBlock); i < e; ++i) {
+              bad[b] |= !(wp[i] >= scalar_t(0) && wp[i] < std::numeric_limits<scalar_t>::infinity());
+            }
+          }
         }
-        const double wi = wp ? static_cast<double>(wp[i]) : 1.0;
-        part[i & 3] += wi * share;
-        gs[i] = static_cast<scalar_t>(wi);
+      });
+      for (int64_t b = 0; b < nblocks; ++b) {
+        if (bad[b]) check_sample_weight_values(sw);  // raises, naming the first bad value
+        denom += block_sum[b];
       }
-      denom = (part[0] + part[1]) + (part[2] + part[3]);
-      if (o.reduction == kMean) divide_scales_by(gs, N, denom);
+      if (o.reduction == kMean) {
+        at::parallel_for(0, N, kBlock, [&](int64_t i0, int64_t i1) {
+          divide_scales_by(gs + i0, i1 - i0, denom);
+        });
+      }
     });
   }
 
