@@ -165,14 +165,16 @@ def _fast_op(name: str):
     return getattr(torch.ops.samplewt_ops, name).default, tuple(n for n in names if n not in TABLE_ARGS), names
 
 
-def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=None, indices=None):
+def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=None, indices=None,
+               inplace_grad=False):
     """The loss of a plain CPU call straight from the compiled op, or None when
     the call needs the checked path (_loss). Plain: tensors of input's dtype
     and layout as the op takes them, nothing but input (and an element-wise
     target) requiring grad, and a table (if any) on the CPU with CPU indices.
     The op's own C++ checks and its O(N) value pre-pass check such a call
     (the table's indices too); on any error the checked path runs again and
-    raises its documented error."""
+    raises its documented error. inplace_grad (with input requiring grad):
+    the `_` op, under _ops.InplaceGradLoss."""
     # Every tensor on the CPU: a meta tensor among them would dispatch to the
     # fake kernel, which checks no devices.
     if type(input) is not Tensor or not input.is_cpu or type(target) is not Tensor or not target.is_cpu:
@@ -222,6 +224,10 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
         values.update(table.op_args(indices))
         names = with_table
     try:
+        if inplace_grad and values["compute_grad"]:
+            del values["compute_grad"]
+            args = {n: values[n] for n in names if n in values and n != "input"}
+            return _ops.InplaceGradLoss.apply(input, spec.name, args)[0]
         return op(*[values[n] for n in names])[0]
     except _OP_ERRORS:
         return None
@@ -329,12 +335,12 @@ def _public_loss(spec) -> Callable:
             text.append(f"{p.name}=_defaults[{p.name!r}]")
     own = ", ".join(f"{p.name}={p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
     own_dict = ", ".join(f"{p.name!r}: {p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
-    plain = "not deprecated" + (" and not inplace_grad" if spec.inplace else "")
+    plain = "not deprecated"
     source = (
         f"def {spec.name}({', '.join(text)}, **deprecated):\n"
         f"    if {plain} and _COMPILED:\n"
         f"        loss = _fast_loss(_spec, input, target, sample_weight, reduction, {{{own_dict}}}, "
-        f"table, indices)\n"
+        f"table, indices{', inplace_grad' if spec.inplace else ''})\n"
         f"        if loss is not None:\n"
         f"            return loss\n"
         f"    if deprecated:\n"

@@ -84,3 +84,37 @@ def test_calls_that_need_the_checked_path(case):
         spec, x, t, sw, args = _call("mse_loss")
         args["weight"] = torch.rand(5)
     assert fn_mod._fast_loss(spec, x, t, sw, red, args) is None
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.inplace])
+def test_inplace_grad_fast_path_equals_checked_path(name, reduction, weighted):
+    # inplace_grad=True takes the fast path too (the `_` op under its autograd
+    # Function): the same loss, and the same gradient in the logits' memory.
+    spec, x, t, sw, args = _call(name, weighted=weighted)
+    got = []
+    for fast in (True, False):
+        xi = x.detach().clone().requires_grad_()
+        logits = xi * 1  # a non-leaf, consumed by the op
+        if fast:
+            loss = fn_mod._fast_loss(spec, logits, t, sw, reduction, dict(args), inplace_grad=True)
+            assert loss is not None, "a plain call must take the fast path"
+        else:
+            loss = fn_mod._loss(spec, logits, t, sw, reduction, None, None, True, **args)
+        fns, seen = [loss.grad_fn], set()
+        while fns:  # the in-place op's Function is in the graph (the checked path may view it)
+            f = fns.pop()
+            seen.add(type(f).__name__)
+            fns += [n for n, _ in f.next_functions if n is not None]
+        assert "InplaceGradLossBackward" in seen
+        cot = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1))
+        (g,) = torch.autograd.grad(loss, xi, cot)
+        got.append((loss.detach(), g))
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
+def test_inplace_grad_bad_input_still_raises_the_checked_error():
+    x = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="target"):
+        samplewt_ops.cross_entropy(x * 1, torch.tensor([0, 1, 2]), inplace_grad=True)
