@@ -225,7 +225,11 @@ def extension(with_cuda: bool):
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     std = "-std=" + cxx_std()
     cxx = ["-O3", std, "-fopenmp", "-fdiagnostics-color=always"]
-    link = ["-fopenmp"]
+    # libstdc++ as a shared library, named before any -static-libstdc++ a compiler
+    # wrapper adds (the GPU machines' /opt/gcc/bin/g++ does): a second, static copy
+    # inside the extension breaks the streams that format torch's error messages
+    # (a truncated message here, SIGSEGV there), since torch uses the shared one.
+    link = ["-fopenmp", "-lstdc++"]
     if with_cuda:
         arches = cuda_arch_list()
         print(f"samplewt_ops: building CUDA kernels: CUDA_HOME={CUDA_HOME_FOUND} ({CUDA_HOME_HOW}), "

@@ -342,3 +342,14 @@ def test_opcheck_with_a_table(name, kwargs):
     # The table's tensors are mutated arguments (Tensor(a!)) of the schema.
     names = samplewt_ops._spec.SCHEMA_ARGS[name]
     torch.library.opcheck(getattr(OPS, name), tuple(kwargs[n] for n in names))
+
+
+def test_cpp_check_messages_are_formatted_in_full():
+    # Numbers in a C++ check's message go through the C++ streams. With a
+    # second, static libstdc++ inside the extension (a compiler wrapper's
+    # -static-libstdc++) they came out truncated here and crashed on the GPU
+    # machines; setup.py links the shared one.
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"target must have shape \(2\), got \[5\]"):
+        torch.ops.samplewt_ops.cross_entropy(x, torch.zeros(5, dtype=torch.long), None, None, -100,
+                                             0.0, 1, True, False)
