@@ -225,11 +225,15 @@ def extension(with_cuda: bool):
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     std = "-std=" + cxx_std()
     cxx = ["-O3", std, "-fopenmp", "-fdiagnostics-color=always"]
-    # libstdc++ as a shared library, named before any -static-libstdc++ a compiler
-    # wrapper adds (the GPU machines' /opt/gcc/bin/g++ does): a second, static copy
-    # inside the extension breaks the streams that format torch's error messages
-    # (a truncated message here, SIGSEGV there), since torch uses the shared one.
-    link = ["-fopenmp", "-lstdc++"]
+    # libstdc++ by its shared object's file name, before the compiler's own: torch uses
+    # the shared libstdc++, and a second, static copy inside the extension breaks the
+    # streams that format torch's error messages (a truncated message, or SIGSEGV). The
+    # GPU machines' /opt/gcc/bin/g++ wrapper searches a -B folder that holds only
+    # libstdc++.a, so a plain -lstdc++ still links it statically there.
+    link = ["-fopenmp"] + (["-l:libstdc++.so.6"] if sys.platform.startswith("linux") else [])
+    # setuptools skips the extension when no source is newer than it: headers and this
+    # file (its flags) count too, else a header edit leaves a stale build.
+    depends = rel("csrc/*.h") + rel("csrc/*/*.h") + rel("csrc/*/*.cuh") + ["setup.py"]
     if with_cuda:
         arches = cuda_arch_list()
         print(f"samplewt_ops: building CUDA kernels: CUDA_HOME={CUDA_HOME_FOUND} ({CUDA_HOME_HOW}), "
@@ -247,10 +251,12 @@ def extension(with_cuda: bool):
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             extra_link_args=link,
             library_dirs=library_dirs,
+            depends=depends,
         )
     print(f"samplewt_ops: building the CPU extension only ({std}; CUDA: "
           f"torch.version.cuda={torch.version.cuda!r}, toolkit: {CUDA_HOME_HOW})", file=sys.stderr)
-    return CppExtension("samplewt_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
+    return CppExtension("samplewt_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link,
+                        depends=depends)
 
 
 class BuildExt(BuildExtension):

@@ -66,7 +66,7 @@ def make(n, d, v, dtype=torch.float64, *, seed=0, bias=True, cw=False, sw=False,
 
 def grads(loss, tensors, seed=1):
     g = torch.Generator().manual_seed(seed)
-    go = torch.randn(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype)
+    go = torch.randn(loss.shape, generator=g, dtype=torch.float64).to(loss.device, loss.dtype)
     ts = [t for t in tensors if t is not None]
     return loss.detach(), torch.autograd.grad((loss * go).sum(), ts)
 

@@ -1,5 +1,9 @@
 """The registered ops themselves: opcheck on sample inputs, every CPU
 instruction set against the reference, and the in-place gradient mode."""
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -347,9 +351,23 @@ def test_opcheck_with_a_table(name, kwargs):
 def test_cpp_check_messages_are_formatted_in_full():
     # Numbers in a C++ check's message go through the C++ streams. With a
     # second, static libstdc++ inside the extension (a compiler wrapper's
-    # -static-libstdc++) they came out truncated here and crashed on the GPU
-    # machines; setup.py links the shared one.
+    # -static-libstdc++, or a -B folder holding only libstdc++.a) they came out
+    # truncated here and crashed on the GPU machines; setup.py links the shared one.
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match=r"target must have shape \(2\), got \[5\]"):
         torch.ops.samplewt_ops.cross_entropy(x, torch.zeros(5, dtype=torch.long), None, None, -100,
                                              0.0, 1, True, False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("nm") is None
+                    or shutil.which("readelf") is None, reason="needs Linux binutils")
+def test_extension_uses_the_shared_libstdcxx():
+    # The stronger form of the check above: no copy of libstdc++'s streams inside
+    # the extension at all, whichever message a test happens to format.
+    path = samplewt_ops._C.__file__
+    needed = subprocess.run(["readelf", "-dW", path], capture_output=True, text=True, check=True).stdout
+    assert "[libstdc++.so.6]" in needed, needed
+    defined = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True,
+                             check=True).stdout
+    own = [line for line in defined.splitlines() if "basic_ostream" in line and "_M_insert" in line]
+    assert not own, f"{len(own)} libstdc++ stream symbols defined in {path}: {own[:3]}"

@@ -256,7 +256,8 @@ void row_kernel_typed(const RowArgs& a) {
           }
           if (g) vstore(g + j, u * vscale, n);
         }
-        const acc_t p_y = prob ? acc_t(0) : std::exp(xs_y - log_s);
+        // p_y only feeds the lean pass's target element and the statistics.
+        const acc_t p_y = prob || !(st || (lean && g)) ? acc_t(0) : std::exp(xs_y - log_s);
         if (lean && !prob && g) {
           // The lean pass left element y without the target's own coefficient.
           const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;

@@ -174,26 +174,6 @@ struct Pack<__nv_bfloat16> : Pack16<Pack<__nv_bfloat16>> {
   }
 };
 
-// Loads VW consecutive elements as acc values. VW is 1 (any alignment) or
-// Vec16<T>::value (p 16-byte aligned). STREAM marks the last use of the data
-// (cache-streaming, evict first).
-template <typename T, int VW, bool STREAM = false>
-__device__ __forceinline__ void load_acc(const T* p, AccT<T> (&v)[VW]) {
-  if constexpr (VW == 1) {
-    v[0] = TypeInfo<T>::to_acc(*p);
-  } else {
-    static_assert(VW * sizeof(T) == 16, "vector access must be 128-bit");
-    const uint4* q = reinterpret_cast<const uint4*>(p);
-    uint4 u;
-    if constexpr (STREAM) {
-      u = __ldcs(q);
-    } else {
-      u = *q;
-    }
-    Pack<T>::unpack(u, v);
-  }
-}
-
 // The raw 16 bytes at p (16-byte aligned), for loops that issue several loads
 // before converting any: more bytes in flight per thread.
 template <bool STREAM = false>
@@ -203,6 +183,19 @@ __device__ __forceinline__ uint4 load16(const void* p) {
     return __ldcs(q);
   } else {
     return *q;
+  }
+}
+
+// Loads VW consecutive elements as acc values. VW is 1 (any alignment) or
+// Vec16<T>::value (p 16-byte aligned). STREAM marks the last use of the data
+// (cache-streaming, evict first).
+template <typename T, int VW, bool STREAM = false>
+__device__ __forceinline__ void load_acc(const T* p, AccT<T> (&v)[VW]) {
+  if constexpr (VW == 1) {
+    v[0] = TypeInfo<T>::to_acc(*p);
+  } else {
+    static_assert(VW * sizeof(T) == 16, "vector access must be 128-bit");
+    Pack<T>::unpack(load16<STREAM>(p), v);
   }
 }
 
