@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "op_schemas.h"
@@ -230,10 +231,97 @@ class LossAutograd final : public c10::OperatorKernel {
   LossLayout layout_;
 };
 
-// The non-in-place loss ops: every op with a compute_grad argument.
+// The in-place ops (cross_entropy_, focal_loss_) leave d(loss)/d(input) in
+// the input's memory: the input is consumed, as inplace_grad=True documents.
+// The node holds that memory and, in backward, scales it in place and hands
+// it over as the input's gradient (a leaf's AccumulateGrad adopts it), once.
+// The input keeps its own history: it is not rebased onto this node.
+class InplaceLossBackward final : public torch::autograd::Node {
+ public:
+  explicit InplaceLossBackward(std::string name) : name_(std::move(name)) {}
+
+  std::string name() const override { return "samplewt_ops_" + name_ + "Backward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(1);
+    TORCH_CHECK(!consumed_, "samplewt_ops: a loss computed with inplace_grad=True can be "
+                "backpropagated only once (its gradient lives in the logits' memory)");
+    consumed_ = true;
+    Tensor grad = std::move(grad_);
+    grad_.reset();
+    const Tensor& grad_loss = grads[0];
+    if (!grad_loss.defined() || !should_compute_output(0)) return out;
+    scale_in_place(grad, grad_loss, true);
+    // A new alias of the memory that nothing else holds: stealable.
+    out[0] = grad.detach();
+    return out;
+  }
+
+  void release_variables() override { grad_.reset(); }
+
+  Tensor grad_;  // the input, after the op: d(loss)/d(input)
+  bool consumed_ = false;
+
+ private:
+  std::string name_;
+};
+
+class InplaceLossAutograd final : public c10::OperatorKernel {
+ public:
+  void operator()(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                  torch::jit::Stack* stack) {
+    std::call_once(bound_, [&] { bind(op.schema()); });
+    const size_t first = stack->size() - num_args_;
+    const Tensor input = (*stack)[first + input_].toTensor();
+    const bool need = torch::autograd::GradMode::is_enabled() && input.requires_grad();
+    decltype(make_node<InplaceLossBackward>(std::string())) node;
+    if (need) {
+      for (size_t i = 0; i < num_args_; ++i) {
+        const c10::IValue& v = (*stack)[first + i];
+        TORCH_CHECK(static_cast<int>(i) == input_ || !v.isTensor() || !v.toTensor().requires_grad(),
+                    "samplewt_ops.", name_, ": the in-place op differentiates input only, but ",
+                    op.schema().arguments()[i].name(), " requires grad; samplewt_ops.",
+                    name_.substr(0, name_.size() - 1), " without inplace_grad differentiates it");
+      }
+      node = make_node<InplaceLossBackward>(name_);
+      node->set_next_edges(torch::autograd::collect_next_edges(input));
+    }
+    {
+      at::AutoDispatchBelowAutograd guard;
+      op.redispatchBoxed(ks & c10::after_autograd_keyset, stack);
+    }
+    if (!node) return;
+    node->grad_ = input;
+    Tensor loss = (*stack)[stack->size() - num_returns_].toTensor();
+    torch::autograd::set_history(loss, NodePtr(node));
+  }
+
+ private:
+  void bind(const c10::FunctionSchema& schema) {
+    name_ = schema.operator_name().name;
+    name_ = name_.substr(name_.find("::") + 2);
+    num_args_ = schema.arguments().size();
+    num_returns_ = schema.returns().size();
+    for (size_t i = 0; i < num_args_; ++i) {
+      if (schema.arguments()[i].name() == "input") input_ = static_cast<int>(i);
+    }
+    TORCH_CHECK(input_ >= 0 && num_returns_ >= 1 && schema.returns()[0].name() == "loss",
+                "samplewt_ops: ", name_, "'s schema does not have the in-place loss layout");
+  }
+
+  std::once_flag bound_;
+  std::string name_;
+  size_t num_args_ = 0, num_returns_ = 0;
+  int input_ = -1;
+};
+
+// Every loss op: those with a compute_grad argument, and the in-place ones.
 TORCH_LIBRARY_IMPL(samplewt_ops, Autograd, m) {
   for (const char* name : kLossOps) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunctor(std::make_unique<LossAutograd>()));
+  }
+  for (const char* name : kInplaceLossOps) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunctor(std::make_unique<InplaceLossAutograd>()));
   }
 }
 

@@ -32,6 +32,9 @@ inline constexpr const char* kLossOps[] = {
     "cross_entropy", "focal_loss", "sigmoid_focal_loss", "binary_cross_entropy_with_logits",
     "mse_loss", "l1_loss", "huber_loss"};
 
+// The in-place loss ops: they write d(loss)/d(input) into input (autograd.cpp).
+inline constexpr const char* kInplaceLossOps[] = {"cross_entropy_", "focal_loss_"};
+
 // The adaptive table's arguments of every loss op (table_step.h), before its
 // outputs. Mutated in place: the table's EMAs, counts, running sums and GHM's
 // bins.

@@ -8,8 +8,9 @@ Every functional op returns (loss, grad, stats), and an element-wise one also
 target_grad: the forward kernel has already written d(loss)/d(input) (and,
 when asked, d(loss)/d(target)), so backward, registered in C++
 (csrc/autograd.cpp), only scales those saved gradients by grad_output. The
-in-place `_` variants write the gradient into the logits themselves and are
-wrapped by InplaceGradLoss.
+in-place `_` variants write the gradient into the logits themselves; their
+C++ autograd hands that memory over as the gradient (the eager fast path), and
+the checked path, which torch.compile traces, wraps them in InplaceGradLoss.
 """
 from __future__ import annotations
 

@@ -174,7 +174,7 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
     The op's own C++ checks and its O(N) value pre-pass check such a call
     (the table's indices too); on any error the checked path runs again and
     raises its documented error. inplace_grad (with input requiring grad):
-    the `_` op, under _ops.InplaceGradLoss."""
+    the `_` op."""
     # Every tensor on the CPU: a meta tensor among them would dispatch to the
     # fake kernel, which checks no devices.
     if type(input) is not Tensor or not input.is_cpu or type(target) is not Tensor or not target.is_cpu:
@@ -216,7 +216,10 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
             except _OP_ERRORS:
                 return None
         values[name] = to_op[name](value, input) if name in to_op else value
-    op, names, with_table = _fast_op(spec.name)
+    # inplace_grad: the `_` op, whose C++ autograd (csrc/autograd.cpp) hands the
+    # consumed input's memory over as its gradient.
+    in_place = inplace_grad and values["compute_grad"]
+    op, names, with_table = _fast_op(spec.name + "_" if in_place else spec.name)
     if table is not None:
         if (type(indices) is not Tensor or not indices.is_cpu or not table.ema.is_cpu
                 or not table.policy.supports(spec.name)):
@@ -224,10 +227,6 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
         values.update(table.op_args(indices))
         names = with_table
     try:
-        if inplace_grad and values["compute_grad"]:
-            del values["compute_grad"]
-            args = {n: values[n] for n in names if n in values and n != "input"}
-            return _ops.InplaceGradLoss.apply(input, spec.name, args)[0]
         return op(*[values[n] for n in names])[0]
     except _OP_ERRORS:
         return None

@@ -90,8 +90,9 @@ def test_calls_that_need_the_checked_path(case):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.inplace])
 def test_inplace_grad_fast_path_equals_checked_path(name, reduction, weighted):
-    # inplace_grad=True takes the fast path too (the `_` op under its autograd
-    # Function): the same loss, and the same gradient in the logits' memory.
+    # inplace_grad=True takes the fast path too (the `_` op with its C++
+    # autograd; the checked path runs it under an autograd Function): the same
+    # loss, and the same gradient in the logits' memory.
     spec, x, t, sw, args = _call(name, weighted=weighted)
     got = []
     for fast in (True, False):
@@ -105,9 +106,9 @@ def test_inplace_grad_fast_path_equals_checked_path(name, reduction, weighted):
         fns, seen = [loss.grad_fn], set()
         while fns:  # the in-place op's Function is in the graph (the checked path may view it)
             f = fns.pop()
-            seen.add(type(f).__name__)
+            seen.add(f.name())
             fns += [n for n, _ in f.next_functions if n is not None]
-        assert "InplaceGradLossBackward" in seen
+        assert (f"samplewt_ops_{name}_Backward" if fast else "InplaceGradLossBackward") in seen, seen
         cot = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1))
         (g,) = torch.autograd.grad(loss, xi, cot)
         got.append((loss.detach(), g))

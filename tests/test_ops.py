@@ -371,3 +371,48 @@ def test_extension_uses_the_shared_libstdcxx():
                              check=True).stdout
     own = [line for line in defined.splitlines() if "basic_ostream" in line and "_M_insert" in line]
     assert not own, f"{len(own)} libstdc++ stream symbols defined in {path}: {own[:3]}"
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+@pytest.mark.parametrize("name", ["cross_entropy_", "focal_loss_"])
+def test_inplace_op_autograd_hands_the_consumed_input_over(name, reduction):
+    # The `_` ops' own autograd (csrc/autograd.cpp): the gradient is the input's
+    # memory after the op, scaled by grad_output, adopted by a leaf, once.
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(37, 11, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 11, (37,), generator=gen)
+    sw = torch.rand(37, generator=gen, dtype=torch.float64)
+    extra = dict(ignore_index=-100, label_smoothing=0.1) if name == "cross_entropy_" else \
+        dict(gamma=2.0, ignore_index=-100)
+    fn = samplewt_ops.cross_entropy if name == "cross_entropy_" else samplewt_ops.focal_loss
+    red = ["none", "mean", "sum"][reduction]
+    xr = x0.clone().requires_grad_()
+    want = fn(xr, y, sample_weight=sw, reduction=red, **extra)
+    cot = torch.rand(want.shape, generator=gen, dtype=torch.float64)
+    (want_grad,) = torch.autograd.grad(want, xr, cot)
+
+    x = x0.clone().requires_grad_()
+    ptr = x.data_ptr()
+    names = samplewt_ops._spec.SCHEMA_ARGS[name]
+    kwargs = {**samplewt_ops._spec.SCHEMA_DEFAULTS[name], **extra, "input": x, "target": y,
+              "sample_weight": sw, "reduction": reduction, "compute_stats": False}
+    kwargs.setdefault("weight" if name == "cross_entropy_" else "alpha", None)
+    loss = getattr(OPS, name)(*[kwargs[n] for n in names])[0]
+    assert loss.grad_fn is not None and loss.grad_fn.name() == f"samplewt_ops_{name}Backward"
+    torch.testing.assert_close(loss.detach(), want.detach())
+    loss.backward(cot, retain_graph=True)
+    torch.testing.assert_close(x.grad, want_grad)
+    assert x.grad.data_ptr() == ptr, "the leaf must adopt the consumed input's memory"
+    with pytest.raises(RuntimeError, match="backpropagated only once"):
+        loss.backward(cot)
+
+
+def test_inplace_op_refuses_other_arguments_requiring_grad():
+    x = torch.randn(4, 3, requires_grad=True)
+    q = torch.softmax(torch.randn(4, 3), 1).requires_grad_()
+    names = samplewt_ops._spec.SCHEMA_ARGS["cross_entropy_"]
+    kwargs = {**samplewt_ops._spec.SCHEMA_DEFAULTS["cross_entropy_"], "input": x * 1, "target": q,
+              "weight": None, "sample_weight": None, "ignore_index": -100, "label_smoothing": 0.0,
+              "reduction": 1, "compute_stats": False}
+    with pytest.raises(RuntimeError, match="differentiates input only, but target requires grad"):
+        OPS.cross_entropy_(*[kwargs[n] for n in names])
