@@ -2,6 +2,8 @@
 #include "table_cpu.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -13,6 +15,15 @@ namespace cpu {
 using at::Tensor;
 
 namespace {
+
+// A float's bits as an unsigned key of the same order (-inf lowest, +inf
+// highest, -0 equal to +0 as the comparison has it; no NaN comes here).
+inline uint32_t ordered_key(float f) {
+  if (f == 0.0f) f = 0.0f;
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
 
 // GHM's bins of the batch and its density after the batch (table_math.h).
 struct GhmBatch {
@@ -121,27 +132,42 @@ void per_batch_weights(const Table& t, const float* st, const bool* v, const Ghm
     const int64_t den = static_cast<int64_t>(params[kKeepDen]);
     const int64_t k = std::min((num * N + den - 1) / den, N);
     // Largest losses first (NaN above everything, invalid samples last),
-    // ties by position. The keys once per sample, not per comparison.
-    thread_local std::vector<float> key_buffer;
-    thread_local std::vector<int64_t> order_buffer;
-    std::vector<float>& key = key_buffer;
-    std::vector<int64_t>& order = order_buffer;
-    key.resize(N);
-    order.resize(N);
+    // ties by position: the k-th largest key by a radix select (four counting
+    // passes, no comparison sort), then every key above it and the first
+    // keys equal to it. Keys are the losses' bits mapped to an unsigned
+    // order; an invalid sample ranks as a loss of -inf (after it, by position).
+    thread_local std::vector<uint32_t> key_buffer;
+    std::vector<uint32_t>& key_vec = key_buffer;
+    key_vec.resize(N);
+    uint32_t* key = key_vec.data();
     constexpr float kInf = std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < N; ++i) {
       const float l = st[i * 3 + kLossStat];
-      key[i] = (v != nullptr && !v[i]) ? -kInf : (l != l ? kInf : l);
+      key[i] = ordered_key((v != nullptr && !v[i]) ? -kInf : (l != l ? kInf : l));
     }
-    std::iota(order.begin(), order.end(), 0);
-    if (k > 0 && k < N) {
-      const float* kp = key.data();
-      std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [kp](int64_t a, int64_t b) {
-        return kp[a] > kp[b] || (kp[a] == kp[b] && a < b);
-      });
+    // The k-th largest key, a byte at a time: a histogram of the next byte
+    // among the keys that share the bytes found so far.
+    uint32_t kth = 0, mask = 0;
+    if (k > 0) {
+      int64_t rank = k;  // the wanted key's rank from the top among the matches
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        int64_t count[256] = {};
+        for (int64_t i = 0; i < N; ++i) {
+          if ((key[i] & mask) == kth) ++count[(key[i] >> shift) & 0xffu];
+        }
+        int b = 255;
+        for (; b > 0 && count[b] < rank; --b) rank -= count[b];
+        kth |= static_cast<uint32_t>(b) << shift;
+        mask |= 0xffu << shift;
+      }
     }
-    std::fill(w, w + N, 0.0f);
-    for (int64_t j = 0; j < k; ++j) w[order[j]] = 1.0f;
+    int64_t above = 0;
+    for (int64_t i = 0; i < N; ++i) above += key[i] > kth;
+    int64_t ties = k - above;  // the first `ties` keys equal to kth, by position
+    for (int64_t i = 0; i < N; ++i) {
+      const bool keep = k > 0 && (key[i] > kth || (key[i] == kth && ties-- > 0));
+      w[i] = keep ? 1.0f : 0.0f;
+    }
     if (v != nullptr) {
       for (int64_t i = 0; i < N; ++i) w[i] = v[i] ? w[i] : 0.0f;
     }

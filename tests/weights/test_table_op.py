@@ -298,3 +298,40 @@ def test_no_grad_still_updates_the_table():
     with torch.no_grad():
         samplewt_ops.cross_entropy(x, y, table=table, indices=torch.arange(4))
     assert int(table.seen_count.sum()) == 4
+
+
+@pytest.mark.parametrize("keep_ratio", [0.05, 0.3, 0.5, 0.55, 0.8, 1.0])
+def test_ohem_keeps_the_reference_rows_with_ties_nan_and_ignored(monkeypatch, keep_ratio):
+    # OHEM's selection in C++ (largest losses first, NaN above everything,
+    # ignored samples last, ties by position), with the cut falling inside
+    # groups of equal losses.
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn(4, 5, generator=gen) * 3
+    x = base[torch.randint(0, 4, (20,), generator=gen)].clone()  # equal rows: equal losses
+    t = torch.randint(0, 5, (20,), generator=gen)
+    t[:] = t[0]
+    x[7, 2] = float("nan")
+    t[[3, 12]] = -100
+    x[15] = x[16] = 0.0  # equal logits: loss log(5), equal for both
+    idx = torch.arange(20)
+    out = []
+    for kernel in (True, False):
+        table = AdaptiveWeights(S, OHEM(keep_ratio=keep_ratio))
+        with monkeypatch.context() as m:
+            if not kernel:
+                m.setattr(functional, "_kernel", lambda input: False)
+            xk = x.clone().requires_grad_(True)
+            kw = dict(sample_weight=None, table=table, indices=idx, reduction="none")
+            loss = samplewt_ops.cross_entropy(xk, t, **kw) if kernel else \
+                _reference_loss("cross_entropy", xk, t, **kw)
+            out.append(loss.detach())
+    # The reference breaks ties as topk does: the same kept losses, as values.
+    kept = [o[o != 0] for o in out]
+    torch.testing.assert_close(kept[0].sort().values, kept[1].sort().values, equal_nan=True)
+    # The op's own rule: a stable descending order of the keys, the first k.
+    plain = _stats("cross_entropy", x, t)[:, 0]
+    key = torch.where(t == -100, float("-inf"), torch.nan_to_num(plain, nan=float("inf"), posinf=float("inf")))
+    k = OHEM(keep_ratio=keep_ratio).num_kept(20)
+    order = torch.sort(key, descending=True, stable=True).indices[:k]
+    want = sorted(i for i in order.tolist() if t[i] != -100)
+    assert (out[0] != 0).nonzero().flatten().tolist() == want
