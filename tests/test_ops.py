@@ -1,5 +1,6 @@
 """The registered ops themselves: opcheck on sample inputs, every CPU
 instruction set against the reference, and the in-place gradient mode."""
+import os
 import shutil
 import subprocess
 import sys
@@ -416,3 +417,50 @@ def test_inplace_op_refuses_other_arguments_requiring_grad():
               "reduction": 1, "compute_stats": False}
     with pytest.raises(RuntimeError, match="differentiates input only, but target requires grad"):
         OPS.cross_entropy_(*[kwargs[n] for n in names])
+
+
+def test_large_gradient_buffers_are_reused_once_freed():
+    # csrc/cpu/large_buffer.h: a freed N x C gradient goes back to a small
+    # cache, and the next call of the same size takes it (pages already
+    # mapped); a buffer still held is never handed out again.
+    x = torch.randn(1 << 18, 16, requires_grad=True)
+    t = torch.randn(1 << 18, 16)
+    want = torch.autograd.grad(torch.nn.functional.mse_loss(x, t), x)[0]
+    (g1,) = torch.autograd.grad(samplewt_ops.mse_loss(x, t), x)
+    first = g1.data_ptr()
+    del g1
+    (g2,) = torch.autograd.grad(samplewt_ops.mse_loss(x, t), x)
+    assert g2.data_ptr() == first
+    (g3,) = torch.autograd.grad(samplewt_ops.mse_loss(x, t), x)
+    assert g3.data_ptr() != g2.data_ptr()
+    torch.testing.assert_close(g2, want, rtol=0, atol=0)
+    torch.testing.assert_close(g3, want, rtol=0, atol=0)
+    # A reused buffer is fully rewritten: another loss into the same block.
+    del g2, g3
+    xr = x.detach().view(-1, 64).clone().requires_grad_()
+    y = torch.randint(0, 64, (xr.shape[0],))
+    (got,) = torch.autograd.grad(samplewt_ops.cross_entropy(xr, y), xr)
+    want_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(xr, y), xr)[0]
+    torch.testing.assert_close(got, want_ce)
+
+
+def test_buffers_without_the_cache_and_from_threads():
+    code = (
+        "import threading, torch, samplewt_ops\n"
+        "x = torch.randn(1 << 18, 16); t = torch.randn(1 << 18, 16)\n"
+        "xr = x.clone().requires_grad_()\n"
+        "want = torch.autograd.grad(torch.nn.functional.mse_loss(xr, t), xr)[0]\n"
+        "bad = []\n"
+        "def work():\n"
+        "    for _ in range(6):\n"
+        "        xi = x.clone().requires_grad_()\n"
+        "        g = torch.autograd.grad(samplewt_ops.mse_loss(xi, t), xi)[0]\n"
+        "        bad.append(not torch.equal(g, want))\n"
+        "ts = [threading.Thread(target=work) for _ in range(3)]\n"
+        "[th.start() for th in ts]; [th.join() for th in ts]\n"
+        "assert len(bad) == 18 and not any(bad), bad\n"
+        "print('ok')\n")
+    for cap in ("0", "512"):
+        env = dict(os.environ, SAMPLEWT_CPU_BUFFER_CACHE_MB=cap)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

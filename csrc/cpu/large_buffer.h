@@ -1,17 +1,30 @@
 // N x C output buffers: the gradient of the non-in-place ops, and the
 // per-element loss of reduction="none".
 //
-// A fresh multi-GB buffer costs more in first-touch page faults than the
-// fused kernel itself (4 KiB pages: one fault per 1024 floats). Large buffers
-// are therefore placed at a 2 MiB boundary inside an allocation of PyTorch's
-// own CPU allocator (so memory accounting and profilers still see them) and
-// advised as transparent huge pages before anything touches them, which cuts
-// the faults ~500x where the kernel allows THP ("madvise" or "always").
+// A fresh multi-MB buffer costs more in first-touch page faults (and the
+// kernel's zeroing of each page) than the fused kernel itself. Large buffers
+// are therefore:
+// - taken from PyTorch's own CPU allocator (memory accounting still sees them),
+//   placed at a 2 MiB boundary and advised as transparent huge pages before
+//   anything touches them (~500x fewer faults where THP is "madvise" or
+//   "always");
+// - given back, when the last tensor viewing one is freed, to a small cache
+//   (a few blocks, a bounded number of bytes) from which the next call of the
+//   same size takes it with its pages already mapped: a training loop's
+//   gradient of every step. SAMPLEWT_CPU_BUFFER_CACHE_MB caps the cache
+//   (0 turns it off; default 512).
+// The buffers are fully overwritten by the kernels: nothing relies on zeros.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -19,25 +32,98 @@
 namespace samplewt {
 namespace cpu {
 
-inline at::Tensor alloc_large_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+namespace buffer_detail {
+
+constexpr int64_t kHugePage = int64_t(2) << 20;
+constexpr size_t kMaxCachedBlocks = 4;
+
+struct Block {
+  c10::DataPtr raw;  // from the CPU allocator
+  size_t bytes = 0;  // its size
+};
+
+class BlockCache {
+ public:
+  // Never destroyed: a tensor freed during interpreter shutdown still finds it.
+  static BlockCache& get() {
+    static BlockCache* cache = new BlockCache();
+    return *cache;
+  }
+
+  Block take(size_t bytes) {
+    if (cap_ > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t i = 0; i < free_.size(); ++i) {
+        if (free_[i].bytes == bytes) {
+          Block b = std::move(free_[i]);
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          cached_ -= bytes;
+          return b;
+        }
+      }
+    }
+    Block b;
+    b.raw = c10::GetCPUAllocator()->allocate(bytes);
+    b.bytes = bytes;
 #if defined(__linux__)
-  constexpr int64_t kHugePage = int64_t(2) << 20;
+    const auto base = reinterpret_cast<uintptr_t>(b.raw.get());
+    const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+    if (bytes > aligned - base) {
+      // Advisory: a refusal only costs speed.
+      madvise(reinterpret_cast<void*>(aligned), bytes - (aligned - base), MADV_HUGEPAGE);
+    }
+#endif
+    return b;
+  }
+
+  // Keeps the block for a later call, or frees it (the oldest go first).
+  void give_back(Block&& b) {
+    if (cap_ == 0 || b.bytes > cap_) return;  // b frees its memory
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (!free_.empty() && (free_.size() >= kMaxCachedBlocks || cached_ + b.bytes > cap_)) {
+      cached_ -= free_.front().bytes;
+      free_.erase(free_.begin());
+    }
+    cached_ += b.bytes;
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  BlockCache() {
+    const char* env = std::getenv("SAMPLEWT_CPU_BUFFER_CACHE_MB");
+    const long long mb = env != nullptr && *env != '\0' ? std::atoll(env) : 512;
+    cap_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+  }
+
+  std::mutex mutex_;
+  std::vector<Block> free_;
+  size_t cached_ = 0, cap_ = 0;
+};
+
+inline void release_block(void* ctx) {
+  std::unique_ptr<Block> b(static_cast<Block*>(ctx));
+  BlockCache::get().give_back(std::move(*b));
+}
+
+}  // namespace buffer_detail
+
+inline at::Tensor alloc_large_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  using namespace buffer_detail;
   const int64_t elem = static_cast<int64_t>(options.dtype().itemsize());
   const int64_t bytes = c10::multiply_integers(sizes) * elem;
-  if (bytes >= 4 * kHugePage) {
-    at::Tensor raw = at::empty({bytes + kHugePage}, options.dtype(at::kByte));
-    const auto base = reinterpret_cast<uintptr_t>(raw.data_ptr());
-    const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
-    const int64_t offset = static_cast<int64_t>(aligned - base);
-    if (offset % elem == 0) {
-      // Advisory: a refusal only costs speed.
-      madvise(reinterpret_cast<void*>(aligned), static_cast<size_t>(bytes), MADV_HUGEPAGE);
-      return at::empty({0}, options).set_(raw.storage(), offset / elem, sizes,
-                                          c10::contiguous_strides(sizes));
-    }
-  }
-#endif
-  return at::empty(sizes, options);
+  if (bytes < 4 * kHugePage) return at::empty(sizes, options);
+  const size_t total = static_cast<size_t>(bytes + kHugePage);
+  auto block = std::make_unique<Block>(BlockCache::get().take(total));
+  const auto base = reinterpret_cast<uintptr_t>(block->raw.get());
+  const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+  const int64_t offset = static_cast<int64_t>(aligned - base);
+  if (offset % elem != 0) return at::empty(sizes, options);  // block freed: unusual alignment
+  void* data = block->raw.get();
+  // The storage owns the block; freeing it hands the block back to the cache.
+  c10::DataPtr ptr(data, block.release(), &release_block, c10::Device(c10::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(total), std::move(ptr),
+                       /*allocator=*/nullptr, /*resizable=*/false);
+  return at::empty({0}, options).set_(storage, offset / elem, sizes, c10::contiguous_strides(sizes));
 }
 
 }  // namespace cpu
