@@ -77,6 +77,7 @@ struct ScalarMath {
   static SWT_HD V softmax_exp(V x) { return std::exp(x); }
   static SWT_HD V log(V x) { return std::log(x); }
   static SWT_HD V log1p(V x) { return std::log1p(x); }
+  static SWT_HD V log1p_unit(V x) { return std::log1p(x); }
   static SWT_HD V expm1(V x) { return std::expm1(x); }
   static SWT_HD V abs(V x) { return std::fabs(x); }
   static SWT_HD V sqrt(V x) { return std::sqrt(x); }
@@ -105,7 +106,7 @@ SWT_HD SigmoidParts<M> sigmoid_parts(typename M::V x) {
   const V zero = M::splat(0.0), one = M::splat(1.0);
   const V e = M::exp(-M::abs(x));
   const V inv = one / (one + e);
-  const V l1pe = M::log1p(e);
+  const V l1pe = M::log1p_unit(e);  // e in (0, 1]
   const auto pos = x >= zero;
   SigmoidParts<M> s;
   s.p = M::select(pos, inv, e * inv);

@@ -39,6 +39,26 @@ struct VecMath {
   static V softmax_exp(V x) { return x.exp_u20(); }
   static V log(V x) { return x.log(); }
   static V log1p(V x) { return x.log1p(); }
+  // log1p(e) for e in [0, 1] (softplus's e = exp(-|x|)): 2 atanh(s) with
+  // s = e / (2 + e) <= 1/3, summed as its odd series; within a few float ulp,
+  // and a fraction of the time of Sleef's log1p, which dominated BCE's time.
+  static V log1p_unit(V e) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      const V s = e / (V(2.0f) + e);
+      const V s2 = s * s;
+      V p = V(1.0f / 15);
+      p = at::vec::fmadd(p, s2, V(1.0f / 13));
+      p = at::vec::fmadd(p, s2, V(1.0f / 11));
+      p = at::vec::fmadd(p, s2, V(1.0f / 9));
+      p = at::vec::fmadd(p, s2, V(1.0f / 7));
+      p = at::vec::fmadd(p, s2, V(1.0f / 5));
+      p = at::vec::fmadd(p, s2, V(1.0f / 3));
+      p = at::vec::fmadd(p, s2, V(1.0f));
+      return (s + s) * p;
+    } else {
+      return e.log1p();
+    }
+  }
   static V expm1(V x) { return x.expm1(); }
   static V abs(V x) { return x.abs(); }
   static V sqrt(V x) { return x.sqrt(); }
