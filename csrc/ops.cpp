@@ -19,4 +19,6 @@ TORCH_LIBRARY(samplewt_ops, m) {
   samplewt::define_ops(m);
   // Which CPU instruction set the kernels dispatch to ("AVX512", ...).
   m.def("cpu_isa() -> str");
+  // Frees the CPU output buffers kept for reuse (large_buffer.h); returns their bytes.
+  m.def("empty_cpu_buffer_cache() -> int");
 }

@@ -8,7 +8,7 @@ The losses and their modules follow the op spec, ``samplewt_ops._spec.SPECS``.
 """
 from . import _loader, _ops  # noqa: F401  (loads and registers the kernels)
 from . import functional, modules, reference, weights
-from ._loader import backend
+from ._loader import backend, empty_cache
 from ._validation import set_validation
 from .functional import *  # noqa: F401,F403  (one function per loss)
 from .linear import LinearCrossEntropyLoss, LinearFocalLoss, linear_cross_entropy, linear_focal_loss
@@ -33,6 +33,7 @@ __all__ = [
     "DistributedAdaptiveSampler",
     "IndexedDataset",
     "backend",
+    "empty_cache",
     "set_validation",
     "reference",
 ]

@@ -56,6 +56,22 @@ def has_kernel(device: torch.device | str) -> bool:
     return torch.device(device).type in KERNEL_DEVICE_TYPES
 
 
+def empty_cache() -> int:
+    """Frees the large CPU output buffers kept for reuse; returns their bytes.
+
+    A freed gradient (or ``reduction="none"`` loss) of 8 MiB or more goes back
+    to a small cache, and the next call of the same size reuses it with its
+    pages already mapped, as the CUDA caching allocator does on the GPU. Call
+    this to return that memory (at most ``SAMPLEWT_CPU_BUFFER_CACHE_MB`` MiB,
+    default 512; 0 turns the cache off) to the allocator.
+
+    Example:
+        >>> samplewt_ops.empty_cache()
+        0
+    """
+    return int(torch.ops.samplewt_ops.empty_cpu_buffer_cache()) if COMPILED else 0
+
+
 def backend() -> dict:
     """Which implementation is in use and which devices have compiled kernels.
 

@@ -436,7 +436,10 @@ def test_large_gradient_buffers_are_reused_once_freed():
     torch.testing.assert_close(g2, want, rtol=0, atol=0)
     torch.testing.assert_close(g3, want, rtol=0, atol=0)
     # A reused buffer is fully rewritten: another loss into the same block.
-    del g2, g3
+    del g2  # its block waits in the cache; empty_cache() frees it
+    assert samplewt_ops.empty_cache() >= (1 << 18) * 16 * 4
+    assert samplewt_ops.empty_cache() == 0
+    del g3
     xr = x.detach().view(-1, 64).clone().requires_grad_()
     y = torch.randint(0, 64, (xr.shape[0],))
     (got,) = torch.autograd.grad(samplewt_ops.cross_entropy(xr, y), xr)
@@ -464,3 +467,17 @@ def test_buffers_without_the_cache_and_from_threads():
         env = dict(os.environ, SAMPLEWT_CPU_BUFFER_CACHE_MB=cap)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_call_of_another_size_frees_the_cached_buffers_first():
+    # The cache never adds to a call's peak memory: on a miss it is emptied
+    # before the new buffer is allocated.
+    samplewt_ops.empty_cache()
+    x = torch.randn(1 << 18, 16, requires_grad=True)
+    (g,) = torch.autograd.grad(samplewt_ops.l1_loss(x, torch.zeros_like(x)), x)
+    del g
+    z = torch.randn(1 << 17, 24, requires_grad=True)
+    (h,) = torch.autograd.grad(samplewt_ops.l1_loss(z, torch.zeros_like(z)), z)
+    assert samplewt_ops.empty_cache() == 0
+    del h
+    assert samplewt_ops.empty_cache() >= (1 << 17) * 24 * 4

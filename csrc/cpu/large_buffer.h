@@ -11,8 +11,9 @@
 // - given back, when the last tensor viewing one is freed, to a small cache
 //   (a few blocks, a bounded number of bytes) from which the next call of the
 //   same size takes it with its pages already mapped: a training loop's
-//   gradient of every step. SAMPLEWT_CPU_BUFFER_CACHE_MB caps the cache
-//   (0 turns it off; default 512).
+//   gradient of every step. A call of another size frees the cache first,
+//   so it never adds to a call's peak. SAMPLEWT_CPU_BUFFER_CACHE_MB caps it
+//   (0 turns it off; default 512); samplewt_ops.empty_cache() empties it.
 // The buffers are fully overwritten by the kernels: nothing relies on zeros.
 #pragma once
 
@@ -52,14 +53,21 @@ class BlockCache {
 
   Block take(size_t bytes) {
     if (cap_ > 0) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (size_t i = 0; i < free_.size(); ++i) {
-        if (free_[i].bytes == bytes) {
-          Block b = std::move(free_[i]);
-          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
-          cached_ -= bytes;
-          return b;
+      std::vector<Block> unused;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (size_t i = 0; i < free_.size(); ++i) {
+          if (free_[i].bytes == bytes) {
+            Block b = std::move(free_[i]);
+            free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+            cached_ -= bytes;
+            return b;
+          }
         }
+        // A size the cache does not hold: free the others first, so that the
+        // cache never adds to a call's peak memory.
+        unused.swap(free_);
+        cached_ = 0;
       }
     }
     Block b;
@@ -74,6 +82,19 @@ class BlockCache {
     }
 #endif
     return b;
+  }
+
+  // Frees every cached block; returns their bytes.
+  size_t clear() {
+    std::vector<Block> unused;
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      unused.swap(free_);
+      bytes = cached_;
+      cached_ = 0;
+    }
+    return bytes;
   }
 
   // Keeps the block for a later call, or frees it (the oldest go first).

@@ -368,9 +368,11 @@ struct CpuDevice {
 
 TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) { OpWrappers<CpuDevice>::register_ops(m); }
 
-// cpu_isa takes no tensor: a kernel for every backend.
+// cpu_isa and empty_cpu_buffer_cache take no tensor: a kernel for every backend.
 TORCH_LIBRARY_IMPL(samplewt_ops, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa", []() { return std::string(selected_isa()); });
+  m.impl("empty_cpu_buffer_cache",
+         []() { return static_cast<int64_t>(buffer_detail::BlockCache::get().clear()); });
 }
 
 }  // namespace cpu
