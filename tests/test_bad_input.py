@@ -258,3 +258,15 @@ def test_empty_batch_backward(impl):
     x = torch.randn(0, C, requires_grad=True)
     f(x, torch.zeros(0, dtype=torch.long), reduction="sum").backward()
     assert x.grad is not None and x.grad.shape == (0, C)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1e-30, float("inf")])
+@pytest.mark.parametrize("pos", [0, 3, 16385, 40001, 40002])
+def test_elementwise_bad_sample_weight_anywhere_in_a_large_batch(bad, pos):
+    # The CPU pre-pass checks the weights in groups of four and a tail, in
+    # blocks of 16384 samples run in parallel: a bad value anywhere raises.
+    x = torch.randn(40003, 16)
+    sw = torch.rand(40003)
+    sw[pos] = bad
+    with pytest.raises(ValueError, match="sample_weight"):
+        samplewt_ops.mse_loss(x, torch.zeros_like(x), sample_weight=sw)

@@ -278,13 +278,38 @@ ElemOut elem_loss(const ElemCall& o) {
       // Blocks of samples summed in parallel, then added in block order: the
       // same denominator whatever the threads.
       constexpr int64_t kBlock = 16384;
+      constexpr double kInf = std::numeric_limits<double>::infinity();
       const int64_t nblocks = (N + kBlock - 1) / kBlock;
       std::vector<double> block_sum(nblocks, 0.0);
       std::vector<char> bad(nblocks, 0);
       at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           double part[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: not latency-bound
-          for (int64_t i = b * kBlock, e = std::min(N, i + kBlock); i < e; ++i) {
+          int64_t i = b * kBlock;
+          const int64_t e = std::min(N, i + kBlock);
+          if (wp && !(by_weight && w.full)) {
+            // The plain case in groups of four (blocks start at a multiple of
+            // 4, so chain i & 3 as below): loops the compiler can vectorise.
+            bool any_bad = false;
+            for (; i + 4 <= e; i += 4) {
+              const double w0 = static_cast<double>(wp[i]), w1 = static_cast<double>(wp[i + 1]);
+              const double w2 = static_cast<double>(wp[i + 2]), w3 = static_cast<double>(wp[i + 3]);
+              part[0] += w0 * shared_share;
+              part[1] += w1 * shared_share;
+              part[2] += w2 * shared_share;
+              part[3] += w3 * shared_share;
+              gs[i] = wp[i];
+              gs[i + 1] = wp[i + 1];
+              gs[i + 2] = wp[i + 2];
+              gs[i + 3] = wp[i + 3];
+              // & not &&: no branches (NaN fails both comparisons).
+              any_bad |= !((w0 >= 0.0) & (w1 >= 0.0) & (w2 >= 0.0) & (w3 >= 0.0) &
+                           (w0 < kInf) & (w1 < kInf) & (w2 < kInf) & (w3 < kInf));
+            }
+            bad[b] = any_bad;
+          }
+          const int64_t unchecked = i;  // the weights from here on: checked below
+          for (; i < e; ++i) {
             double share = shared_share;
             if (by_weight && w.full) {
               share = 0.0;
@@ -298,8 +323,8 @@ ElemOut elem_loss(const ElemCall& o) {
           // A negative or non-finite weight makes its block's sum so (NaN
           // stays NaN); checked once below.
           if (wp) {
-            for (int64_t i = b * kBlock, e = std::min(N, i + kBlock); i < e; ++i) {
-              bad[b] |= !(wp[i] >= scalar_t(0) && wp[i] < std::numeric_limits<scalar_t>::infinity());
+            for (int64_t j = unchecked; j < e; ++j) {
+              bad[b] |= !(wp[j] >= scalar_t(0) && wp[j] < std::numeric_limits<scalar_t>::infinity());
             }
           }
         }
