@@ -124,8 +124,18 @@ class AccScratch {
 // denominator is 0.
 template <typename scalar_t>
 void divide_scales_by(scalar_t* gs, int64_t n, double denom) {
+  if (!(std::abs(denom) >= 1e-300 && std::abs(denom) < 1e300)) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (gs[i] != scalar_t(0)) gs[i] = static_cast<scalar_t>(gs[i] / denom);
+    }
+    return;
+  }
+  // Times the reciprocal, branch-free: within a double ulp of the quotient,
+  // and a division per sample made this pass cost a third of an mse kernel.
+  const double inv = 1.0 / denom;
   for (int64_t i = 0; i < n; ++i) {
-    if (gs[i] != scalar_t(0)) gs[i] = static_cast<scalar_t>(gs[i] / denom);
+    const double v = static_cast<double>(gs[i]);
+    gs[i] = v != 0.0 ? static_cast<scalar_t>(v * inv) : scalar_t(0);
   }
 }
 
