@@ -63,7 +63,8 @@ def empty_cache() -> int:
     to a small cache, and the next call of the same size reuses it with its
     pages already mapped, as the CUDA caching allocator does on the GPU. Call
     this to return that memory (at most ``SAMPLEWT_CPU_BUFFER_CACHE_MB`` MiB,
-    default 512; 0 turns the cache off) to the allocator.
+    by default an eighth of the machine's memory; 0 turns the cache off) to
+    the allocator.
 
     Example:
         >>> samplewt_ops.empty_cache()

@@ -13,7 +13,8 @@
 //   same size takes it with its pages already mapped: a training loop's
 //   gradient of every step. A call of another size frees the cache first,
 //   so it never adds to a call's peak. SAMPLEWT_CPU_BUFFER_CACHE_MB caps it
-//   (0 turns it off; default 512); samplewt_ops.empty_cache() empties it.
+//   (0 turns it off; default an eighth of the machine's memory);
+//   samplewt_ops.empty_cache() empties it.
 // The buffers are fully overwritten by the kernels: nothing relies on zeros.
 #pragma once
 
@@ -28,6 +29,7 @@
 #include <vector>
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace samplewt {
@@ -112,8 +114,22 @@ class BlockCache {
  private:
   BlockCache() {
     const char* env = std::getenv("SAMPLEWT_CPU_BUFFER_CACHE_MB");
-    const long long mb = env != nullptr && *env != '\0' ? std::atoll(env) : 512;
-    cap_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+    if (env != nullptr && *env != '\0') {
+      const long long mb = std::atoll(env);
+      cap_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+    } else {
+      cap_ = default_cap();
+    }
+  }
+
+  // An eighth of the machine's memory (512 MiB where unknown): room for the
+  // gradient of the logits of a large batch.
+  static size_t default_cap() {
+#if defined(__linux__)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) return static_cast<size_t>(pages) * static_cast<size_t>(page) / 8;
+#endif
+    return size_t(512) << 20;
   }
 
   std::mutex mutex_;
