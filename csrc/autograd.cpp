@@ -35,6 +35,12 @@ namespace {
 using at::Tensor;
 using torch::autograd::variable_list;
 
+// The op's name without the namespace.
+std::string short_name(const c10::FunctionSchema& schema) {
+  const std::string& full = schema.operator_name().name;
+  return full.substr(full.find("::") + 2);
+}
+
 // Where an op's schema has the arguments and outputs autograd needs.
 struct LossLayout {
   std::string name;
@@ -46,8 +52,7 @@ struct LossLayout {
   bool rows = false;          // (rows, C) input: grad_output of reduction none is per row
 
   void bind(const c10::FunctionSchema& schema) {
-    name = schema.operator_name().name;
-    name = name.substr(name.find("::") + 2);  // without the namespace
+    name = short_name(schema);
     const auto& args = schema.arguments();
     num_args = args.size();
     num_returns = schema.returns().size();
@@ -298,8 +303,7 @@ class InplaceLossAutograd final : public c10::OperatorKernel {
 
  private:
   void bind(const c10::FunctionSchema& schema) {
-    name_ = schema.operator_name().name;
-    name_ = name_.substr(name_.find("::") + 2);
+    name_ = short_name(schema);
     num_args_ = schema.arguments().size();
     num_returns_ = schema.returns().size();
     for (size_t i = 0; i < num_args_; ++i) {

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 namespace samplewt {
