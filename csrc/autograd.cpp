@@ -84,15 +84,6 @@ Tensor scaled(const Tensor& grad, const Tensor& grad_loss, bool rows) {
   return rows ? grad * g.unsqueeze(-1) : grad * g;
 }
 
-Tensor scale_in_place(Tensor& grad, const Tensor& grad_loss, bool rows) {
-  if (grad_loss.dim() == 0) {
-    if (!is_one(grad_loss)) grad.mul_(grad_loss.to(grad.dtype()));
-    return grad;
-  }
-  const Tensor g = grad_loss.to(grad.dtype());
-  return rows ? grad.mul_(g.unsqueeze(-1)) : grad.mul_(g);
-}
-
 class LossBackward final : public torch::autograd::Node {
  public:
   LossBackward(const c10::OperatorHandle& op, const LossLayout& layout)

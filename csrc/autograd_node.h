@@ -34,6 +34,15 @@ inline bool is_one(const at::Tensor& g) {
          c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
 }
 
+#ifdef SAMPLEWT_WITH_CUDA
+namespace cuda {
+// grad *= grad_loss in place by a CUDA kernel that skips a grad_loss of 1 on
+// the device (ops_cuda.cu); false where grad is not a CUDA tensor of a layout
+// it takes.
+bool scale_grad_(at::Tensor& grad, const at::Tensor& grad_loss, bool rows);
+}  // namespace cuda
+#endif
+
 namespace detail {
 // torch >= 2.10 (or so) lets a tensor's Python wrapper keep a reference to it
 // after Python dropped the wrapper; its slot then says the reference is the
@@ -56,6 +65,26 @@ inline bool sole_reference(const at::Tensor& t) {
   const size_t n = t.use_count();
   return n == 1 ||
          (n == 2 && detail::python_holds_the_only_extra_ref(t.unsafeGetTensorImpl()->pyobj_slot(), 0));
+}
+
+// grad *= grad_loss in place: grad_loss 0-dim, or with rows one value per
+// row of grad. A plain CUDA grad is scaled by our kernel (ops_cuda.cu), which
+// reads grad_loss on the device and leaves grad alone when it is 1; ATen's
+// mul would take a strided pass over all of grad. Elsewhere ATen scales it.
+inline at::Tensor& scale_in_place(at::Tensor& grad, const at::Tensor& grad_loss, bool rows) {
+#ifdef SAMPLEWT_WITH_CUDA
+  if (grad.is_cuda() && !grad_loss.requires_grad() && !at::isTensorSubclassLike(grad) &&
+      !at::isTensorSubclassLike(grad_loss) && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+      cuda::scale_grad_(grad, grad_loss, rows)) {
+    return grad;
+  }
+#endif
+  if (grad_loss.dim() == 0) {
+    if (!is_one(grad_loss)) grad.mul_(grad_loss.to(grad.scalar_type()));
+    return grad;
+  }
+  const at::Tensor g = grad_loss.to(grad.scalar_type());
+  return rows ? grad.mul_(g.unsqueeze(-1)) : grad.mul_(g);
 }
 
 }  // namespace samplewt

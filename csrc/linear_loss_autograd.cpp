@@ -15,6 +15,7 @@
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "autograd_node.h"
@@ -85,6 +86,7 @@ class LinearLossBackward final : public torch::autograd::Node {
       g = recompute(grad_loss);
     } else {
       const bool one = is_one(grad_loss);
+      bool own = false;  // g holds the only references: scale it in place
       if (saved_.empty()) {
         g = recompute(Tensor());
       } else if (one) {
@@ -92,12 +94,21 @@ class LinearLossBackward final : public torch::autograd::Node {
         // them); a second backward (retain_graph) recomputes them.
         g = std::move(saved_);
         saved_.clear();
+      } else if (last_use(grad_loss)) {
+        g = std::move(saved_);
+        saved_.clear();
+        own = true;
       } else {
         g = saved_;
       }
       if (!one) {
         for (int i = 0; i < 3; ++i) {
-          if (wanted(i, g)) g[i] = g[i] * grad_loss.to(g[i].scalar_type());
+          if (!wanted(i, g)) continue;
+          if (own && sole_reference(g[i])) {
+            scale_in_place(g[i], grad_loss, false);
+          } else {
+            g[i] = g[i] * grad_loss.to(g[i].scalar_type());
+          }
         }
       }
     }
@@ -119,6 +130,15 @@ class LinearLossBackward final : public torch::autograd::Node {
   int64_t input_version_ = 0, weight_version_ = 0;
 
  private:
+  // This backward is the saved gradients' last use, and scaling them in
+  // place is plain eager work: no tracing, no double backward through
+  // grad_output.
+  static bool last_use(const Tensor& grad_loss) {
+    return !torch::autograd::get_current_graph_task_keep_graph() && !grad_loss.requires_grad() &&
+           !at::isTensorSubclassLike(grad_loss) &&
+           c10::impl::TorchDispatchModeTLS::stack_len() == 0;
+  }
+
   // Whether gradient i exists (without reading sizes, which may be symbolic).
   bool wanted(int i, const std::vector<Tensor>& g) const {
     return g[i].defined() && ((mask_ >> i) & 1) != 0 && (i < 2 || has_bias_);

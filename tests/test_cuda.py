@@ -349,6 +349,54 @@ def test_inplace_grad_matches_default_cuda(fn, reduction, n, c, dtype):
     torch.testing.assert_close(grads[0], grads[1], **_tol(dtype))
 
 
+@pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "sigmoid_focal_loss", "mse_loss"])
+@pytest.mark.parametrize("c", [128, 130])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grad_output", ["one", "scalar", "rows"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_backward_scales_by_grad_output_on_the_device(name, c, dtype, grad_output, inplace):
+    # The backward's scaling kernel (grad_scale.cu): a grad_output of 1 is
+    # skipped on the device, another scalar or one per row multiplies.
+    if inplace and name not in ROW_OPS:
+        pytest.skip("inplace_grad is a softmax-loss option")
+    gen = torch.Generator().manual_seed(c)
+    n = 300
+    x = (torch.randn(n, c, generator=gen) * 2).to(dtype).to(DEV)
+    if name in ROW_OPS:
+        t = torch.randint(0, c, (n,), generator=gen).to(DEV)
+    else:
+        t = torch.rand(n, c, generator=gen).to(dtype).to(DEV)
+    sw = torch.rand(n, generator=gen).to(DEV)
+    reduction = "none" if grad_output == "rows" else "mean"
+    g = {"one": torch.ones((), device=DEV, dtype=dtype),
+         "scalar": torch.tensor(-2.5, device=DEV, dtype=dtype),
+         "rows": (torch.randn(n, generator=gen) * 3).to(dtype).to(DEV)}[grad_output]
+    if grad_output == "rows" and name not in ROW_OPS:
+        g = (torch.randn(n, c, generator=gen) * 3).to(dtype).to(DEV)
+    kw = dict(inplace_grad=True) if inplace else {}
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a = getattr(samplewt_ops, name)(xa * 1.0 if inplace else xa, t, sample_weight=sw,
+                                    reduction=reduction, **kw)
+    b = getattr(reference, name)(xb, t, sample_weight=sw, reduction=reduction)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, **_tol(dtype))
+
+
+def test_linear_loss_backward_scales_by_grad_output_on_the_device():
+    torch.manual_seed(0)
+    h = torch.randn(64, 32, device=DEV)
+    w = torch.randn(500, 32, device=DEV)
+    y = torch.randint(0, 500, (64,), device=DEV)
+    grads = []
+    for fn in (samplewt_ops.linear_cross_entropy,
+               lambda h, w, y: torch.nn.functional.cross_entropy(h @ w.t(), y)):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        fn(hh, ww, y).backward(torch.tensor(3.0, device=DEV))
+        grads.append((hh.grad, ww.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 # ---------------------------------------------------------------------------
 # No host-device synchronisation
 

@@ -243,3 +243,61 @@ def test_emulator_rejects_divergent_syncs(emu, which, message):
     with pytest.raises(RuntimeError, match=message):
         emu.selftest_sync(which)
     emu.selftest_sync(2)  # a warp vote, then no divergent sync
+
+
+# --- the backward's scaling: grad *= grad_output on the device ---------------
+
+def _scale_layout(layout, dtype):
+    """(grad, grad_loss, rows, expected vector width) of a layout."""
+    g = torch.Generator().manual_seed(3)
+    vmax = 16 // torch.empty((), dtype=dtype).element_size()
+    if layout == "misaligned":
+        base = torch.randn(1 + 7 * 24, generator=g).to(dtype)
+        grad = base[1:].view(7, 24)  # one element past a 16-byte boundary
+        return grad, torch.tensor(2.5, dtype=dtype), True, 1
+    shape, per_row, width = {
+        "scalar": ((37, 40), False, vmax),
+        "tail": ((7, 5), False, vmax),               # 35 elements: vectors, then a tail
+        "long": ((70, 1000), False, vmax),           # the four-vectors-in-flight loop runs
+        "rows": ((9, 16), True, vmax),
+        "rows_odd": ((9, 13), True, 1),              # vectors would straddle rows
+    }[layout]
+    grad = torch.randn(*shape, generator=g).to(dtype)
+    scale = (torch.rand(shape[0], generator=g) * 4 - 2).to(dtype) if per_row else torch.tensor(-0.75, dtype=dtype)
+    return grad, scale, per_row, width
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["scalar", "tail", "long", "rows", "rows_odd", "misaligned"])
+def test_scale_grad_is_atens_product(emu, layout, dtype):
+    grad, scale, rows, width = _scale_layout(layout, dtype)
+    vw, grid = emu.plan_scale(grad.numel(), grad.shape[1], rows, grad.element_size(),
+                              grad.data_ptr() % 16 == 0, NUM_SMS)
+    assert (vw, grid <= NUM_SMS * 8) == (width, True)
+    expected = grad * (scale.unsqueeze(-1) if rows else scale)  # ATen, rounded once
+    assert emu.scale_grad(grad, scale, rows)
+    assert torch.equal(grad, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_grad_by_one_leaves_the_gradient_as_it_is(emu, dtype):
+    grad = torch.randn(33, 17).to(dtype)
+    grad[0, :3] = torch.tensor([float("inf"), -float("inf"), -0.0])
+    before = grad.clone()
+    assert emu.scale_grad(grad, torch.ones((), dtype=dtype), False)
+    assert torch.equal(grad, before) and torch.signbit(grad[0, 2])
+    # A grad_output of another dtype is rounded to grad's first, as ATen's grad * g.to(grad.dtype).
+    assert emu.scale_grad(grad, torch.tensor(1.0 + 1e-9, dtype=torch.float64), False)
+    assert torch.equal(grad, before * torch.tensor(1.0 + 1e-9, dtype=torch.float64).to(dtype))
+
+
+def test_scale_grad_declines_what_it_does_not_take(emu):
+    grad = torch.randn(6, 8)
+    keep = grad.clone()
+    assert not emu.scale_grad(grad, torch.rand(6), False)          # per element, not per row
+    assert not emu.scale_grad(grad.t(), torch.tensor(2.0), False)  # not contiguous
+    assert not emu.scale_grad(grad, torch.rand(5), True)           # a scale per row, wrong count
+    assert not emu.scale_grad(grad.view(2, 3, 8), torch.rand(2), True)  # rows of a 3-D grad
+    assert torch.equal(grad, keep)
+    empty = torch.empty(0, 8)
+    assert emu.scale_grad(empty, torch.tensor(3.0), False)

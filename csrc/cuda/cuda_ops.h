@@ -134,6 +134,41 @@ ElemOut elem_loss(const ElemCall& o) {
   return {loss, grad, stats, target_grad};
 }
 
+// ---------------------------------------------------------------------------
+// The backward's scaling
+
+// grad *= grad_loss in place, on the device (autograd.cpp's backward of the
+// loss ops): grad_loss 0-dim, or with rows one value per row of a 2-D grad.
+// Returns false, having done nothing, for any other layout (the caller
+// scales with ATen then).
+template <class B>
+bool scale_grad_(Tensor& grad, const Tensor& grad_loss, bool rows) {
+  const bool per_row = grad_loss.dim() != 0;
+  if (grad.device() != grad_loss.device() || !grad.is_contiguous() ||
+      !grad.is_floating_point() || !grad_loss.is_floating_point() ||
+      (per_row && !(rows && grad.dim() == 2 && grad_loss.dim() == 1 &&
+                    grad_loss.size(0) == grad.size(0)))) {
+    return false;
+  }
+  if (grad.numel() == 0) return true;
+  const auto guard = B::guard(grad);
+  // As ATen's grad * grad_loss.to(grad's dtype): the product of the two, rounded once.
+  const Tensor scale = grad_loss.to(grad.scalar_type()).contiguous();
+  ScaleArgs a;
+  a.grad = grad.data_ptr();
+  a.scale = scale.data_ptr();
+  a.numel = grad.numel();
+  a.cols = per_row ? grad.size(1) : 1;
+  a.per_row = per_row;
+  a.num_sms = B::num_sms(grad);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "samplewt_scale_grad_cuda", [&] {
+                                    using kernel_t = typename KernelType<scalar_t>::type;
+                                    B::check(launch_scale_grad<kernel_t>(a, B::stream(grad)));
+                                  });
+  return true;
+}
+
 // The device of OpWrappers (op_wrappers.h) for a backend B.
 template <class B>
 struct Device : TableSteps<B> {

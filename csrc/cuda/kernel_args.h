@@ -47,5 +47,16 @@ struct TableKernelArgs {
   double* delta = nullptr;                   // out: (batch, 3)
 };
 
+// The backward's scaling of a saved gradient by grad_output (grad_scale.cu):
+// grad (numel, contiguous) *= scale[0], or with per_row, each row of `cols`
+// elements by its own scale. scale has grad's dtype and lives on the device.
+struct ScaleArgs {
+  void* grad = nullptr;
+  const void* scale = nullptr;
+  int64_t numel = 0, cols = 1;
+  bool per_row = false;
+  int num_sms = 132;
+};
+
 }  // namespace cuda
 }  // namespace samplewt

@@ -189,6 +189,27 @@ inline ElemPlan plan_elem_loss(const ElemArgs& a, size_t elem) {
   return p;
 }
 
+// The backward's scaling (grad_scale.cu): 128-bit accesses where grad is
+// 16-byte aligned and no vector straddles two rows of different scales;
+// blocks of kScaleBlock threads, each with four vectors in flight, at most
+// 8 resident blocks per multiprocessor striding over the rest.
+constexpr int kScaleBlock = 256;
+
+struct ScalePlan {
+  int vw = 1;
+  int64_t grid = 1;
+};
+
+inline ScalePlan plan_scale_grad(const ScaleArgs& a, size_t elem) {
+  ScalePlan p;
+  const int vmax = static_cast<int>(16 / elem);
+  const bool vec = aligned16(a.grad, 0, 1, elem) && (!a.per_row || a.cols % vmax == 0);
+  p.vw = vec ? vmax : 1;
+  p.grid = max64(1, min64(ceil_div(ceil_div(a.numel, p.vw), 4 * kScaleBlock),
+                          max64(1, a.num_sms) * 8));
+  return p;
+}
+
 }  // namespace detail
 }  // namespace cuda
 }  // namespace samplewt

@@ -58,17 +58,26 @@ inline size_t workspace_bytes(const ElemArgs& a, size_t elem_size) {
 cudaError_t launch_table_history_weights(const TableKernelArgs& a, cudaStream_t stream);
 cudaError_t launch_table_update(const TableKernelArgs& a, cudaStream_t stream);
 
+// grad *= grad_output on `stream` (grad_scale.cu), in place; a scalar
+// grad_output of exactly 1 leaves grad untouched without the host reading it.
+template <typename T>
+cudaError_t launch_scale_grad(const ScaleArgs& a, cudaStream_t stream);
+
 // The launchers' explicit instantiations: declared here for every dtype,
 // defined by each launcher unit (row_loss_<dtype>.cu: SWT_INSTANTIATE_ROW_LOSS,
-// elem_loss_<dtype>.cu: SWT_INSTANTIATE_ELEM_LOSS).
+// elem_loss_<dtype>.cu: SWT_INSTANTIATE_ELEM_LOSS; grad_scale.cu, all four:
+// SWT_INSTANTIATE_SCALE_GRAD).
 #define SWT_FOR_EACH_KERNEL_DTYPE(X) X(float) X(double) X(__half) X(__nv_bfloat16)
 #define SWT_ROW_LAUNCHER(T) cudaError_t launch_row_loss<T>(const RowArgs&, void*, cudaStream_t)
 #define SWT_ELEM_LAUNCHER(T) cudaError_t launch_elem_loss<T>(const ElemArgs&, void*, cudaStream_t)
 #define SWT_INSTANTIATE_ROW_LOSS(T) template SWT_ROW_LAUNCHER(T);
 #define SWT_INSTANTIATE_ELEM_LOSS(T) template SWT_ELEM_LAUNCHER(T);
+#define SWT_INSTANTIATE_SCALE_GRAD(T) template SWT_SCALE_LAUNCHER(T);
+#define SWT_SCALE_LAUNCHER(T) cudaError_t launch_scale_grad<T>(const ScaleArgs&, cudaStream_t)
 #define SWT_EXTERN_LAUNCHERS(T)          \
   extern template SWT_ROW_LAUNCHER(T);  \
-  extern template SWT_ELEM_LAUNCHER(T);
+  extern template SWT_ELEM_LAUNCHER(T); \
+  extern template SWT_SCALE_LAUNCHER(T);
 SWT_FOR_EACH_KERNEL_DTYPE(SWT_EXTERN_LAUNCHERS)
 #undef SWT_EXTERN_LAUNCHERS
 

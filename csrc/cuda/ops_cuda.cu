@@ -42,6 +42,10 @@ struct CudaBackend {
 
 }  // namespace
 
+bool scale_grad_(at::Tensor& grad, const at::Tensor& grad_loss, bool rows) {
+  return grad.is_cuda() && cuda::scale_grad_<CudaBackend>(grad, grad_loss, rows);
+}
+
 TORCH_LIBRARY_IMPL(samplewt_ops, CUDA, m) { OpWrappers<Device<CudaBackend>>::register_ops(m); }
 
 }  // namespace cuda

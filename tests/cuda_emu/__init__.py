@@ -29,7 +29,8 @@ def load(verbose=False):
     build.mkdir(parents=True, exist_ok=True)
     return _Emulation(cpp_extension.load(
         name="samplewt_cuda_emu",
-        sources=[str(HERE / f) for f in ("emu_module.cpp", "emu_row.cpp", "emu_elem.cpp", "emu_table.cpp")],
+        sources=[str(HERE / f) for f in ("emu_module.cpp", "emu_row.cpp", "emu_elem.cpp", "emu_table.cpp",
+                                          "emu_scale.cpp")],
         extra_include_paths=[str(HERE / "include"), str(REPO / "csrc" / "cuda")],
         extra_cflags=["-O1", "-DSAMPLEWT_CUDA_EMULATION=1"],
         build_directory=str(build),

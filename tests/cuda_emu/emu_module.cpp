@@ -80,6 +80,26 @@ py::dict plan_elem(int64_t samples, int64_t per_sample, int64_t elem_size, bool 
   return out;
 }
 
+// The backward's scaling on CPU tensors (cuda_ops.h's scale_grad_): false
+// where it declined the layout.
+bool scale_grad(at::Tensor grad, const at::Tensor& grad_loss, bool rows) {
+  return samplewt::cuda::scale_grad_<EmuBackend>(grad, grad_loss, rows);
+}
+
+// The scaling's plan (vector width, grid) for numel elements, 16-byte
+// aligned or not, with one scale per row of `cols` or one in all.
+std::tuple<int, int64_t> plan_scale(int64_t numel, int64_t cols, bool per_row, int64_t elem_size,
+                                    bool aligned, int num_sms) {
+  samplewt::cuda::ScaleArgs a;
+  a.grad = reinterpret_cast<void*>(aligned ? 256 : 258);
+  a.numel = numel;
+  a.cols = cols;
+  a.per_row = per_row;
+  a.num_sms = num_sms;
+  const auto p = samplewt::cuda::detail::plan_scale_grad(a, static_cast<size_t>(elem_size));
+  return {p.vw, p.grid};
+}
+
 // Kernels that check the emulator itself: a block sum with and without the
 // barrier between the shared-memory writes and reads, and syncs that not
 // every thread reaches.
@@ -126,6 +146,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selftest_sum", &selftest_sum);
   m.def("selftest_sync", &selftest_sync);
   m.def("plan_elem", &plan_elem);
+  m.def("scale_grad", &scale_grad);
+  m.def("plan_scale", &plan_scale);
 }
 
 TORCH_LIBRARY(samplewt_emu, m) { samplewt::define_ops(m); }
