@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import _loader, _ops
 from ._spec import SPECS
-from ._validation import check_loss_args, check_sample_weight, num_classes, same_shape
+from ._validation import check_loss_args, check_sample_weight, num_classes, same_shape, tracing
 from .weights import driver
 
 __all__ = list(SPECS)
@@ -119,7 +119,12 @@ def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: 
     args = dict(op_args, target=lay.t, sample_weight=lay.expand(sample_weight),
                 reduction=_REDUCTION[reduction], compute_stats=want_stats)
     if inplace_grad and _needs_grad(lay.x):
-        loss, stats = _ops.InplaceGradLoss.apply(lay.x, spec.name, args)
+        if type(lay.x) is Tensor and not tracing(lay.x):
+            # Eager: the `_` op's C++ autograd (csrc/autograd.cpp), which scales
+            # the consumed input on the device (CUDA: no pass when grad_output is 1).
+            loss, stats = _ops.call(spec.name, inplace=True, input=lay.x, **args)
+        else:
+            loss, stats = _ops.InplaceGradLoss.apply(lay.x, spec.name, args)
     else:
         if not spec.rows:  # d/dtarget from the same pass, only when wanted
             args["compute_target_grad"] = _needs_grad(lay.t)
