@@ -7,7 +7,8 @@ formula, and prints
   * per call: GPU time (CUDA events, median), host time (wall clock of the Python call,
     no sync) and the number of kernel launches;
   * per kernel: name, launches per call and GPU microseconds per call (torch.profiler).
-Usage: python benchmarks/profile_cuda.py [--case cross_entropy:16384x128256:bf16 ...]
+Usage: python benchmarks/profile_cuda.py [--case cross_entropy:16384x128256:bf16 ...] [--out FILE]
+(make gpu-check runs it as its profile step.)
 """
 from __future__ import annotations
 
@@ -83,27 +84,41 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", action="append")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out", help="also write the report to this file")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("profile_cuda.py: no CUDA device", file=sys.stderr)
+        return 2
+    lines = []
+
+    def say(text=""):
+        print(text, flush=True)
+        lines.append(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
+
     import samplewt_ops as swo
     ours = C.make_ours(swo)
     for spec in args.case or DEFAULT_CASES:
         op, n, c, dt = parse(spec)
         case = C.Case(op, n, c, dt, "cuda", ("default",))
         x, t, cw, sw = C.make_inputs(case)
-        print(f"=== {op} {n}x{c} {dt} ===", flush=True)
+        say(f"=== {op} {n}x{c} {dt} ===")
         for name, fn in (("ours", ours[op]), ("eager", C.EAGER[op])):
             call = make_call(fn, x, t, cw, sw)
             gpu, host = time_call(call, args.iters)
             ks = kernels(call)
             total = sum(r[0] for r in ks)
             launches = sum(r[1] for r in ks)
-            print(f"{name:6s} gpu {gpu:9.1f} us  host {host:8.1f} us  kernels {total:9.1f} us "
-                  f"in {launches:.0f} launches", flush=True)
+            say(f"{name:6s} gpu {gpu:9.1f} us  host {host:8.1f} us  kernels {total:9.1f} us "
+                f"in {launches:.0f} launches")
             for us, cnt, key in ks[:12]:
-                print(f"    {us:9.1f} us  x{cnt:.0f}  {key[:110]}")
+                say(f"    {us:9.1f} us  x{cnt:.0f}  {key[:110]}")
         del x, t, cw, sw
         torch.cuda.empty_cache()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

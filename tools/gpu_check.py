@@ -17,7 +17,9 @@ own python and torch (no venv, no network), and ends with one summary:
               sigmoid_focal_loss, so a hang in one leaves the others), with eager,
               torch.compile and Liger-Kernel columns; merged into
               benchmarks/results/cuda-<gpu>.json (bench.py's machine tag, e.g. cuda-h200)
-  5. summary  tests passed/failed, sanitizer errors, and each target of the GPU-proof issue,
+  5. profile  benchmarks/profile_cuda.py: the kernels of one forward + backward of a few
+              cases (torch.profiler), ours and eager, to build/gpu-check/profile.txt
+  6. summary  tests passed/failed, sanitizer errors, and each target of the GPU-proof issue,
               met or missed, with its ratio ("not measured" where bench.py has no number)
 
 Every step runs in a subprocess with its own timeout, inside an overall budget (--budget,
@@ -113,6 +115,7 @@ STEPS = [  # name, nominal, reserve
     ("tests", 180, 60),
     ("sanitizers", 90, 45),  # memcheck and racecheck, side by side (neither is timed)
     ("bench", 220, 120),
+    ("profile", 60, 30),  # benchmarks/profile_cuda.py: the kernels of one call, for the next fix
 ]
 BENCH_OPS = [("cross_entropy", 0.45), ("focal_loss", 0.28), ("sigmoid_focal_loss", 0.27)]
 
@@ -593,13 +596,33 @@ def step_bench(ctx):
     return r
 
 
+def step_profile(ctx):
+    """The kernels of one forward + backward per case (benchmarks/profile_cuda.py), saved
+    as build/gpu-check/profile.txt: where the time goes, for whoever works on the kernels
+    next (informational: no target reads it)."""
+    cmd = [sys.executable, os.path.join("benchmarks", "profile_cuda.py")]
+    if not ctx.gpu:
+        rc, text, dt = run(cmd + ["--help"], 60, env=base_env(), name="profile-dry")
+        return {"status": "no GPU", "seconds": dt,
+                "line": f"profile_cuda.py needs a GPU (--help: rc {rc})"}
+    path = os.path.join(WORK, "profile.txt")
+    rc, text, dt = run(cmd + ["--out", path], ctx.timeout_for("profile"), env=base_env(), name="profile")
+    first = next((l.strip() for l in text.splitlines() if l.startswith("ours ")), "no call profiled")
+    if rc != 0:
+        why = "timed out" if rc is None else f"rc {rc}"
+        return {"status": "failed", "seconds": dt, "line": f"profile_cuda.py {why}; see the log",
+                "json": path if os.path.isfile(path) else None}
+    return {"status": "ok", "seconds": dt, "json": path,
+            "line": f"{os.path.relpath(path, ROOT)} in {dt:.0f} s; first case, {first}"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="make gpu-check: the GPU proof in one command (see the header).")
     p.add_argument("--budget", type=float, default=460.0, help="seconds for all steps together (default 460)")
     p.add_argument("--min-time", type=float, default=0.3, help="bench.py --min-time (default 0.3)")
     p.add_argument("--sanitize-k", default=SANITIZE_K, help="pytest -k of the compute-sanitizer subset")
     p.add_argument("--skip", default="", help="comma-separated steps to skip (build, tests, memcheck, "
-                                              "racecheck, sanitizers, bench)")
+                                              "racecheck, sanitizers, bench, profile)")
     p.add_argument("--incremental", action="store_true",
                    help="with a GPU, keep earlier object files (default: a clean, timed build)")
     p.add_argument("--check-kernels", action="store_true",
@@ -632,7 +655,8 @@ def main(argv=None):
             skip |= {"memcheck", "racecheck"}
         if {"memcheck", "racecheck"} <= skip:
             skip.add("sanitizers")
-        fns = {"build": step_build, "tests": step_tests, "sanitizers": step_sanitizers, "bench": step_bench}
+        fns = {"build": step_build, "tests": step_tests, "sanitizers": step_sanitizers, "bench": step_bench,
+               "profile": step_profile}
         for name, _, _ in STEPS:
             subs = ["memcheck", "racecheck"] if name == "sanitizers" else [name]
             if name in skip:

@@ -19,7 +19,7 @@ JUNIT_PATH = os.path.join(WORK, "junit.xml")
 SITE = os.path.join(WORK, "site")  # wheels from .whl/ are installed here (--target)
 WHEELS = os.path.join(ROOT, ".whl")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-SHOWN = ["build", "tests", "memcheck", "racecheck", "bench"]  # what the summary reports
+SHOWN = ["build", "tests", "memcheck", "racecheck", "bench", "profile"]  # what the summary reports
 BUILD_TARGET_S = 90.0  # seconds, the build-time target on the GPU machine
 
 # ---------------------------------------------------------------------------------------
