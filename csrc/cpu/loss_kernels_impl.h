@@ -136,6 +136,20 @@ inline int64_t grain_rows(int64_t cols) {
 
 // Rows of at most this many vectors are held in registers (see pass 1).
 constexpr int64_t kRegVecs = 2;
+#if defined(__GNUC__)
+#define SWT_FLATTEN __attribute__((flatten))
+#else
+#define SWT_FLATTEN
+#endif
+
+// Short rows are handled up to kBlockRows at a time (see row_kernel_typed),
+// as many as keep about kBlockElems logits and their parked exps in L1
+// between the passes (16 KB in float). Where fewer than kMinBlockRows fit,
+// a row goes alone: a vector call for a few lanes costs what the libm calls
+// it replaces do.
+constexpr int64_t kBlockRows = 16;
+constexpr int64_t kMinBlockRows = 8;
+constexpr int64_t kBlockElems = 2048;
 
 template <typename scalar_t>
 void row_kernel_typed(const RowArgs& a) {
@@ -155,51 +169,67 @@ void row_kernel_typed(const RowArgs& a) {
   const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
+  // The row's state between its passes over the logits (pass 1 and 2) and
+  // its gradient pass (3), which needs log s.
+  struct RowState {
+    int64_t r, y;
+    bool skip;       // ignored: done in full by the first part
+    acc_t mx, xs_y;  // row max, shifted target logit
+    acc_t s, bx, b;  // sum exp(x - m), and the linear sums
+    acc_t* parked;   // exp(x_c - m) of a long row, or null
+    V er[kRegVecs];  // exp(x_c - m) of a short row (in_regs)
+  };
+  const bool in_regs = C <= kRegVecs * W;
+  // Short rows go several at a time: their log s and the two exps after it
+  // are one vector call for the block, not three libm calls (and the spills
+  // of every vector register around them) per row. Each lane is computed
+  // alone, so a row's result does not depend on its block.
+  const int64_t fit = kBlockElems / std::max<int64_t>(C, 1);
+  const int64_t block = fit >= kMinBlockRows ? std::min(fit, kBlockRows) : 1;
+
   at::parallel_for(0, a.rows, grain_rows(C), [&](int64_t begin, int64_t end) {
     // bfloat16/float16 rows park exp(x - m) in a float row of their own (a
     // 16-bit gradient row would round it, and with label smoothing A p - a
     // cancels), so that every dtype computes one exp per element.
     std::vector<acc_t> exp_row;
-    for (int64_t r = begin; r < end; ++r) {
+    RowState rows[kBlockRows];
+    acc_t lane_s[kBlockRows], lane_xs_y[kBlockRows];
+    acc_t lane_log_s[kBlockRows], lane_inv_s[kBlockRows], lane_p_y[kBlockRows];
+
+    // Passes 1 and 2 of row r (state rs), with k its place in the block.
+    // flatten: ATen's exp_u20 must stay inlined in the passes' loops (a call
+    // per vector costs a third of the row); GCC's own limits drop it here.
+    auto first_part = [&](int64_t r, int64_t k, RowState& rs) SWT_FLATTEN {
       const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
       scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
       float* st = a.stats ? a.stats + 3 * r : nullptr;
       const scalar_t* q =
           prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
-      int64_t y = -1;
+      rs.r = r;
+      rs.y = -1;
+      rs.skip = false;
       if (!prob) {
-        y = a.target[r];
-        if (y == a.ignore_index) {
+        rs.y = a.target[r];
+        if (rs.y == a.ignore_index) {
           row_loss[r] = 0;
           if (g) std::fill(g, g + C, scalar_t(0));
           if (st) st[0] = st[1] = st[2] = 0.f;
-          continue;
+          rs.skip = true;
+          return;
         }
       }
-
-      // The per-class coefficients b_c and a_c (samplewt_math.h).
-      auto coef = [&](auto fn, int64_t j, int64_t n) -> V {
-        return fn(a.kind, cw != nullptr, cw ? V::loadu(cw + j, n) : V(0),
-                  prob ? vload(q + j, n) : V(0), V(q_scale), V(q_shift));
-      };
-      auto lin_coef = [&](int64_t j, int64_t n) {
-        return coef([](auto... v) { return linear_coef<M>(v...); }, j, n);
-      };
-      // Every a_j is 0 for the focal loss and for index targets without label
-      // smoothing (the target's own term is applied once, below): nothing to load.
-      const bool zero_coef = focal || (!prob && eps == acc_t(0));
-      auto grad_coef_at = [&](int64_t j, int64_t n) -> V {
-        if (zero_coef) return V(0);
-        return coef([](auto... v) { return grad_coef<M>(v...); }, j, n);
-      };
+      const int64_t y = rs.y;
       const bool linear = prob || eps != acc_t(0);
+      auto lin_coef = [&](int64_t j, int64_t n) -> V {
+        return linear_coef<M>(a.kind, cw != nullptr, cw ? V::loadu(cw + j, n) : V(0),
+                              prob ? vload(q + j, n) : V(0), V(q_scale), V(q_shift));
+      };
 
       // Pass 1: the row max m. Everything after works on x - m, which keeps
       // full precision where x itself is large (lse = m + log s would not).
       // A short row (kRegVecs vectors or fewer) stays in registers: one load
       // of its tail instead of three, and its exps are kept for pass 3.
-      const bool in_regs = C <= kRegVecs * W;
-      V xr[kRegVecs], er[kRegVecs];
+      V xr[kRegVecs];
       V vmax(neg_inf);
       if (in_regs) {
         for (int64_t j = 0; j < C; j += W) {
@@ -227,7 +257,8 @@ void row_kernel_typed(const RowArgs& a) {
         vmax = M::max(M::max(vmax, m1), M::max(m2, m3));
       }
       const acc_t mx = hmax(vmax);
-      const acc_t xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
+      rs.mx = mx;
+      rs.xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
       // Pass 2: s = sum_c exp(x_c - m), and the linear terms sum_c b_c (x_c - m),
       // sum_c b_c when the loss has them. exp(x_c - m) is parked (in the
       // gradient row where it has the accumulation type, even in place: x_c
@@ -237,17 +268,17 @@ void row_kernel_typed(const RowArgs& a) {
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           parked = g;
         } else {
-          if (static_cast<int64_t>(exp_row.size()) < C) exp_row.resize(C);
-          parked = exp_row.data();
+          parked = exp_row.data() + k * C;
         }
       }
+      rs.parked = parked;
       V vs(0), vbx(0), vb(0);
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
         const V xs = (in_regs ? xr[j / W] : vload(x + j, n)) - vmx;
         const V e = M::softmax_exp(xs);
-        if (in_regs) er[j / W] = e;
+        if (in_regs) rs.er[j / W] = e;
         if (parked) e.store(parked + j, n);
         vs = vs + (n < W ? V::set(V(0), e, n) : e);
         if (linear) {
@@ -256,72 +287,128 @@ void row_kernel_typed(const RowArgs& a) {
           vb = vb + bv;
         }
       }
-      const acc_t log_s = std::log(hsum(vs));
+      rs.s = hsum(vs);
+      rs.bx = linear ? hsum(vbx) : acc_t(0);
+      rs.b = linear ? hsum(vb) : acc_t(0);
+    };
+
+    // The loss and pass 3 of a row, given log s, exp(-log s) and p_y.
+    auto second_part = [&](const RowState& rs, acc_t log_s, acc_t inv_s, acc_t p_y) SWT_FLATTEN {
+      const int64_t r = rs.r, y = rs.y;
+      const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
+      scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
+      float* st = a.stats ? a.stats + 3 * r : nullptr;
+      const scalar_t* q =
+          prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
+      // Every a_j is 0 for the focal loss and for index targets without label
+      // smoothing (the target's own term is applied once, below): nothing to load.
+      const bool zero_coef = focal || (!prob && eps == acc_t(0));
+      auto grad_coef_at = [&](int64_t j, int64_t n) -> V {
+        if (zero_coef) return V(0);
+        return grad_coef<M>(a.kind, cw != nullptr, cw ? V::loadu(cw + j, n) : V(0),
+                            prob ? vload(q + j, n) : V(0), V(q_scale), V(q_shift));
+      };
+      const bool linear = prob || eps != acc_t(0);
 
       // The row's loss and gradient coefficients, from shifted logits.
       const acc_t a_smooth = prob ? acc_t(0) : q_shift;
       const acc_t w_y = (!prob && cw) ? cw[y] : acc_t(1);
       const RowCoef<acc_t> rc = row_coefficients<acc_t>(
-          static_cast<int>(a.kind), log_s, xs_y, w_y, eps, acc_t(C),
-          static_cast<acc_t>(a.sum_class_weight), linear ? hsum(vbx) : acc_t(0),
-          linear ? hsum(vb) : acc_t(0), gamma, z_loss, mx + log_s);
+          static_cast<int>(a.kind), log_s, rs.xs_y, w_y, eps, acc_t(C),
+          static_cast<acc_t>(a.sum_class_weight), linear ? rs.bx : acc_t(0),
+          linear ? rs.b : acc_t(0), gamma, z_loss, rs.mx + log_s);
       const acc_t loss = rc.loss, A = rc.A, a_target = rc.a_target;
       row_loss[r] = loss;
+      if (!g && !st) return;
 
       // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
-      if (g || st) {
-        const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
-        const acc_t inv_s = std::exp(-log_s);
-        const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(inv_s);
-        // Without statistics or per-class coefficients the gradient is one
-        // product per element: exp(x_j - m) * (A / s * scale).
-        const bool lean = zero_coef && st == nullptr;
-        const V vlean(A * inv_s * scale);
-        V vsq(0), vl1(0);
-        for (int64_t j = 0; j < C; j += W) {
-          const int64_t n = std::min(W, C - j);
-          if (lean) {
-            const V e = in_regs ? er[j / W]
-                        : parked ? V::loadu(parked + j, n)
-                                 : M::softmax_exp(vload(x + j, n) - vmx);
-            vstore(g + j, e * vlean, n);
-            continue;
-          }
-          const V av = grad_coef_at(j, n);
-          const V p = in_regs ? er[j / W] * vinv_s
-                      : parked ? V::loadu(parked + j, n) * vinv_s
-                              : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
-          V u = softmax_grad_p<M>(p, vA, av);
-          if (n < W) u = V::set(V(0), u, n);
-          if (!prob && y >= j && y < j + n) {
-            // The target's own coefficient, applied to element y's lane: a
-            // correction of the sum of squares afterwards would cancel
-            // catastrophically when p_y is near 1.
-            u = u - (V(a_target) & (V::arange(acc_t(0), acc_t(1)) == V(static_cast<acc_t>(y - j))));
-          }
-          if (st) {
-            vsq = vsq + u * u;
-            // For probability targets |p_j - q_j| feeds the GHM magnitude.
-            if (prob) {
-              V d = (p - vload(q + j, n)).abs();
-              vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
-            }
-          }
-          if (g) vstore(g + j, u * vscale, n);
+      const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
+      const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(inv_s), vmx(rs.mx);
+      // Without statistics or per-class coefficients the gradient is one
+      // product per element: exp(x_j - m) * (A / s * scale).
+      const bool lean = zero_coef && st == nullptr;
+      const V vlean(A * inv_s * scale);
+      const acc_t* parked = rs.parked;
+      V er[kRegVecs];
+      if (in_regs) {
+        for (int64_t v = 0; v < kRegVecs; ++v) er[v] = rs.er[v];
+      }
+      V vsq(0), vl1(0);
+      for (int64_t j = 0; j < C; j += W) {
+        const int64_t n = std::min(W, C - j);
+        if (lean) {
+          const V e = in_regs ? er[j / W]
+                      : parked ? V::loadu(parked + j, n)
+                               : M::softmax_exp(vload(x + j, n) - vmx);
+          vstore(g + j, e * vlean, n);
+          continue;
         }
-        // p_y only feeds the lean pass's target element and the statistics.
-        const acc_t p_y = prob || !(st || (lean && g)) ? acc_t(0) : std::exp(xs_y - log_s);
-        if (lean && !prob && g) {
-          // The lean pass left element y without the target's own coefficient.
-          const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
-          g[y] = static_cast<scalar_t>((A * p_y - a_y - a_target) * scale);
+        const V av = grad_coef_at(j, n);
+        const V p = in_regs ? er[j / W] * vinv_s
+                    : parked ? V::loadu(parked + j, n) * vinv_s
+                             : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
+        V u = softmax_grad_p<M>(p, vA, av);
+        if (n < W) u = V::set(V(0), u, n);
+        if (!prob && y >= j && y < j + n) {
+          // The target's own coefficient, applied to element y's lane: a
+          // correction of the sum of squares afterwards would cancel
+          // catastrophically when p_y is near 1.
+          u = u - (V(a_target) & (V::arange(acc_t(0), acc_t(1)) == V(static_cast<acc_t>(y - j))));
         }
         if (st) {
-          st[0] = static_cast<float>(loss);
-          st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
-          // GHM's g = 1 - p_y, from the p_y just computed (as the reference has it).
-          st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1) : ghm_g_softmax<acc_t>(p_y));
+          vsq = vsq + u * u;
+          // For probability targets |p_j - q_j| feeds the GHM magnitude.
+          if (prob) {
+            V d = (p - vload(q + j, n)).abs();
+            vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
+          }
         }
+        if (g) vstore(g + j, u * vscale, n);
+      }
+      if (lean && !prob && g) {
+        // The lean pass left element y without the target's own coefficient.
+        const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
+        g[y] = static_cast<scalar_t>((A * p_y - a_y - a_target) * scale);
+      }
+      if (st) {
+        st[0] = static_cast<float>(loss);
+        st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
+        // GHM's g = 1 - p_y, from the p_y just computed (as the reference has it).
+        st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1) : ghm_g_softmax<acc_t>(p_y));
+      }
+    };
+
+    if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+      if (a.grad != nullptr && !in_regs) exp_row.resize(block * C);
+    }
+    for (int64_t r0 = begin; r0 < end; r0 += block) {
+      const int64_t nb = std::min(block, end - r0);
+      for (int64_t k = 0; k < nb; ++k) first_part(r0 + k, k, rows[k]);
+      if (block == 1) {
+        const RowState& rs = rows[0];
+        if (rs.skip) continue;
+        const acc_t log_s = std::log(rs.s);
+        // p_y only feeds the lean pass's target element and the statistics.
+        const bool want_p_y = !prob && (a.stats || a.grad);
+        second_part(rs, log_s, std::exp(-log_s), want_p_y ? std::exp(rs.xs_y - log_s) : acc_t(0));
+        continue;
+      }
+      // The block's log s, exp(-log s) and p_y = exp(x_y - m - log s), lane
+      // by lane (an ignored row's lane holds s = 1 and is not used).
+      for (int64_t k = 0; k < kBlockRows; ++k) {
+        const bool live = k < nb && !rows[k].skip;
+        lane_s[k] = live ? rows[k].s : acc_t(1);
+        lane_xs_y[k] = live ? rows[k].xs_y : acc_t(0);
+      }
+      for (int64_t k = 0; k < kBlockRows; k += W) {
+        const V vlog = M::log(V::loadu(lane_s + k));
+        vlog.store(lane_log_s + k);
+        M::exp(-vlog).store(lane_inv_s + k);
+        M::exp(V::loadu(lane_xs_y + k) - vlog).store(lane_p_y + k);
+      }
+      for (int64_t k = 0; k < nb; ++k) {
+        if (rows[k].skip) continue;
+        second_part(rows[k], lane_log_s[k], lane_inv_s[k], prob ? acc_t(0) : lane_p_y[k]);
       }
     }
   });
