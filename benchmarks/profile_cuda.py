@@ -89,14 +89,14 @@ def main():
     if not torch.cuda.is_available():
         print("profile_cuda.py: no CUDA device", file=sys.stderr)
         return 2
-    lines = []
+    if args.out:
+        open(args.out, "w").close()
 
     def say(text=""):
         print(text, flush=True)
-        lines.append(text)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write("\n".join(lines) + "\n")
+        if args.out:  # line by line: a timeout still leaves what was measured
+            with open(args.out, "a") as f:
+                f.write(text + "\n")
 
     import samplewt_ops as swo
     ours = C.make_ours(swo)

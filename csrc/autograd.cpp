@@ -11,11 +11,9 @@
 // (retain_graph).
 #include <ATen/ATen.h>
 #include <ATen/TensorSubclassLikeUtils.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
-#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "autograd_node.h"
@@ -160,11 +158,7 @@ class LossBackward final : public torch::autograd::Node {
   // it, and no one else holds the buffer), and scaling it in place is plain
   // eager work: no tracing, no double backward through grad_output.
   bool last_use_of_grad(const Tensor& grad_loss) const {
-    if (torch::autograd::get_current_graph_task_keep_graph()) return false;
-    if (grad_loss.requires_grad() || at::isTensorSubclassLike(grad_loss) ||
-        c10::impl::TorchDispatchModeTLS::stack_len() != 0) {
-      return false;
-    }
+    if (!last_backward(grad_loss)) return false;
     if (!grad_.defined()) return !args_.empty();  // recomputed: a fresh buffer
     return sole_reference(grad_);
   }

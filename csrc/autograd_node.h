@@ -7,6 +7,7 @@
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <memory>
 #include <type_traits>
@@ -29,9 +30,21 @@ auto make_node(Args&&... args) {
 
 // With grad_output a plain CPU scalar 1 the saved gradient is final. Checked
 // only where reading it costs no device sync and traces nothing.
+// A grad_output that backward may read and use as plain eager data: no
+// double backward through it, no tensor subclass, no dispatch mode tracing.
+inline bool plain_grad_output(const at::Tensor& g) {
+  return !g.requires_grad() && !at::isTensorSubclassLike(g) &&
+         c10::impl::TorchDispatchModeTLS::stack_len() == 0;
+}
+
 inline bool is_one(const at::Tensor& g) {
-  return g.dim() == 0 && g.is_cpu() && !g.requires_grad() && !at::isTensorSubclassLike(g) &&
-         c10::impl::TorchDispatchModeTLS::stack_len() == 0 && g.item<double>() == 1.0;
+  return g.dim() == 0 && g.is_cpu() && plain_grad_output(g) && g.item<double>() == 1.0;
+}
+
+// This backward is the last use of the node's saved gradients (the graph is
+// freed after it) and scaling them in place is plain eager work.
+inline bool last_backward(const at::Tensor& grad_output) {
+  return !torch::autograd::get_current_graph_task_keep_graph() && plain_grad_output(grad_output);
 }
 
 #ifdef SAMPLEWT_WITH_CUDA
@@ -73,8 +86,7 @@ inline bool sole_reference(const at::Tensor& t) {
 // mul would take a strided pass over all of grad. Elsewhere ATen scales it.
 inline at::Tensor& scale_in_place(at::Tensor& grad, const at::Tensor& grad_loss, bool rows) {
 #ifdef SAMPLEWT_WITH_CUDA
-  if (grad.is_cuda() && !grad_loss.requires_grad() && !at::isTensorSubclassLike(grad) &&
-      !at::isTensorSubclassLike(grad_loss) && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+  if (grad.is_cuda() && !at::isTensorSubclassLike(grad) && plain_grad_output(grad_loss) &&
       cuda::scale_grad_(grad, grad_loss, rows)) {
     return grad;
   }

@@ -10,12 +10,9 @@
 // grad_output 1 the node hands its gradients over and keeps the call's
 // arguments to recompute them for a second backward (retain_graph).
 #include <ATen/ATen.h>
-#include <ATen/TensorSubclassLikeUtils.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
-#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "autograd_node.h"
@@ -94,7 +91,7 @@ class LinearLossBackward final : public torch::autograd::Node {
         // them); a second backward (retain_graph) recomputes them.
         g = std::move(saved_);
         saved_.clear();
-      } else if (last_use(grad_loss)) {
+      } else if (last_backward(grad_loss)) {
         g = std::move(saved_);
         saved_.clear();
         own = true;
@@ -130,15 +127,6 @@ class LinearLossBackward final : public torch::autograd::Node {
   int64_t input_version_ = 0, weight_version_ = 0;
 
  private:
-  // This backward is the saved gradients' last use, and scaling them in
-  // place is plain eager work: no tracing, no double backward through
-  // grad_output.
-  static bool last_use(const Tensor& grad_loss) {
-    return !torch::autograd::get_current_graph_task_keep_graph() && !grad_loss.requires_grad() &&
-           !at::isTensorSubclassLike(grad_loss) &&
-           c10::impl::TorchDispatchModeTLS::stack_len() == 0;
-  }
-
   // Whether gradient i exists (without reading sizes, which may be symbolic).
   bool wanted(int i, const std::vector<Tensor>& g) const {
     return g[i].defined() && ((mask_ >> i) & 1) != 0 && (i < 2 || has_bias_);

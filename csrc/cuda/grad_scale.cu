@@ -11,13 +11,19 @@ namespace samplewt {
 namespace cuda {
 namespace detail {
 
+// v * s to g: VW values, read from g.
+template <typename T, int VW>
+__device__ __forceinline__ void store_scaled(T* g, AccT<T> (&v)[VW], AccT<T> s) {
+#pragma unroll
+  for (int k = 0; k < VW; ++k) v[k] *= s;
+  store_acc<T, VW>(g, v);
+}
+
 template <typename T, int VW>
 __device__ __forceinline__ void scale_vector(T* g, AccT<T> s) {
   AccT<T> v[VW];
   load_acc<T, VW, true>(g, v);
-#pragma unroll
-  for (int k = 0; k < VW; ++k) v[k] *= s;
-  store_acc<T, VW>(g, v);
+  store_scaled<T, VW>(g, v, s);
 }
 
 template <typename T, int VW>
@@ -41,10 +47,7 @@ __global__ void __launch_bounds__(kScaleBlock) scale_grad_kernel(const ScaleArgs
         const int64_t i = (v + u * stride) * VW;
         A x[VW];
         Pack<T>::unpack(raw[u], x);
-        const A s = scale_of(i);
-#pragma unroll
-        for (int k = 0; k < VW; ++k) x[k] *= s;
-        store_acc<T, VW>(g + i, x);
+        store_scaled<T, VW>(g + i, x, scale_of(i));
       }
     }
   }
