@@ -56,6 +56,19 @@ SWT_TABLE_HD bool table_per_batch(int64_t policy) { return policy == kOHEM || po
 #if defined(__CUDA_ARCH__)
 SWT_TABLE_HD float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 SWT_TABLE_HD float add_rn(float a, float b) { return __fadd_rn(a, b); }
+#elif defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
+SWT_TABLE_HD float mul_rn(float a, float b) {
+  float p = a * b;
+  // An empty asm that "changes" the product: nothing can fuse it with an add,
+  // and it stays in its register.
+#if defined(__aarch64__)
+  __asm__("" : "+w"(p));
+#else
+  __asm__("" : "+x"(p));
+#endif
+  return p;
+}
+SWT_TABLE_HD float add_rn(float a, float b) { return a + b; }
 #else
 SWT_TABLE_HD float mul_rn(float a, float b) {
   volatile float p = a * b;
@@ -70,7 +83,9 @@ SWT_TABLE_HD float add_rn(float a, float b) { return a + b; }
 // observation.
 SWT_TABLE_HD float table_ema_step(float old, double obs_sum, int64_t count, float m,
                                   float one_minus_m, bool seen_before) {
-  const float x = static_cast<float>(obs_sum / static_cast<double>(count));
+  // One observation (the usual case): its float32 value, with no division.
+  const float x = count == 1 ? static_cast<float>(obs_sum)
+                             : static_cast<float>(obs_sum / static_cast<double>(count));
   return seen_before ? add_rn(mul_rn(m, old), mul_rn(one_minus_m, x)) : x;
 }
 

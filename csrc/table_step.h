@@ -220,6 +220,19 @@ struct CpuRowShare {
   }
 };
 
+// The sum over rows r < R of w[r] sw[r] x(r) (sw null: 1), in row order.
+// Not inlined: inlined into scale_on_cpu, GCC kept the sum in memory, and
+// each add waited for the last one's store.
+template <class X>
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+double weighted_row_sum(const double* w, const double* sw, int64_t R, const X& x) {
+  double sum = 0.0;
+  for (int64_t r = 0; r < R; ++r) sum += w[r] * (sw ? sw[r] : 1.0) * x(r);
+  return sum;
+}
+
 // The CPU form of scale_by_batch_weights: one loop over each output; share(r)
 // gives row r's share of the mean.
 // row_loss (rows, 3): the pass's per-row statistics, whose first column is
@@ -237,14 +250,13 @@ Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
   w.resize(R);
   factor.resize(R);
   const float* b = bw.data_ptr<float>();
-  for (int64_t r = 0; r < R; ++r) w[r] = static_cast<double>(b[r / t.positions]);
+  // Row r belongs to sample r / positions (no division per row).
+  for (int64_t i = 0, r = 0; i < t.batch; ++i) {
+    for (int64_t p = 0; p < t.positions; ++p, ++r) w[r] = static_cast<double>(b[i]);
+  }
   const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
   const double* swp = sw.defined() ? sw.data_ptr<double>() : nullptr;
-  double denom = 1.0;
-  if (reduction == kMean) {
-    denom = 0.0;
-    for (int64_t r = 0; r < R; ++r) denom += w[r] * (swp ? swp[r] : 1.0) * share(r);
-  }
+  const double denom = reduction == kMean ? weighted_row_sum(w.data(), swp, R, share) : 1.0;
   for (int64_t r = 0; r < R; ++r) factor[r] = reduction == kMean && w[r] != 0.0 ? w[r] / denom : w[r];
   for (const Tensor& g : grads) {
     if (!g.defined() || g.numel() == 0) continue;
@@ -256,20 +268,19 @@ Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
     }
     const int64_t inner = g.numel() / R;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "samplewt_table_scale", [&] {
-      scalar_t* p = g.data_ptr<scalar_t>();
-      for (int64_t r = 0; r < R; ++r) {
+      scalar_t* row = g.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < R; ++r, row += inner) {
         const scalar_t f = static_cast<scalar_t>(factor[r]);
-        for (int64_t j = 0; j < inner; ++j) p[r * inner + j] = p[r * inner + j] * f;
+        for (int64_t j = 0; j < inner; ++j) row[j] = row[j] * f;
       }
     });
   }
   if (row_loss != nullptr && reduction != kNone) {
-    double total = 0.0;
-    for (int64_t r = 0; r < R; ++r) {
-      total += w[r] * (swp ? swp[r] : 1.0) * static_cast<double>(row_loss[r * 3]);
-    }
+    const double sum = weighted_row_sum(w.data(), swp, R, [row_loss](int64_t r) {
+      return static_cast<double>(row_loss[r * 3]);
+    });
     // Into the pass's own (scalar, fresh) loss tensor: no new tensor.
-    const double value = reduction == kMean ? total / denom : total;
+    const double value = reduction == kMean ? sum / denom : sum;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, loss.scalar_type(), "samplewt_table_total", [&] {
       *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(value);
     });

@@ -163,11 +163,14 @@ def _plain_scalar(name: str, value) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _fast_op(name: str):
-    """The op's overload, its schema's argument names without the table's
-    (left to their defaults), and all of them."""
+    """The op's overload and its schema's argument names before the table's
+    (which close the schema: ``indices``, then AdaptiveWeights.op_tail())."""
     from ._spec import SCHEMA_ARGS, TABLE_ARGS
     names = SCHEMA_ARGS[name]
-    return getattr(torch.ops.samplewt_ops, name).default, tuple(n for n in names if n not in TABLE_ARGS), names
+    own = tuple(n for n in names if n not in TABLE_ARGS)
+    # The table's arguments close the schema, as AdaptiveWeights.op_tail has them.
+    assert names[len(own):] == tuple(TABLE_ARGS), name
+    return getattr(torch.ops.samplewt_ops, name).default, own
 
 
 def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=None, indices=None,
@@ -224,15 +227,14 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
     # inplace_grad: the `_` op, whose C++ autograd (csrc/autograd.cpp) hands the
     # consumed input's memory over as its gradient.
     in_place = inplace_grad and values["compute_grad"]
-    op, names, with_table = _fast_op(spec.name + "_" if in_place else spec.name)
-    if table is not None:
+    op, names = _fast_op(spec.name + "_" if in_place else spec.name)
+    try:
+        if table is None:
+            return op(*[values[n] for n in names])[0]
         if (type(indices) is not Tensor or not indices.is_cpu or not table.ema.is_cpu
                 or not table.policy.supports(spec.name)):
             return None
-        values.update(table.op_args(indices))
-        names = with_table
-    try:
-        return op(*[values[n] for n in names])[0]
+        return op(*[values[n] for n in names], indices, *table.op_tail())[0]
     except _OP_ERRORS:
         return None
 

@@ -18,10 +18,22 @@ namespace {
 // A float's bits as an unsigned key of the same order (-inf lowest, +inf
 // highest, -0 equal to +0 as the comparison has it; no NaN comes here).
 inline uint32_t ordered_key(float f) {
-  if (f == 0.0f) f = 0.0f;
+  f = f + 0.0f;  // -0 -> +0
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  // Negative: all bits flipped; otherwise the sign bit set. No branch.
+  return u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
+}
+
+// The index of x's highest set bit (x != 0).
+inline int highest_bit(uint32_t x) {
+#if defined(__GNUC__)
+  return 31 - __builtin_clz(x);
+#else
+  int b = 0;
+  while (x >>= 1) ++b;
+  return b;
+#endif
 }
 
 // GHM's bins of the batch and its density after the batch (table_math.h).
@@ -131,11 +143,11 @@ void per_batch_weights(const Table& t, const float* st, const bool* v, const Ghm
     const int64_t den = static_cast<int64_t>(params[kKeepDen]);
     const int64_t k = std::min((num * N + den - 1) / den, N);
     // Largest losses first (NaN above everything, invalid samples last),
-    // ties by position: the k-th largest key by a radix select (four counting
-    // passes, no comparison sort), then every key above it and the first
-    // keys equal to it. Keys are the losses' bits mapped to an unsigned
-    // order; an invalid sample ranks as a loss of -inf (after it, by position).
-    thread_local std::vector<uint32_t> key_buffer;
+    // ties by position: the k-th largest key by a radix select, then every
+    // key above it and the first keys equal to it. Keys are the losses' bits
+    // mapped to an unsigned order; an invalid sample ranks as a loss of -inf
+    // (after it, by position).
+    thread_local std::vector<uint32_t> key_buffer, candidate_buffer;
     std::vector<uint32_t>& key_vec = key_buffer;
     key_vec.resize(N);
     uint32_t* key = key_vec.data();
@@ -144,21 +156,38 @@ void per_batch_weights(const Table& t, const float* st, const bool* v, const Ghm
       const float l = st[i * 3 + kLossStat];
       key[i] = ordered_key((v != nullptr && !v[i]) ? -kInf : (l != l ? kInf : l));
     }
-    // The k-th largest key, a byte at a time: a histogram of the next byte
-    // among the keys that share the bytes found so far.
-    uint32_t kth = 0, mask = 0;
-    if (k > 0) {
-      int64_t rank = k;  // the wanted key's rank from the top among the matches
-      for (int shift = 24; shift >= 0; shift -= 8) {
-        int64_t count[256] = {};
-        for (int64_t i = 0; i < N; ++i) {
-          if ((key[i] & mask) == kth) ++count[(key[i] >> shift) & 0xffu];
-        }
-        int b = 255;
-        for (; b > 0 && count[b] < rank; --b) rank -= count[b];
-        kth |= static_cast<uint32_t>(b) << shift;
-        mask |= 0xffu << shift;
+    // The select: a histogram of 8 bits of the candidates (at first every
+    // key), from the highest bit in which they differ (a batch's losses share
+    // their sign and leading exponent bits), picks the bits of the k-th
+    // largest; the candidates shrink to the keys with those bits. At most
+    // four passes, each over fewer keys, and no comparison sort.
+    std::vector<uint32_t>& cand_vec = candidate_buffer;
+    cand_vec.assign(key, key + N);
+    uint32_t* cand = cand_vec.data();
+    uint32_t kth = 0;
+    for (int64_t n = N, rank = k; k > 0;) {  // rank: the key's rank from the top among the candidates
+      uint32_t any = 0, all = ~0u;
+      for (int64_t i = 0; i < n; ++i) {
+        any |= cand[i];
+        all &= cand[i];
       }
+      if (any == all) {  // the candidates are equal: they are the key
+        kth = cand[0];
+        break;
+      }
+      const int top = highest_bit(any ^ all);
+      const int shift = top >= 7 ? top - 7 : 0;
+      int32_t count[256] = {};
+      for (int64_t i = 0; i < n; ++i) ++count[(cand[i] >> shift) & 0xffu];
+      uint32_t b = 255;
+      for (; b > 0 && count[b] < rank; --b) rank -= count[b];
+      int64_t m = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t c = cand[i];
+        cand[m] = c;
+        m += ((c >> shift) & 0xffu) == b;
+      }
+      n = m;
     }
     int64_t above = 0;
     for (int64_t i = 0; i < N; ++i) above += key[i] > kth;
@@ -245,6 +274,8 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
     if (track_g) g.obs[2] += static_cast<double>(table_g_observation(st[i * 3 + kGStat]));
     ++g.count;
   }
+  // The running sums in registers, added to in the same order.
+  double sum[3] = {sums[0], sums[1], sums[2]};
   for (const Group& g : groups) {
     if (g.count == 0) continue;
     const int64_t s = g.sample;
@@ -253,11 +284,14 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
       float& e = ema[j * S + s];
       const float old = e;
       e = table_ema_step(old, g.obs[j], g.count, m, one_minus_m, seen_before);
-      if (j < 2) sums[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
+      if (j < 2) sum[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
     }
-    if (!seen_before) sums[2] += 1.0;
+    if (!seen_before) sum[2] += 1.0;
     seen[s] += g.count;
   }
+  sums[0] = sum[0];
+  sums[1] = sum[1];
+  sums[2] = sum[2];
   if (track_g) {
     std::copy(ghm.density.begin(), ghm.density.end(), t.bin_ema.data_ptr<float>());
     t.bin_steps.data_ptr<int64_t>()[0] += 1;

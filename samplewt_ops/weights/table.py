@@ -136,6 +136,17 @@ class AdaptiveWeights:
                 "policy_params": self.policy.op_params()}
         return {"indices": indices, **base}
 
+    def op_tail(self) -> tuple:
+        """The op arguments after ``indices`` (the schemas end with the table's
+        arguments, ``indices`` first), in schema order: built once per device,
+        as op_args's."""
+        tail = self.__dict__.get("_op_tail")
+        if tail is None:
+            from .._spec import TABLE_ARGS
+            base = self.op_args(None)
+            tail = self._op_tail = tuple(base[name] for name in TABLE_ARGS if name != "indices")
+        return tail
+
     # ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -385,7 +396,7 @@ class AdaptiveWeights:
         self._synced_count = self._synced_count.to(dev)
         self.policy_state = {k: v.to(dev) for k, v in self.policy_state.items() if k != "g_ema"}
         self._views()
-        self._op_base = None
+        self._op_base = self._op_tail = None
         return self
 
     # ------------------------------------------------------------------ distributed

@@ -335,3 +335,23 @@ def test_ohem_keeps_the_reference_rows_with_ties_nan_and_ignored(monkeypatch, ke
     order = torch.sort(key, descending=True, stable=True).indices[:k]
     want = sorted(i for i in order.tolist() if t[i] != -100)
     assert (out[0] != 0).nonzero().flatten().tolist() == want
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 256, 1000])
+def test_ohem_selection_is_a_stable_top_k_on_random_batches(n):
+    # The radix select against a stable sort, on batches whose losses share
+    # their leading bytes (one exponent range) and have exact repeats.
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 6, generator=gen)
+    x[torch.randint(0, n, (n // 4,), generator=gen)] = x[0].clone()
+    t = torch.randint(0, 6, (n,), generator=gen)
+    t[torch.rand(n, generator=gen) < 0.1] = -100
+    plain = _stats("cross_entropy", x, t)[:, 0]
+    key = torch.where(t == -100, float("-inf"), plain)
+    for keep_ratio in (0.01, 0.25, 0.5, 0.7, 1.0):
+        table = AdaptiveWeights(max(S, n), OHEM(keep_ratio=keep_ratio))
+        loss = samplewt_ops.cross_entropy(x, t, table=table, indices=torch.arange(n), reduction="none")
+        k = OHEM(keep_ratio=keep_ratio).num_kept(n)
+        order = torch.sort(key, descending=True, stable=True).indices[:k]
+        want = sorted(i for i in order.tolist() if t[i] != -100)
+        assert (loss != 0).nonzero().flatten().tolist() == want, keep_ratio
