@@ -17,6 +17,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -46,7 +48,7 @@ struct TableArgs {
 // The table of one call, checked: its tensors as the devices' steps take them.
 struct Table {
   int64_t policy = kNoTable;
-  std::vector<double> params;
+  std::array<double, 4> params{};  // policy_params (at most 4; the rest 0)
   Tensor indices;     // int64 (N), contiguous
   Tensor ema;         // float32 (3, num_samples), contiguous: loss, gradient norm, g
   Tensor seen_count;  // int64 (num_samples)
@@ -99,7 +101,7 @@ inline Table check_table(const TableArgs& a, const Tensor& input, int64_t rows, 
   TORCH_CHECK_VALUE(a.params.size() == table_detail::num_params(a.policy),
                     "samplewt_ops: policy ", a.policy, " takes ",
                     table_detail::num_params(a.policy), " policy_params, got ", a.params.size());
-  t.params.assign(a.params.begin(), a.params.end());
+  std::copy(a.params.begin(), a.params.end(), t.params.begin());
   const double m = t.params[kMomentum];
   TORCH_CHECK_VALUE(m >= 0.0 && m < 1.0, "samplewt_ops: the table's momentum must be in [0, 1), got ", m);
   TORCH_CHECK_VALUE(checks::has(a.indices), "samplewt_ops: indices (the batch's dataset indices) "
@@ -220,17 +222,29 @@ struct CpuRowShare {
   }
 };
 
-// The sum over rows r < R of w[r] sw[r] x(r) (sw null: 1), in row order.
-// Not inlined: inlined into scale_on_cpu, GCC kept the sum in memory, and
-// each add waited for the last one's store.
-template <class X>
+// Over rows r (positions rows per sample i, in order), with w_r = b[i] and
+// sw_r the row's sample weight (sw null: 1): the sums of w_r sw_r share(r)
+// (when share_sum is given) and of w_r sw_r row_loss[3 r] (when row_loss is),
+// each in row order. Not inlined: inlined into scale_on_cpu, GCC kept its
+// sums in memory, and each add waited for the last one's store.
+template <class Share>
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
-double weighted_row_sum(const double* w, const double* sw, int64_t R, const X& x) {
-  double sum = 0.0;
-  for (int64_t r = 0; r < R; ++r) sum += w[r] * (sw ? sw[r] : 1.0) * x(r);
-  return sum;
+void weighted_row_sums(const float* b, int64_t batch, int64_t positions, const double* sw,
+                       const Share& share, const float* row_loss, double* share_sum,
+                       double* loss_sum) {
+  double s0 = 0.0, s1 = 0.0;
+  for (int64_t i = 0, r = 0; i < batch; ++i) {
+    const double w = static_cast<double>(b[i]);
+    for (int64_t p = 0; p < positions; ++p, ++r) {
+      const double ws = w * (sw ? sw[r] : 1.0);
+      if (share_sum) s0 += ws * share(r);
+      if (row_loss) s1 += ws * static_cast<double>(row_loss[r * 3]);
+    }
+  }
+  if (share_sum) *share_sum = s0;
+  if (loss_sum) *loss_sum = s1;
 }
 
 // The CPU form of scale_by_batch_weights: one loop over each output; share(r)
@@ -242,67 +256,67 @@ template <class Share>
 Tensor scale_on_cpu(const Table& t, const Tensor& bw, const Tensor& loss,
                     std::initializer_list<Tensor> grads, int64_t reduction, const Share& share,
                     const Tensor& sw_rows, const float* row_loss = nullptr) {
-  const int64_t R = t.batch * t.positions;
-  // Per-thread, reused: a small batch's scaling costs no allocation.
-  thread_local std::vector<double> w_buffer, factor_buffer;
-  std::vector<double>& w = w_buffer;
-  std::vector<double>& factor = factor_buffer;
-  w.resize(R);
-  factor.resize(R);
-  const float* b = bw.data_ptr<float>();
-  // Row r belongs to sample r / positions (no division per row).
-  for (int64_t i = 0, r = 0; i < t.batch; ++i) {
-    for (int64_t p = 0; p < t.positions; ++p, ++r) w[r] = static_cast<double>(b[i]);
-  }
+  const int64_t N = t.batch, P = t.positions, R = N * P;
+  const float* b = bw.data_ptr<float>();  // sample i's weight, for its rows i P ... i P + P - 1
   const Tensor sw = sw_rows.defined() ? sw_rows.to(at::kDouble).contiguous() : Tensor();
   const double* swp = sw.defined() ? sw.data_ptr<double>() : nullptr;
-  const double denom = reduction == kMean ? weighted_row_sum(w.data(), swp, R, share) : 1.0;
-  for (int64_t r = 0; r < R; ++r) factor[r] = reduction == kMean && w[r] != 0.0 ? w[r] / denom : w[r];
+  const bool mean = reduction == kMean;
+  const bool loss_from_rows = row_loss != nullptr && reduction != kNone;
+  double denom = 1.0, loss_sum = 0.0;
+  if (mean || loss_from_rows) {
+    weighted_row_sums(b, N, P, swp, share, loss_from_rows ? row_loss : nullptr,
+                      mean ? &denom : nullptr, loss_from_rows ? &loss_sum : nullptr);
+  }
+  // A weight of 0 gives 0, even when the denominator is 0.
+  const auto factor = [&](int64_t i) {
+    const double w = static_cast<double>(b[i]);
+    return mean && w != 0.0 ? w / denom : w;
+  };
   for (const Tensor& g : grads) {
     if (!g.defined() || g.numel() == 0) continue;
     if (!g.is_contiguous()) {
+      std::vector<double> f(R);
+      for (int64_t r = 0; r < R; ++r) f[r] = factor(r / P);
       std::vector<int64_t> shape(g.dim(), 1);
       if (g.dim() > 0) shape[0] = g.size(0);
-      g.mul_(at::tensor(factor, g.options().dtype(at::kDouble)).to(g.scalar_type()).view(shape));
+      g.mul_(at::tensor(f, g.options().dtype(at::kDouble)).to(g.scalar_type()).view(shape));
       continue;
     }
-    const int64_t inner = g.numel() / R;
+    const int64_t inner = N > 0 ? g.numel() / N : 0;  // a sample's elements: its rows'
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "samplewt_table_scale", [&] {
       scalar_t* row = g.data_ptr<scalar_t>();
-      for (int64_t r = 0; r < R; ++r, row += inner) {
-        const scalar_t f = static_cast<scalar_t>(factor[r]);
+      for (int64_t i = 0; i < N; ++i, row += inner) {
+        const scalar_t f = static_cast<scalar_t>(factor(i));
         for (int64_t j = 0; j < inner; ++j) row[j] = row[j] * f;
       }
     });
   }
-  if (row_loss != nullptr && reduction != kNone) {
-    const double sum = weighted_row_sum(w.data(), swp, R, [row_loss](int64_t r) {
-      return static_cast<double>(row_loss[r * 3]);
-    });
+  if (loss_from_rows) {
     // Into the pass's own (scalar, fresh) loss tensor: no new tensor.
-    const double value = reduction == kMean ? sum / denom : sum;
+    const double value = mean ? loss_sum / denom : loss_sum;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, loss.scalar_type(), "samplewt_table_total", [&] {
       *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(value);
     });
     return loss;
   }
   const Tensor l = loss.contiguous();
-  const int64_t inner = R > 0 ? l.numel() / R : 0;
+  const int64_t inner = N > 0 ? l.numel() / N : 0;  // a sample's losses
   Tensor out = reduction == kNone ? at::empty_like(l) : Tensor();
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "samplewt_table_loss", [&] {
     const scalar_t* p = l.data_ptr<scalar_t>();
     scalar_t* o = out.defined() ? out.data_ptr<scalar_t>() : nullptr;
-    for (int64_t r = 0; r < R; ++r) {
-      for (int64_t j = 0; j < inner; ++j) {
-        const double v = static_cast<double>(p[r * inner + j]) * w[r];
-        if (o != nullptr) o[r * inner + j] = static_cast<scalar_t>(v);
+    for (int64_t i = 0; i < N; ++i) {
+      const double w = static_cast<double>(b[i]);
+      for (int64_t j = i * inner; j < (i + 1) * inner; ++j) {
+        const double v = static_cast<double>(p[j]) * w;
+        if (o != nullptr) o[j] = static_cast<scalar_t>(v);
         else total += v;
       }
     }
   });
   if (reduction == kNone) return out;
-  return at::scalar_tensor(reduction == kMean ? total / denom : total, loss.options());
+  return at::scalar_tensor(mean ? total / denom : total, loss.options());
 }
 
 }  // namespace table_detail

@@ -48,13 +48,32 @@ void ghm_batch(const Table& t, const float* stats, const bool* valid, GhmBatch& 
   out.bin.resize(N);
   out.valid_count = 0.0f;
   thread_local std::vector<float> hist_buffer;
+  thread_local std::vector<int64_t> count_buffer;
   std::vector<float>& hist = hist_buffer;
   hist.assign(M, 0.0f);
-  for (int64_t i = 0; i < N; ++i) {
-    out.bin[i] = table_ghm_bin(stats[i * 3 + kGStat], M);
-    const float v = valid == nullptr || valid[i] ? 1.0f : 0.0f;
-    hist[out.bin[i]] += v;
-    out.valid_count += v;
+  if (N <= (int64_t{1} << 24)) {
+    // Integer counts, in two interleaved sets (a run of equal bins does not
+    // wait on one counter): a float sum of ones in batch order holds the
+    // same integers up to 2^24.
+    std::vector<int64_t>& count = count_buffer;
+    count.assign(2 * M, 0);
+    int64_t valid_count = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t b = table_ghm_bin(stats[i * 3 + kGStat], M);
+      const int64_t v = valid == nullptr || valid[i] ? 1 : 0;
+      out.bin[i] = b;
+      count[(i & 1) * M + b] += v;
+      valid_count += v;
+    }
+    for (int64_t j = 0; j < M; ++j) hist[j] = static_cast<float>(count[j] + count[M + j]);
+    out.valid_count = static_cast<float>(valid_count);
+  } else {
+    for (int64_t i = 0; i < N; ++i) {
+      out.bin[i] = table_ghm_bin(stats[i * 3 + kGStat], M);
+      const float v = valid == nullptr || valid[i] ? 1.0f : 0.0f;
+      hist[out.bin[i]] += v;
+      out.valid_count += v;
+    }
   }
   const float a = static_cast<float>(t.params[kBinMomentum]);
   const float one_minus_a = static_cast<float>(1.0 - t.params[kBinMomentum]);
@@ -100,6 +119,10 @@ Tensor table_valid(const Table& t, const Tensor& target, int64_t ignore_index) {
   const Tensor y = target.is_contiguous() ? target : target.contiguous();
   AT_DISPATCH_INDEX_TYPES(y.scalar_type(), "samplewt_table_valid", [&] {
     const index_t* yp = y.data_ptr<index_t>();
+    if (t.positions == 1) {
+      for (int64_t i = 0; i < t.batch; ++i) v[i] = yp[i] != ignore_index;
+      return;
+    }
     for (int64_t i = 0; i < t.batch; ++i) {
       bool any = false;
       for (int64_t p = 0; p < t.positions && !any; ++p) any = yp[i * t.positions + p] != ignore_index;
@@ -149,63 +172,83 @@ void per_batch_weights(const Table& t, const float* st, const bool* v, const Ghm
     // (after it, by position).
     thread_local std::vector<uint32_t> key_buffer, candidate_buffer;
     std::vector<uint32_t>& key_vec = key_buffer;
+    std::vector<uint32_t>& cand_vec = candidate_buffer;
     key_vec.resize(N);
+    cand_vec.resize(N);
     uint32_t* key = key_vec.data();
+    uint32_t* cand = cand_vec.data();
     constexpr float kInf = std::numeric_limits<float>::infinity();
+    uint32_t any = 0, all = ~0u;  // the keys' bits: set in any, set in all
     for (int64_t i = 0; i < N; ++i) {
       const float l = st[i * 3 + kLossStat];
-      key[i] = ordered_key((v != nullptr && !v[i]) ? -kInf : (l != l ? kInf : l));
+      const uint32_t c = ordered_key((v != nullptr && !v[i]) ? -kInf : (l != l ? kInf : l));
+      key[i] = c;
+      any |= c;
+      all &= c;
     }
     // The select: a histogram of 8 bits of the candidates (at first every
     // key), from the highest bit in which they differ (a batch's losses share
     // their sign and leading exponent bits), picks the bits of the k-th
     // largest; the candidates shrink to the keys with those bits. At most
-    // four passes, each over fewer keys, and no comparison sort.
-    std::vector<uint32_t>& cand_vec = candidate_buffer;
-    cand_vec.assign(key, key + N);
-    uint32_t* cand = cand_vec.data();
+    // four passes, each over fewer keys, and no comparison sort. At the end
+    // `rank` is the key's rank among the keys equal to it: the ties kept.
     uint32_t kth = 0;
-    for (int64_t n = N, rank = k; k > 0;) {  // rank: the key's rank from the top among the candidates
-      uint32_t any = 0, all = ~0u;
-      for (int64_t i = 0; i < n; ++i) {
-        any |= cand[i];
-        all &= cand[i];
-      }
+    int64_t rank = k;
+    const uint32_t* src = key;
+    for (int64_t n = N; k > 0;) {
       if (any == all) {  // the candidates are equal: they are the key
-        kth = cand[0];
+        kth = src[0];
         break;
       }
       const int top = highest_bit(any ^ all);
       const int shift = top >= 7 ? top - 7 : 0;
-      int32_t count[256] = {};
-      for (int64_t i = 0; i < n; ++i) ++count[(cand[i] >> shift) & 0xffu];
-      uint32_t b = 255;
-      for (; b > 0 && count[b] < rank; --b) rank -= count[b];
-      int64_t m = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t c = cand[i];
-        cand[m] = c;
-        m += ((c >> shift) & 0xffu) == b;
+      // Two histograms, even and odd positions: a run of equal bytes does
+      // not wait on one counter.
+      int32_t count[2][256] = {};
+      int64_t i = 0;
+      for (; i + 1 < n; i += 2) {
+        ++count[0][(src[i] >> shift) & 0xffu];
+        ++count[1][(src[i + 1] >> shift) & 0xffu];
       }
+      if (i < n) ++count[0][(src[i] >> shift) & 0xffu];
+      uint32_t b = 255;
+      for (; b > 0 && count[0][b] + count[1][b] < rank; --b) rank -= count[0][b] + count[1][b];
+      int64_t m = 0;
+      any = 0;
+      all = ~0u;
+      for (int64_t j = 0; j < n; ++j) {
+        const uint32_t c = src[j];
+        const bool in = ((c >> shift) & 0xffu) == b;
+        cand[m] = c;
+        m += in;
+        any |= in ? c : 0u;
+        all &= in ? c : ~0u;
+      }
+      src = cand;
       n = m;
     }
-    int64_t above = 0;
-    for (int64_t i = 0; i < N; ++i) above += key[i] > kth;
-    int64_t ties = k - above;  // the first `ties` keys equal to kth, by position
+    int64_t ties = k > 0 ? rank : 0;  // the first `ties` keys equal to kth, by position
     for (int64_t i = 0; i < N; ++i) {
-      const bool keep = k > 0 && (key[i] > kth || (key[i] == kth && ties-- > 0));
+      const uint32_t c = key[i];
+      const bool tie = c == kth && ties > 0;
+      ties -= tie;
+      const bool keep = k > 0 && (c > kth || tie) && (v == nullptr || v[i]);
       w[i] = keep ? 1.0f : 0.0f;
-    }
-    if (v != nullptr) {
-      for (int64_t i = 0; i < N; ++i) w[i] = v[i] ? w[i] : 0.0f;
     }
     return;
   }
-  // GHM
+  // GHM: one weight per bin (a division per bin, not per sample).
   const float bins = static_cast<float>(params[kBins]);
+  const int64_t M = static_cast<int64_t>(ghm->density.size());
+  thread_local std::vector<float> bin_weight_buffer;
+  std::vector<float>& bin_weight = bin_weight_buffer;
+  bin_weight.resize(M);
+  for (int64_t j = 0; j < M; ++j) {
+    const float d = mul_rn(ghm->density[j], bins);
+    bin_weight[j] = ghm->valid_count / (d > 0.0f ? d : 1.0f);
+  }
   for (int64_t i = 0; i < N; ++i) {
-    const float d = mul_rn(ghm->density[ghm->bin[i]], bins);
-    const float wi = ghm->valid_count / (d > 0.0f ? d : 1.0f);
+    const float wi = bin_weight[ghm->bin[i]];
     w[i] = v == nullptr ? wi : wi * (v[i] ? 1.0f : 0.0f);
   }
 }
@@ -231,60 +274,72 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   int64_t* seen = t.seen_count.data_ptr<int64_t>();
   double* sums = t.stat_sum.data_ptr<double>();
   const bool track_g = t.policy == kGHM;
-  const int nstat = track_g ? 3 : 2;
   const float m = static_cast<float>(t.params[kMomentum]);
   const float one_minus_m = static_cast<float>(1.0 - t.params[kMomentum]);
 
-  // Equal indices grouped by an open-addressing hash (O(batch)); each group
-  // sums its observations in batch order, and groups are applied in the order
-  // of their first occurrence.
-  size_t cap = 16;
-  while (cap < static_cast<size_t>(2 * N)) cap <<= 1;
+  // Equal indices grouped by an open-addressing hash (O(batch), at most a
+  // quarter full); each group sums its observations in batch order, and
+  // groups are applied in the order of their first occurrence.
+  int bits = 4;
+  while ((int64_t{1} << bits) < 4 * N) ++bits;
+  const size_t cap = size_t{1} << bits;
   struct Group {
     int64_t sample;
     int64_t count;
     double obs[3];
   };
   // Per-thread, reused (bound once: each use of a thread_local costs a lookup).
-  thread_local std::vector<int64_t> slot_key_buffer;
-  thread_local std::vector<int32_t> slot_group_buffer;
+  thread_local std::vector<int32_t> slot_buffer;  // a slot's group, -1 when empty
   thread_local std::vector<Group> group_buffer;
-  std::vector<int64_t>& slot_key = slot_key_buffer;
-  std::vector<int32_t>& slot_group = slot_group_buffer;
-  std::vector<Group>& groups = group_buffer;
-  slot_key.assign(cap, -1);
-  slot_group.resize(cap);
-  groups.clear();
-  groups.reserve(static_cast<size_t>(N));
-  int64_t* keys = slot_key.data();
-  int32_t* group_of = slot_group.data();
+  std::vector<int32_t>& slot_vec = slot_buffer;
+  std::vector<Group>& group_vec = group_buffer;
+  slot_vec.assign(cap, -1);
+  if (group_vec.size() < static_cast<size_t>(N)) group_vec.resize(N);
+  int32_t* slot = slot_vec.data();
+  Group* groups = group_vec.data();
+  int32_t num_groups = 0;
   for (int64_t i = 0; i < N; ++i) {
     const int64_t s = idx[i];
-    size_t h = static_cast<size_t>(static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull >> 17) & (cap - 1);
-    while (keys[h] != -1 && keys[h] != s) h = (h + 1) & (cap - 1);
-    if (keys[h] == -1) {
-      keys[h] = s;
-      group_of[h] = static_cast<int32_t>(groups.size());
-      groups.push_back({s, 0, {0.0, 0.0, 0.0}});
+    // Fibonacci hashing: the product's top bits.
+    size_t h = static_cast<size_t>((static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+    int32_t g = slot[h];
+    while (g >= 0 && groups[g].sample != s) {
+      h = (h + 1) & (cap - 1);
+      g = slot[h];
     }
-    if (v != nullptr && !v[i]) continue;
-    Group& g = groups[group_of[h]];
-    g.obs[0] += static_cast<double>(st[i * 3 + kLossStat]);
-    g.obs[1] += static_cast<double>(st[i * 3 + kGradNormStat]);
-    if (track_g) g.obs[2] += static_cast<double>(table_g_observation(st[i * 3 + kGStat]));
-    ++g.count;
+    const bool counted = v == nullptr || v[i];
+    const double loss = counted ? static_cast<double>(st[i * 3 + kLossStat]) : 0.0;
+    const double norm = counted ? static_cast<double>(st[i * 3 + kGradNormStat]) : 0.0;
+    const double gs = track_g && counted ? static_cast<double>(table_g_observation(st[i * 3 + kGStat])) : 0.0;
+    if (g < 0) {
+      // 0.0 + x, as a sum from 0 has it (-0 becomes +0).
+      slot[h] = num_groups;
+      groups[num_groups++] = {s, counted ? 1 : 0, {0.0 + loss, 0.0 + norm, 0.0 + gs}};
+    } else if (counted) {
+      Group& grp = groups[g];
+      grp.obs[0] += loss;
+      grp.obs[1] += norm;
+      grp.obs[2] += gs;
+      ++grp.count;
+    }
   }
   // The running sums in registers, added to in the same order.
   double sum[3] = {sums[0], sums[1], sums[2]};
-  for (const Group& g : groups) {
+  for (int32_t gi = 0; gi < num_groups; ++gi) {
+    const Group& g = groups[gi];
     if (g.count == 0) continue;
     const int64_t s = g.sample;
     const bool seen_before = seen[s] > 0;
-    for (int j = 0; j < nstat; ++j) {
+    // The loss and gradient-norm EMAs, with their running sums; GHM's g EMA.
+    for (int j = 0; j < 2; ++j) {
       float& e = ema[j * S + s];
       const float old = e;
       e = table_ema_step(old, g.obs[j], g.count, m, one_minus_m, seen_before);
-      if (j < 2) sum[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
+      sum[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
+    }
+    if (track_g) {
+      float& e = ema[kGStat * S + s];
+      e = table_ema_step(e, g.obs[kGStat], g.count, m, one_minus_m, seen_before);
     }
     if (!seen_before) sum[2] += 1.0;
     seen[s] += g.count;
