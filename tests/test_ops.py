@@ -516,3 +516,28 @@ def test_cpu_row_results_do_not_depend_on_the_rows_around_them(variant, c):
         part = run(lo)
         for got, want in zip(part, full):
             assert torch.equal(got, want[lo:]), (variant, c, lo)
+
+
+@pytest.mark.parametrize("c", [8, 40, 1000])
+def test_softmax_terms_far_below_the_max_are_exact_zero_or_normal(c):
+    # The kernels' exp for softmax terms: exp(x - m) to float precision while
+    # it is a normal float, then exactly 0 (no denormal gradients, which would
+    # slow every later op on them); -inf logits give 0 and NaN stays NaN.
+    tail_logits = torch.tensor([0.0, -20.0, -80.0, -86.0, -86.4, -86.6, -87.0, -87.5, -90.0,
+                                -104.0, -200.0, float("-inf")])
+    x = torch.full((2, c), -300.0)
+    x[:, : min(c, tail_logits.numel())] = tail_logits[:c]
+    x[1, 3] = float("nan")
+    x.requires_grad_(True)
+    y = torch.tensor([0, 0])
+    loss = samplewt_ops.cross_entropy(x, y, reduction="none")
+    loss.sum().backward()
+    g = x.grad[0]
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((g != 0) & (g.abs() < tiny)).any(), g
+    want = torch.softmax(x[0].detach().double(), 0)
+    kept = x[0].detach() >= -86.0
+    kept[0] = False  # the target's p - 1 cancels
+    torch.testing.assert_close(g[kept].double(), want[kept], rtol=1e-5, atol=0)
+    assert (g[x[0].detach() < -87.4] == 0).all()
+    assert torch.isnan(loss[1]) and not torch.isnan(loss[0])
