@@ -541,3 +541,36 @@ def test_softmax_terms_far_below_the_max_are_exact_zero_or_normal(c):
     torch.testing.assert_close(g[kept].double(), want[kept], rtol=1e-5, atol=0)
     assert (g[x[0].detach() < -87.4] == 0).all()
     assert torch.isnan(loss[1]) and not torch.isnan(loss[0])
+
+
+@pytest.mark.parametrize("c", [33, 100, 1000, 4099])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_without_gradient_matches_torch_on_long_rows(c, dtype):
+    # A forward without gradient reads a long row once (a running max per
+    # lane, its sum rescaled when the max grows): rising rows rescale at
+    # every vector, -inf and very negative logits add nothing, a row of -inf
+    # and a row with NaN give NaN as torch does.
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randn(8, c, generator=gen) * 4
+    x[1] = torch.linspace(-50, 50, c)           # the max grows to the end
+    x[2] = torch.linspace(50, -50, c)           # the max comes first
+    x[3, ::3] = float("-inf")
+    x[4] = x[4] - 1000.0                        # far from 0: exp(x - max) still exact
+    x[5, c // 2] = 80.0                         # one dominant logit
+    x[6] = float("-inf")
+    x[7, c - 1] = float("nan")
+    y = torch.randint(0, c, (8,), generator=gen)
+    y[3] = 1  # a finite logit
+    x = x.to(dtype)
+    with torch.no_grad():
+        got = samplewt_ops.cross_entropy(x, y, reduction="none")
+        fwd_stats = call("cross_entropy", **ce_kwargs(x, y), **tail(0, False, True))[2]
+    want = torch.nn.functional.cross_entropy(x.double(), y, reduction="none")
+    finite = torch.isfinite(want)
+    assert finite[:6].all() and not finite[6:].any()
+    # bfloat16: the loss is rounded to bfloat16 (2^-8 relative), its statistics are float
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == torch.float32 else dict(rtol=4e-3, atol=0)
+    torch.testing.assert_close(got[finite].double(), want[finite], **tol)
+    assert torch.isnan(got[6:]).all()
+    # The statistics' loss column: the same loss, in float.
+    torch.testing.assert_close(fwd_stats[:6, 0].double(), want[:6], rtol=2e-6, atol=2e-6)

@@ -260,6 +260,45 @@ void row_kernel_typed(const RowArgs& a) {
       // of its tail instead of three, and its exps are kept for pass 3.
       V xr[kRegVecs];
       V vmax(neg_inf);
+      // A long row without gradient nor linear terms (a forward, or its
+      // statistics): passes 1 and 2 as one, reading the row once. Each lane
+      // keeps its running max and its sum of exp(x - max), rescaled when the
+      // max grows (a few times a row, after its first vectors).
+      if (!in_regs && g == nullptr && !linear) {
+        // From the lowest finite value, not -inf: a lane that has seen only
+        // -inf then adds exp(-inf) = 0, not exp(-inf + inf).
+        vmax = V(std::numeric_limits<acc_t>::lowest());
+        V vsum(0);
+        const auto absorb = [&](const V& block_max) {
+          const V grown = M::max(vmax, block_max);
+          if ((grown != vmax).zero_mask() != (1 << W) - 1) {
+            vsum = vsum * M::softmax_exp(vmax - grown);
+            vmax = grown;
+          }
+        };
+        int64_t j = 0;
+        for (; j + 4 * W <= C; j += 4 * W) {
+          const V x0 = vload(x + j, W), x1 = vload(x + j + W, W);
+          const V x2 = vload(x + j + 2 * W, W), x3 = vload(x + j + 3 * W, W);
+          absorb(M::max(M::max(x0, x1), M::max(x2, x3)));
+          vsum = vsum + ((M::softmax_exp(x0 - vmax) + M::softmax_exp(x1 - vmax)) +
+                         (M::softmax_exp(x2 - vmax) + M::softmax_exp(x3 - vmax)));
+        }
+        for (; j < C; j += W) {
+          const int64_t n = std::min(W, C - j);
+          const V xv = vload(x + j, n);
+          absorb(n < W ? V::set(V(neg_inf), xv, n) : xv);
+          const V e = M::softmax_exp(xv - vmax);
+          vsum = vsum + (n < W ? V::set(V(0), e, n) : e);
+        }
+        const acc_t mx = hmax(vmax);
+        rs.mx = mx;
+        rs.xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
+        rs.parked = nullptr;
+        rs.s = hsum(vsum * M::softmax_exp(vmax - V(mx)));
+        rs.bx = rs.b = acc_t(0);
+        return;
+      }
       if (in_regs) {
         for (int64_t j = 0; j < C; j += W) {
           const int64_t n = std::min(W, C - j);
