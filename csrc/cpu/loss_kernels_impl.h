@@ -139,6 +139,37 @@ inline void vstore(scalar_t* p, Vectorized<acc_t> v, int64_t n) {
   }
 }
 
+// An output of many megabytes (more than the caches hold) is written with
+// streaming stores: a plain store first reads each line it writes.
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+// vstore, streamed when `stream`, the vector full and p aligned to it.
+// After streaming stores a thread calls stream_fence().
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline void vstore_out(scalar_t* p, Vectorized<acc_t> v, int64_t n, bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream && n == Vectorized<float>::size() &&
+        reinterpret_cast<uintptr_t>(p) % sizeof(Vectorized<float>) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+      _mm512_stream_ps(p, v);
+#else
+      _mm256_stream_ps(p, v);
+#endif
+      return;
+    }
+  }
+#endif
+  (void)stream;
+  vstore(p, v, n);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
 template <typename acc_t>
 inline acc_t hsum(const Vectorized<acc_t>& v) {
   return at::vec::vec_reduce_all<acc_t>(
@@ -507,6 +538,7 @@ void elem_kernel_typed(const ElemArgs& a) {
   const V vgamma = M::splat(a.gamma), valpha = M::splat(a.alpha), vdelta = M::splat(a.delta);
   const bool use_alpha = a.alpha >= 0;
   const int gamma_code = focal_gamma_code(a.gamma);
+  const bool stream = a.samples * S * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes;
 
   // Elements [off, off + len) of the flat arrays; w and pw already offset.
   const auto span = [&](int64_t off, int64_t len, const acc_t* w, const acc_t* pw, const V vsw,
@@ -535,8 +567,8 @@ void elem_kernel_typed(const ElemArgs& a) {
           vg = vg + (n < W ? V::set(V(0), d, n) : d);
         }
       }
-      if (grad) vstore(grad + off + j, lg.grad * vgs, n);
-      if constexpr (TARGET_GRAD) vstore(target_grad + off + j, lg.target_grad * vgs, n);
+      if (grad) vstore_out(grad + off + j, lg.grad * vgs, n, stream);
+      if constexpr (TARGET_GRAD) vstore_out(target_grad + off + j, lg.target_grad * vgs, n, stream);
       if (out_elem) vstore(out_elem + off + j, lg.loss * vsw, n);
     }
   };
@@ -577,6 +609,7 @@ void elem_kernel_typed(const ElemArgs& a) {
         }
         sample_loss[k] = hsum(vloss);
       }
+      if (stream) stream_fence();
     });
     return;
   }
@@ -605,6 +638,7 @@ void elem_kernel_typed(const ElemArgs& a) {
         }
         sample_loss[k] = hsum(vtotal);
       }
+      if (stream) stream_fence();
     });
     return;
   }
@@ -620,6 +654,7 @@ void elem_kernel_typed(const ElemArgs& a) {
       st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
       st[2] = S > 0 ? static_cast<float>(hsum(vg) / acc_t(S)) : 0.f;
     }
+    if (stream) stream_fence();
   });
 }
 
