@@ -538,7 +538,16 @@ void elem_kernel_typed(const ElemArgs& a) {
   const V vgamma = M::splat(a.gamma), valpha = M::splat(a.alpha), vdelta = M::splat(a.delta);
   const bool use_alpha = a.alpha >= 0;
   const int gamma_code = focal_gamma_code(a.gamma);
-  const bool stream = a.samples * S * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes;
+  // Streamed outputs start on a vector boundary and every vector stays on
+  // one (flat, or samples a whole number of vectors long): a line is never
+  // written partly streamed.
+  const auto vector_aligned = [](const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % sizeof(Vectorized<float>) == 0;
+  };
+  const bool stream = a.samples * S * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes &&
+                      (grad == nullptr || vector_aligned(grad)) &&
+                      (target_grad == nullptr || vector_aligned(target_grad)) &&
+                      (elem_flat(a) || (S * sizeof(scalar_t)) % sizeof(Vectorized<float>) == 0);
 
   // Elements [off, off + len) of the flat arrays; w and pw already offset.
   const auto span = [&](int64_t off, int64_t len, const acc_t* w, const acc_t* pw, const V vsw,
