@@ -202,14 +202,14 @@ constexpr int64_t kRegVecs = 2;
 #define SWT_FLATTEN
 #endif
 
-// Short rows are handled up to kBlockRows at a time (see row_kernel_typed),
-// as many as keep about kBlockElems logits and their parked exps in L1
-// between the passes (16 KB in float). Where fewer than kMinBlockRows fit,
-// a row goes alone: a vector call for a few lanes costs what the libm calls
-// it replaces do.
+// Rows are handled up to kBlockRows at a time (see row_kernel_typed), as
+// many as keep about kBlockElems logits and their parked exps in L2 between
+// the passes (128 KB in float; 8 or more rows of up to 2048 classes). Where
+// fewer than kMinBlockRows fit, a row goes alone: a vector call for a few
+// lanes costs what the libm calls it replaces do.
 constexpr int64_t kBlockRows = 16;
 constexpr int64_t kMinBlockRows = 8;
-constexpr int64_t kBlockElems = 2048;
+constexpr int64_t kBlockElems = 16384;
 
 template <typename scalar_t>
 void row_kernel_typed(const RowArgs& a) {
@@ -240,7 +240,7 @@ void row_kernel_typed(const RowArgs& a) {
     V er[kRegVecs];  // exp(x_c - m) of a short row (in_regs)
   };
   const bool in_regs = C <= kRegVecs * W;
-  // Short rows go several at a time: their log s and the two exps after it
+  // Rows go several at a time: their log s and the two exps after it
   // are one vector call for the block, not three libm calls (and the spills
   // of every vector register around them) per row. Each lane is computed
   // alone, so a row's result does not depend on its block.
