@@ -385,16 +385,31 @@ struct FocalRow {
   T g;  // gradient factor, without alpha
 };
 
+// Its factors that depend on log p alone, (1-p)^gamma and g, under any
+// math policy M: one row, or on the CPU a vector of rows (one per lane).
+template <class M>
+struct FocalTerms {
+  typename M::V mod;  // (1-p)^gamma
+  typename M::V g;
+};
+
+template <class M>
+SWT_HD FocalTerms<M> focal_terms(typename M::V logp, typename M::V gamma) {
+  using V = typename M::V;
+  const V one_minus_p = -M::expm1(logp);
+  const V p = M::exp(logp);
+  const V mod = pow_unit<M>(one_minus_p, gamma);
+  const V dmod = dpow_unit<M>(one_minus_p, mod, gamma);
+  return {mod, mod - dmod * p * logp};
+}
+
 template <typename T>
-SWT_HD FocalRow<T> focal_row(T logp, T gamma, T alpha) {
-  using M = ScalarMath<T>;
-  const T one_minus_p = -std::expm1(logp);
-  const T p = std::exp(logp);
-  const T mod = pow_unit<M>(one_minus_p, gamma);
-  const T dmod = dpow_unit<M>(one_minus_p, mod, gamma);
+SWT_HD FocalRow<T> focal_row(T logp, T gamma, T alpha,
+                             const FocalTerms<ScalarMath<T>>* terms = nullptr) {
+  const FocalTerms<ScalarMath<T>> t = terms ? *terms : focal_terms<ScalarMath<T>>(logp, gamma);
   FocalRow<T> r;
-  r.loss = -alpha * mod * logp;
-  r.g = mod - dmod * p * logp;
+  r.loss = -alpha * t.mod * logp;
+  r.g = t.g;
   return r;
 }
 
@@ -441,16 +456,19 @@ struct RowCoef {
 //
 // z-loss (PaLM) adds z w_y lse^2 with the unshifted lse_abs, weighted like
 // the loss's own term; its gradient 2 z w_y lse softmax_j only adds to A.
+// focal_terms: the focal row's terms when the caller has them (the CPU
+// computes them for a block of rows at once), else null.
 template <typename T>
 SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_classes,
-                                   T sum_cw, T bx, T b, T gamma, T z_loss, T lse_abs) {
+                                   T sum_cw, T bx, T b, T gamma, T z_loss, T lse_abs,
+                                   const FocalTerms<ScalarMath<T>>* focal_terms = nullptr) {
   RowCoef<T> r;
   if (kind == kCrossEntropyProb) {
     r.A = b;
     r.loss = lse * b - bx;
     r.a_target = T(0);
   } else if (kind == kFocal) {
-    const FocalRow<T> fr = focal_row<T>(x_y - lse, gamma, w_y);
+    const FocalRow<T> fr = focal_row<T>(x_y - lse, gamma, w_y, focal_terms);
     r.loss = fr.loss;
     r.A = r.a_target = w_y * fr.g;
   } else {

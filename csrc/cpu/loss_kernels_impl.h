@@ -255,6 +255,7 @@ void row_kernel_typed(const RowArgs& a) {
     RowState rows[kBlockRows];
     acc_t lane_s[kBlockRows], lane_xs_y[kBlockRows];
     acc_t lane_log_s[kBlockRows], lane_inv_s[kBlockRows], lane_p_y[kBlockRows];
+    acc_t lane_focal_mod[kBlockRows], lane_focal_g[kBlockRows];
 
     // Passes 1 and 2 of row r (state rs), with k its place in the block.
     // flatten: ATen's exp_u20 must stay inlined in the passes' loops (a call
@@ -392,7 +393,8 @@ void row_kernel_typed(const RowArgs& a) {
     };
 
     // The loss and pass 3 of a row, given log s, exp(-log s) and p_y.
-    auto second_part = [&](const RowState& rs, acc_t log_s, acc_t inv_s, acc_t p_y) SWT_FLATTEN {
+    auto second_part = [&](const RowState& rs, acc_t log_s, acc_t inv_s, acc_t p_y,
+                           const FocalTerms<ScalarMath<acc_t>>* focal_terms) SWT_FLATTEN {
       const int64_t r = rs.r, y = rs.y;
       const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
       scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
@@ -415,7 +417,7 @@ void row_kernel_typed(const RowArgs& a) {
       const RowCoef<acc_t> rc = row_coefficients<acc_t>(
           static_cast<int>(a.kind), log_s, rs.xs_y, w_y, eps, acc_t(C),
           static_cast<acc_t>(a.sum_class_weight), linear ? rs.bx : acc_t(0),
-          linear ? rs.b : acc_t(0), gamma, z_loss, rs.mx + log_s);
+          linear ? rs.b : acc_t(0), gamma, z_loss, rs.mx + log_s, focal_terms);
       const acc_t loss = rc.loss, A = rc.A, a_target = rc.a_target;
       row_loss[r] = loss;
       if (!g && !st) return;
@@ -489,7 +491,8 @@ void row_kernel_typed(const RowArgs& a) {
         const acc_t log_s = std::log(rs.s);
         // p_y only feeds the lean pass's target element and the statistics.
         const bool want_p_y = !prob && (a.stats || a.grad);
-        second_part(rs, log_s, std::exp(-log_s), want_p_y ? std::exp(rs.xs_y - log_s) : acc_t(0));
+        second_part(rs, log_s, std::exp(-log_s), want_p_y ? std::exp(rs.xs_y - log_s) : acc_t(0),
+                    nullptr);
         continue;
       }
       // The block's log s, exp(-log s) and p_y = exp(x_y - m - log s), lane
@@ -503,11 +506,20 @@ void row_kernel_typed(const RowArgs& a) {
         const V vlog = M::log(V::loadu(lane_s + k));
         vlog.store(lane_log_s + k);
         M::exp(-vlog).store(lane_inv_s + k);
-        M::exp(V::loadu(lane_xs_y + k) - vlog).store(lane_p_y + k);
+        const V logp = V::loadu(lane_xs_y + k) - vlog;
+        M::exp(logp).store(lane_p_y + k);
+        if (focal) {  // the focal terms too, lane by lane
+          const FocalTerms<M> ft = focal_terms<M>(logp, V(gamma));
+          ft.mod.store(lane_focal_mod + k);
+          ft.g.store(lane_focal_g + k);
+        }
       }
       for (int64_t k = 0; k < nb; ++k) {
         if (rows[k].skip) continue;
-        second_part(rows[k], lane_log_s[k], lane_inv_s[k], prob ? acc_t(0) : lane_p_y[k]);
+        FocalTerms<ScalarMath<acc_t>> ft{};
+        if (focal) ft = {lane_focal_mod[k], lane_focal_g[k]};
+        second_part(rows[k], lane_log_s[k], lane_inv_s[k], prob ? acc_t(0) : lane_p_y[k],
+                    focal ? &ft : nullptr);
       }
     }
   });
