@@ -28,8 +28,6 @@ auto make_node(Args&&... args) {
   }
 }
 
-// With grad_output a plain CPU scalar 1 the saved gradient is final. Checked
-// only where reading it costs no device sync and traces nothing.
 // A grad_output that backward may read and use as plain eager data: no
 // double backward through it, no tensor subclass, no dispatch mode tracing.
 inline bool plain_grad_output(const at::Tensor& g) {
@@ -37,6 +35,8 @@ inline bool plain_grad_output(const at::Tensor& g) {
          c10::impl::TorchDispatchModeTLS::stack_len() == 0;
 }
 
+// With grad_output a plain CPU scalar 1 the saved gradient is final. Checked
+// only where reading it costs no device sync and traces nothing.
 inline bool is_one(const at::Tensor& g) {
   return g.dim() == 0 && g.is_cpu() && plain_grad_output(g) && g.item<double>() == 1.0;
 }

@@ -379,14 +379,9 @@ SWT_HD CERow<T> ce_index_row(T lse, T x_y, T cw_y, T eps, T num_classes,
 //   dl/dx_j = alpha g (softmax_j - [j==y]),
 //   g = (1-p)^gamma - gamma p (1-p)^(gamma-1) log p
 // 1-p comes from expm1 so that confident rows keep their precision.
-template <typename T>
-struct FocalRow {
-  T loss;
-  T g;  // gradient factor, without alpha
-};
-
-// Its factors that depend on log p alone, (1-p)^gamma and g, under any
-// math policy M: one row, or on the CPU a vector of rows (one per lane).
+// FocalTerms: the factors that depend on log p alone, (1-p)^gamma and g,
+// under any math policy M: one row, or on the CPU a vector of rows (one per
+// lane).
 template <class M>
 struct FocalTerms {
   typename M::V mod;  // (1-p)^gamma
@@ -401,16 +396,6 @@ SWT_HD FocalTerms<M> focal_terms(typename M::V logp, typename M::V gamma) {
   const V mod = pow_unit<M>(one_minus_p, gamma);
   const V dmod = dpow_unit<M>(one_minus_p, mod, gamma);
   return {mod, mod - dmod * p * logp};
-}
-
-template <typename T>
-SWT_HD FocalRow<T> focal_row(T logp, T gamma, T alpha,
-                             const FocalTerms<ScalarMath<T>>* terms = nullptr) {
-  const FocalTerms<ScalarMath<T>> t = terms ? *terms : focal_terms<ScalarMath<T>>(logp, gamma);
-  FocalRow<T> r;
-  r.loss = -alpha * t.mod * logp;
-  r.g = t.g;
-  return r;
 }
 
 // The coefficients of one row, for the CPU and the CUDA row kernels alike.
@@ -456,21 +441,22 @@ struct RowCoef {
 //
 // z-loss (PaLM) adds z w_y lse^2 with the unshifted lse_abs, weighted like
 // the loss's own term; its gradient 2 z w_y lse softmax_j only adds to A.
-// focal_terms: the focal row's terms when the caller has them (the CPU
-// computes them for a block of rows at once), else null.
+// focal: the focal row's terms when the caller has them (the CPU computes
+// them for a block of rows at once), else null.
 template <typename T>
 SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_classes,
                                    T sum_cw, T bx, T b, T gamma, T z_loss, T lse_abs,
-                                   const FocalTerms<ScalarMath<T>>* focal_terms = nullptr) {
+                                   const FocalTerms<ScalarMath<T>>* focal = nullptr) {
   RowCoef<T> r;
   if (kind == kCrossEntropyProb) {
     r.A = b;
     r.loss = lse * b - bx;
     r.a_target = T(0);
   } else if (kind == kFocal) {
-    const FocalRow<T> fr = focal_row<T>(x_y - lse, gamma, w_y, focal_terms);
-    r.loss = fr.loss;
-    r.A = r.a_target = w_y * fr.g;
+    const T logp = x_y - lse;
+    const FocalTerms<ScalarMath<T>> ft = focal ? *focal : focal_terms<ScalarMath<T>>(logp, gamma);
+    r.loss = -w_y * ft.mod * logp;  // w_y: the target's alpha
+    r.A = r.a_target = w_y * ft.g;
   } else {
     const CERow<T> cr = ce_index_row<T>(lse, x_y, w_y, eps, num_classes, sum_cw, bx);
     r.loss = cr.loss;

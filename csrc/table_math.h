@@ -56,8 +56,9 @@ SWT_TABLE_HD bool table_per_batch(int64_t policy) { return policy == kOHEM || po
 #if defined(__CUDA_ARCH__)
 SWT_TABLE_HD float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 SWT_TABLE_HD float add_rn(float a, float b) { return __fadd_rn(a, b); }
-#elif defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
+#else
 SWT_TABLE_HD float mul_rn(float a, float b) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
   float p = a * b;
   // An empty asm that "changes" the product: nothing can fuse it with an add,
   // and it stays in its register.
@@ -67,12 +68,10 @@ SWT_TABLE_HD float mul_rn(float a, float b) {
   __asm__("" : "+x"(p));
 #endif
   return p;
-}
-SWT_TABLE_HD float add_rn(float a, float b) { return a + b; }
 #else
-SWT_TABLE_HD float mul_rn(float a, float b) {
   volatile float p = a * b;
   return p;
+#endif
 }
 SWT_TABLE_HD float add_rn(float a, float b) { return a + b; }
 #endif

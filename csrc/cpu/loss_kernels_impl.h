@@ -394,7 +394,7 @@ void row_kernel_typed(const RowArgs& a) {
 
     // The loss and pass 3 of a row, given log s, exp(-log s) and p_y.
     auto second_part = [&](const RowState& rs, acc_t log_s, acc_t inv_s, acc_t p_y,
-                           const FocalTerms<ScalarMath<acc_t>>* focal_terms) SWT_FLATTEN {
+                           const FocalTerms<ScalarMath<acc_t>>* focal) SWT_FLATTEN {
       const int64_t r = rs.r, y = rs.y;
       const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
       scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
@@ -417,7 +417,7 @@ void row_kernel_typed(const RowArgs& a) {
       const RowCoef<acc_t> rc = row_coefficients<acc_t>(
           static_cast<int>(a.kind), log_s, rs.xs_y, w_y, eps, acc_t(C),
           static_cast<acc_t>(a.sum_class_weight), linear ? rs.bx : acc_t(0),
-          linear ? rs.b : acc_t(0), gamma, z_loss, rs.mx + log_s, focal_terms);
+          linear ? rs.b : acc_t(0), gamma, z_loss, rs.mx + log_s, focal);
       const acc_t loss = rc.loss, A = rc.A, a_target = rc.a_target;
       row_loss[r] = loss;
       if (!g && !st) return;

@@ -11,9 +11,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <tuple>
-#include <memory>
 #include <vector>
 
 #include "../op_checks.h"
@@ -106,8 +106,8 @@ Tensor empty_like_nothing(const Tensor& input) { return at::empty({0}, input.opt
 // Per-row or per-sample values of the accumulation type (float or double)
 // that only the op itself reads: plain host memory, since an at::empty costs
 // more than a small batch's whole kernel.
-// Zeroed unless the caller writes every value (zeroed = false): zeroing a
-// sample's worth of a million samples costs a tenth of an mse kernel.
+// Zeroed unless the caller writes every value (zeroed = false): zeroing the
+// scales of a million samples cost a few percent of an mse call.
 class AccScratch {
  public:
   AccScratch(int64_t n, at::ScalarType acc, bool zeroed = true)
