@@ -277,44 +277,38 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   const float m = static_cast<float>(t.params[kMomentum]);
   const float one_minus_m = static_cast<float>(1.0 - t.params[kMomentum]);
 
-  // Equal indices grouped by an open-addressing hash (O(batch), at most a
-  // quarter full); each group sums its observations in batch order, and
-  // groups are applied in the order of their first occurrence.
-  int bits = 4;
-  while ((int64_t{1} << bits) < 4 * N) ++bits;
-  const size_t cap = size_t{1} << bits;
+  // Equal indices grouped in batch order, each group summing its
+  // observations; groups are applied in the order of their first occurrence.
+  // A sample's group is marked in its own seen_count entry while the batch
+  // runs (-1 - group: counts are never negative) and the count restored when
+  // the group is applied: O(batch), and no memory but the entries the update
+  // touches anyway.
   struct Group {
     int64_t sample;
+    int64_t seen;  // seen_count before the batch
     int64_t count;
     double obs[3];
   };
-  // Per-thread, reused (bound once: each use of a thread_local costs a lookup).
-  thread_local std::vector<int32_t> slot_buffer;  // a slot's group, -1 when empty
-  thread_local std::vector<Group> group_buffer;
-  std::vector<int32_t>& slot_vec = slot_buffer;
+  thread_local std::vector<Group> group_buffer;  // per thread, reused
   std::vector<Group>& group_vec = group_buffer;
-  slot_vec.assign(cap, -1);
   if (group_vec.size() < static_cast<size_t>(N)) group_vec.resize(N);
-  int32_t* slot = slot_vec.data();
   Group* groups = group_vec.data();
-  int32_t num_groups = 0;
+  int64_t num_groups = 0;
   for (int64_t i = 0; i < N; ++i) {
     const int64_t s = idx[i];
-    // Fibonacci hashing: the product's top bits.
-    size_t h = static_cast<size_t>((static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull) >> (64 - bits));
-    int32_t g = slot[h];
-    while (g >= 0 && groups[g].sample != s) {
-      h = (h + 1) & (cap - 1);
-      g = slot[h];
-    }
+    const int64_t mark = seen[s];
+    // A mark names a group of this batch with this sample; anything else
+    // (a count, even a corrupt negative one) opens a group.
+    const int64_t g = -1 - mark;
+    const bool open = mark >= 0 || g >= num_groups || groups[g].sample != s;
     const bool counted = v == nullptr || v[i];
     const double loss = counted ? static_cast<double>(st[i * 3 + kLossStat]) : 0.0;
     const double norm = counted ? static_cast<double>(st[i * 3 + kGradNormStat]) : 0.0;
     const double gs = track_g && counted ? static_cast<double>(table_g_observation(st[i * 3 + kGStat])) : 0.0;
-    if (g < 0) {
+    if (open) {
       // 0.0 + x, as a sum from 0 has it (-0 becomes +0).
-      slot[h] = num_groups;
-      groups[num_groups++] = {s, counted ? 1 : 0, {0.0 + loss, 0.0 + norm, 0.0 + gs}};
+      groups[num_groups] = {s, mark, counted ? 1 : 0, {0.0 + loss, 0.0 + norm, 0.0 + gs}};
+      seen[s] = -1 - num_groups++;
     } else if (counted) {
       Group& grp = groups[g];
       grp.obs[0] += loss;
@@ -325,11 +319,12 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   }
   // The running sums in registers, added to in the same order.
   double sum[3] = {sums[0], sums[1], sums[2]};
-  for (int32_t gi = 0; gi < num_groups; ++gi) {
+  for (int64_t gi = 0; gi < num_groups; ++gi) {
     const Group& g = groups[gi];
-    if (g.count == 0) continue;
     const int64_t s = g.sample;
-    const bool seen_before = seen[s] > 0;
+    seen[s] = g.seen + g.count;
+    if (g.count == 0) continue;
+    const bool seen_before = g.seen > 0;
     // The loss and gradient-norm EMAs, with their running sums; GHM's g EMA.
     for (int j = 0; j < 2; ++j) {
       float& e = ema[j * S + s];
@@ -342,7 +337,6 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
       e = table_ema_step(e, g.obs[kGStat], g.count, m, one_minus_m, seen_before);
     }
     if (!seen_before) sum[2] += 1.0;
-    seen[s] += g.count;
   }
   sums[0] = sum[0];
   sums[1] = sum[1];

@@ -130,6 +130,32 @@ def test_fused_update_equals_reference_observe(policy_name, name):
 
 
 
+@pytest.mark.parametrize("policy_name", list(POLICIES))
+def test_fused_update_groups_heavy_repeats(policy_name):
+    """A batch of few samples repeated many times, interleaved, with some
+    occurrences ignored (a sample's first, and every occurrence of one): the
+    fused update groups them as the reference observe does, and leaves every
+    count as the reference has it."""
+    a, b = _pair(policy_name)
+    gen = torch.Generator().manual_seed(11)
+    idx = torch.tensor([3, 3, 0, 3, 7, 0, 3, 7, 9, 9, 3, 0, 41, 41, 7, 3])
+    for step in range(3):
+        x = torch.randn(idx.shape[0], 5, generator=gen) * 2
+        t = torch.randint(0, 5, (idx.shape[0],), generator=gen)
+        t[0] = -100  # sample 3's first occurrence
+        t[8] = t[9] = -100  # every occurrence of sample 9
+        if step == 2:
+            t[2] = -100
+        _reference_step(b, "cross_entropy", idx, x, t, _stats("cross_entropy", x, t))
+        loss = samplewt_ops.cross_entropy(x.clone().requires_grad_(True), t, table=a, indices=idx,
+                                          reduction="sum")
+        loss.backward()
+        _assert_same_table(a, b)
+        assert a.seen_count[9] == 0 and a.seen_count[3] == 5 * (step + 1)
+        a.step_epoch()
+        b.step_epoch()
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none", "sum"])
 @pytest.mark.parametrize("policy_name", list(POLICIES))
 @pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "binary_cross_entropy_with_logits", "mse_loss"])
