@@ -21,4 +21,7 @@ TORCH_LIBRARY(samplewt_ops, m) {
   m.def("cpu_isa() -> str");
   // Frees the CPU output buffers kept for reuse (large_buffer.h); returns their bytes.
   m.def("empty_cpu_buffer_cache() -> int");
+  // A zeroed CPU tensor for an adaptive table's per-sample state, on huge
+  // pages when large (large_buffer.h).
+  m.def("table_zeros(int[] size, ScalarType dtype) -> Tensor");
 }

@@ -177,3 +177,7 @@ class InplaceGradLoss(torch.autograd.Function):
 if _loader.COMPILED:
     for _spec_entry in SPECS.values():
         _register(_spec_entry)
+
+    @torch.library.register_fake("samplewt_ops::table_zeros")
+    def _table_zeros_fake(size, dtype):
+        return torch.empty(size, dtype=dtype)

@@ -409,11 +409,18 @@ struct CpuDevice {
 
 TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) { OpWrappers<CpuDevice>::register_ops(m); }
 
-// cpu_isa and empty_cpu_buffer_cache take no tensor: a kernel for every backend.
+// cpu_isa, empty_cpu_buffer_cache and table_zeros take no tensor: a kernel
+// for every backend.
 TORCH_LIBRARY_IMPL(samplewt_ops, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa", []() { return std::string(selected_isa()); });
   m.impl("empty_cpu_buffer_cache",
          []() { return static_cast<int64_t>(buffer_detail::BlockCache::get().clear()); });
+  m.impl("table_zeros", [](c10::IntArrayRef size, at::ScalarType dtype) {
+    for (const int64_t n : size) {
+      TORCH_CHECK_VALUE(n >= 0, "samplewt_ops: table_zeros: size must be non-negative, got ", size);
+    }
+    return huge_page_zeros(size, at::TensorOptions().dtype(dtype));
+  });
 }
 
 }  // namespace cpu

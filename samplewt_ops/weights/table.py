@@ -37,6 +37,24 @@ def _norm_device(device) -> torch.device:
     return d
 
 
+def _state_zeros(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros for the table's per-sample state. On the CPU with the compiled
+    kernels, a large table sits on transparent huge pages: a step touches a
+    few entries per sample scattered over the whole table, and with 4 KiB
+    pages nearly each of them missed the TLB."""
+    from .._loader import COMPILED
+    if device.type == "cpu" and COMPILED:
+        return torch.ops.samplewt_ops.table_zeros(list(shape), dtype)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on `device`; a move to the CPU takes _state_zeros's memory."""
+    if device.type == "cpu" and t.device.type != "cpu":
+        return _state_zeros(t.shape, t.dtype, device).copy_(t)
+    return t.to(device)
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     a, b = _norm_device(a), _norm_device(b)
     return a.type == b.type and (a.index or 0) == (b.index or 0)
@@ -97,8 +115,8 @@ class AdaptiveWeights:
         self.policy = policy
         # The per-sample EMAs, one row each (loss, gradient norm, GHM's g), so
         # that the loss ops take them as one tensor; loss_ema etc. are views.
-        self.ema = torch.zeros(3, num_samples, dtype=torch.float32, device=dev)
-        self.seen_count = torch.zeros(num_samples, dtype=torch.int64, device=dev)
+        self.ema = _state_zeros((3, num_samples), torch.float32, dev)
+        self.seen_count = _state_zeros((num_samples,), torch.int64, dev)
         # Running sums over the seen samples: loss EMA, gradient-norm EMA, count.
         self.stat_sum = torch.zeros(3, dtype=torch.float64, device=dev)
         self.epoch = torch.zeros((), dtype=torch.int64, device=dev)
@@ -389,9 +407,9 @@ class AdaptiveWeights:
     def to(self, device) -> "AdaptiveWeights":
         """Move the state to ``device`` (in place); returns ``self``."""
         dev = _norm_device(device)
-        self.ema = self.ema.to(dev)
+        self.ema = _to_device(self.ema, dev)
         self.stat_sum = self.stat_sum.to(dev)
-        self.seen_count = self.seen_count.to(dev)
+        self.seen_count = _to_device(self.seen_count, dev)
         self.epoch = self.epoch.to(dev)
         self._synced_count = self._synced_count.to(dev)
         self.policy_state = {k: v.to(dev) for k, v in self.policy_state.items() if k != "g_ema"}

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import samplewt_ops
 from samplewt_ops import _validation
 from samplewt_ops.weights import GHM, OHEM, AdaptiveWeights, GradNormEMA, LossEMA, SelfPaced
 from samplewt_ops.weights import table as table_mod
@@ -310,3 +311,24 @@ def test_inductor_table_step():
         assert torch.equal(t_c.seen_count, t_e.seen_count)
         torch.testing.assert_close(t_c.loss_ema, t_e.loss_ema, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(t_c.grad_norm_ema, t_e.grad_norm_ema, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not samplewt_ops.backend()["implementation"] == "compiled", reason="compiled kernels only")
+def test_large_cpu_table_state_on_huge_page_boundaries():
+    # From 8 MiB up the CPU state sits on 2 MiB boundaries (advised as huge
+    # pages); it is plain zeroed state all the same.
+    t = AdaptiveWeights(2_000_000, GHM())
+    for state, dtype in ((t.ema, torch.float32), (t.seen_count, torch.int64)):
+        assert state.dtype == dtype and state.is_contiguous()
+        assert state.data_ptr() % (2 << 20) == 0
+        assert not state.any()
+    t.observe(torch.tensor([5, 1_999_999]), torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.25]),
+              torch.tensor([0.1, 0.9]))
+    u = AdaptiveWeights(2_000_000, GHM())
+    u.load_state_dict(t.state_dict())
+    assert torch.equal(u.ema, t.ema) and torch.equal(u.seen_count, t.seen_count)
+    assert u.ema.data_ptr() % (2 << 20) == 0
+    small = AdaptiveWeights(10, GHM())  # below 8 MiB: torch.zeros
+    assert not small.ema.any() and small.ema.shape == (3, 10)
+    with pytest.raises(ValueError, match="size must be non-negative"):
+        torch.ops.samplewt_ops.table_zeros([3, -1], torch.float32)
