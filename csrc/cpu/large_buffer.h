@@ -173,16 +173,26 @@ inline void release_block(void* ctx) {
 
 }  // namespace buffer_detail
 
+namespace buffer_detail {
+// A tensor of `sizes` on a block from take(bytes) with 2 MiB to spare, from
+// its first 2 MiB boundary; undefined below 8 MiB (4 KiB pages are as good
+// there) or where the boundary does not fall on an element.
+template <class Take>
+at::Tensor on_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options, Take take,
+                         void (*release)(void*)) {
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
+  if (bytes < 4 * kHugePage) return at::Tensor();
+  return tensor_on_block(std::make_unique<Block>(take(static_cast<size_t>(bytes + kHugePage))),
+                         release, sizes, options);
+}
+}  // namespace buffer_detail
+
 inline at::Tensor alloc_large_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   using namespace buffer_detail;
-  const int64_t elem = static_cast<int64_t>(options.dtype().itemsize());
-  const int64_t bytes = c10::multiply_integers(sizes) * elem;
-  if (bytes < 4 * kHugePage) return at::empty(sizes, options);
-  const size_t total = static_cast<size_t>(bytes + kHugePage);
   // The storage owns the block; freeing it hands the block back to the cache.
-  at::Tensor t = tensor_on_block(std::make_unique<Block>(BlockCache::get().take(total)),
-                                 &release_block, sizes, options);
-  return t.defined() ? t : at::empty(sizes, options);  // unusual alignment
+  const at::Tensor t = on_huge_pages(
+      sizes, options, [](size_t bytes) { return BlockCache::get().take(bytes); }, &release_block);
+  return t.defined() ? t : at::empty(sizes, options);
 }
 
 // A zeroed tensor for long-lived per-sample state (the adaptive table's
@@ -193,12 +203,7 @@ inline at::Tensor alloc_large_buffer(at::IntArrayRef sizes, const at::TensorOpti
 // table.
 inline at::Tensor huge_page_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
   using namespace buffer_detail;
-  const int64_t elem = static_cast<int64_t>(options.dtype().itemsize());
-  const int64_t bytes = c10::multiply_integers(sizes) * elem;
-  if (bytes < 4 * kHugePage) return at::zeros(sizes, options);
-  const size_t total = static_cast<size_t>(bytes + kHugePage);
-  at::Tensor t = tensor_on_block(std::make_unique<Block>(huge_block(total)), &free_block, sizes,
-                                 options);
+  at::Tensor t = on_huge_pages(sizes, options, &huge_block, &free_block);
   return t.defined() ? t.zero_() : at::zeros(sizes, options);
 }
 
