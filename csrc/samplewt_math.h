@@ -8,6 +8,8 @@
 //   M::V             value type (float, double, or a SIMD vector)
 //   M::splat(c)      broadcast a constant
 //   M::exp/log/log1p/expm1/abs/max/min/sqrt
+//   M::exp_nonpos    exp of x <= 0 (the sigmoid losses' exp(-|x|)), within
+//                    about 1 ulp, and 0 where the result would be denormal
 //   M::softmax_exp   exp for softmax terms, where a few ulp do not matter
 //   M::select(c,a,b) branch-free choice; comparisons of V give M's mask type
 // ScalarMath<T> below is the policy for scalars (host and device); the CPU
@@ -22,8 +24,18 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define SWT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined on the host too: GCC left sigmoid_parts out of line in the
+// long flat span, and its four vectors went through memory on every call.
+#define SWT_HD inline __attribute__((always_inline))
 #else
 #define SWT_HD inline
+#endif
+// The same for a hot lambda of a host kernel.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define SWT_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define SWT_INLINE_LAMBDA
 #endif
 
 // Each CPU instruction-set translation unit compiles these templates with its
@@ -74,6 +86,7 @@ struct ScalarMath {
   using V = T;
   static SWT_HD V splat(double c) { return static_cast<T>(c); }
   static SWT_HD V exp(V x) { return std::exp(x); }
+  static SWT_HD V exp_nonpos(V x) { return std::exp(x); }
   static SWT_HD V softmax_exp(V x) { return std::exp(x); }
   static SWT_HD V log(V x) { return std::log(x); }
   static SWT_HD V log1p(V x) { return std::log1p(x); }
@@ -104,7 +117,7 @@ template <class M>
 SWT_HD SigmoidParts<M> sigmoid_parts(typename M::V x) {
   using V = typename M::V;
   const V zero = M::splat(0.0), one = M::splat(1.0);
-  const V e = M::exp(-M::abs(x));
+  const V e = M::exp_nonpos(-M::abs(x));
   const V inv = one / (one + e);
   const V l1pe = M::log1p_unit(e);  // e in (0, 1]
   const auto pos = x >= zero;

@@ -32,13 +32,19 @@ struct ElemArgs : ElemLayout {
 // Elements per partial sum of the loss when no per-sample loss is asked for.
 constexpr int64_t kElemSumBlock = 32768;
 
-// Short samples with nothing per sample to tell apart but their sample
-// weights (no statistics, weights absent or full) run as one flat span of
-// elements. With sample weights, samples of a multiple of 16 elements: every
-// vector of every instruction set then lies in one sample.
+// Whether the flat span goes vector by vector, each vector in one sample:
+// with sample weights, or a weight or pos_weight of one row per sample.
+inline bool elem_flat_by_vector(const ElemArgs& a) {
+  return a.sample_weight || (a.weight && !a.weight_full) || (a.pos_weight && !a.pos_weight_full);
+}
+
+// Short samples with nothing per sample to tell apart but their weights (no
+// statistics) run as one flat span of elements. By vector, samples of a
+// multiple of 16 elements: every vector of every instruction set then lies
+// in one sample.
 inline bool elem_flat(const ElemArgs& a) {
-  return !a.stats && a.per_sample < kElemSumBlock && (!a.sample_weight || a.per_sample % 16 == 0) &&
-         (!a.weight || a.weight_full) && (!a.pos_weight || a.pos_weight_full);
+  return !a.stats && a.per_sample < kElemSumBlock &&
+         (!elem_flat_by_vector(a) || a.per_sample % 16 == 0);
 }
 
 // Samples per partial sum outside the flat span.
