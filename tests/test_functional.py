@@ -747,6 +747,26 @@ def test_elementwise_flat_spans(name, shape):
         check_op(name, x, t, reduction=R, **kwargs)
 
 
+def test_sigmoid_far_tail_within_two_ulp_and_zero_past_flt_min():
+    # exp(-|x|) of the CPU kernels (csrc/cpu/loss_kernels_impl.h, exp_nonpos)
+    # out to ln FLT_MIN: BCE's loss log1p(exp(-x)) and gradient -exp(-x) / (1 +
+    # exp(-x)) at t = 1 against float64 (torch's own float64 gradient
+    # cancels to 0 there). Past it both are 0, not denormal.
+    x = torch.linspace(20, 87.3, 400001)
+    xr = x.clone().requires_grad_()
+    ours = swo.binary_cross_entropy_with_logits(xr, torch.ones_like(x), reduction="none")
+    (g,) = torch.autograd.grad(ours.sum(), xr)
+    e = torch.exp(-x.double())
+    ulp = 2.0 ** -23
+    assert ((ours.detach().double() - torch.log1p(e)).abs() / torch.log1p(e)).max() <= 2 * ulp
+    q = e / (1 + e)
+    assert ((g.double() + q).abs() / q).max() <= 2 * ulp
+    far = torch.tensor([87.4, 100.0, 1e4, 3e38]).requires_grad_()
+    loss = swo.binary_cross_entropy_with_logits(far, torch.ones(4), reduction="none")
+    (g_far,) = torch.autograd.grad(loss.sum(), far)
+    assert torch.equal(loss.detach(), torch.zeros(4)) and torch.equal(g_far, torch.zeros(4))
+
+
 @pytest.mark.parametrize("t_value", [0.0, 1.0, 0.3])
 def test_softplus_terms_stay_within_a_few_ulp_of_torch(t_value):
     # The CPU kernels' log1p(exp(-|x|)) is a short series (csrc/cpu/
