@@ -112,10 +112,10 @@ def format_table(rows, markdown=False):
 
 
 def footnotes(device, env, self_test, quick):
-    timing = ("CUDA events around each call; median of >= 10 runs after warm-up"
-              if device == "cuda" else
-              f"torch.utils.benchmark.Timer (blocked_autorange), median of >= {MIN_RUNS} timed runs "
-              f"after warm-up, {env['threads']} threads")
+    timing = ("every contender of a row (ours, eager, compiled, Liger, the floors) timed in the "
+              "same rounds in one process, a block of calls each per round (5 or 15 rounds), "
+              "medians; " + ("CUDA events around each block" if device == "cuda" else
+                             f"{env['threads']} threads"))
     peak = ("torch.cuda.max_memory_allocated" if device == "cuda" else
             "allocator bytes from torch.profiler memory events (running peak); "
             "† = the RSS high-water mark exceeded it by > half the logits (memory from outside "

@@ -15,7 +15,7 @@ import traceback
 import torch
 
 from cases import EAGER, SCALING_MIN_ELEMS, Case, compile_eager, dtype_name, liger_fn, make_inputs
-from timing import cpu_peak_bytes, cuda_peak_bytes, malloc_trim, sync, time_cpu, time_cuda
+from timing import cpu_peak_bytes, cuda_peak_bytes, malloc_trim, sync, time_cpu, time_rounds
 
 
 # ----------------------------------------------------------------------------------------
@@ -93,7 +93,6 @@ class Progress:
 def run_case(case: Case, args, ours_impl, progress: Progress):
     dev = case.device
     is_cuda = dev == "cuda"
-    timer = time_cuda if is_cuda else time_cpu
     min_time = args.min_time
     warm = 1  # extra warm-up calls; the checked call before timing is the first warm-up
     do_compile = not args.no_compile and (not args.quick or case.quick_compile)
@@ -147,8 +146,13 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
             refs[kind] = (float(loss.detach().float()), g.detach() if g is not None else None)
             del loss, g
 
+    # Every contender that passes its check is timed later, with all the others in the
+    # same rounds (timing.time_rounds): {key: (call, setup)}, and the dict its time goes to.
+    timed, timed_out = {}, {}
+
     def measure(name, call, setup=None, kind="train", loose=False):
-        """check one call, then time it and measure its peak memory. Returns dict.
+        """check one call and measure its peak memory; its time comes from the rounds
+        after every contender is checked. Returns dict.
         loose=True (eager PyTorch in bf16/fp16, which computes in the low precision): loss
         checked with a wider tolerance and the gradient not checked."""
         out = {}
@@ -167,14 +171,12 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
                 progress.note(f"{name}: MISMATCH ({why})")
                 return out
             out["check"] = "ok"
-            sec, runs = timer(call, setup=setup, min_time=min_time, warmup=warm)
-            out["ms"], out["runs"] = sec * 1e3, runs
             if is_cuda:
                 out["peak_bytes"] = cuda_peak_bytes(call, setup)
             else:
                 out["peak_bytes"], out["rss_peak_bytes"] = cpu_peak_bytes(call, setup)
-            progress.note(f"{name}: {out['ms']:.2f} ms ({runs} runs), "
-                          f"peak {out['peak_bytes'] / 2**20:.0f} MB")
+            timed[name], timed_out[name] = (call, setup), out
+            progress.note(f"{name}: ok, peak {out['peak_bytes'] / 2**20:.0f} MB")
         except Exception as e:  # report, keep going
             out["check"] = f"ERROR: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
             progress.note(f"{name}: {out['check']}")
@@ -182,14 +184,10 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
                 traceback.print_exc()
         return out
 
-    # --- floors on the logits tensor -------------------------------------------------
+    # --- floors on the logits tensor (timed in the rounds too) --------------------------
     buf = torch.empty_like(xd)
     floors = {"copy_": lambda: buf.copy_(xd), "clone": lambda: xd.clone(),
               "read": lambda: xd.sum()}
-    for fname, fcall in floors.items():
-        sec, _ = timer(fcall, min_time=min_time / 2, warmup=warm)
-        res["floors"][fname + "_ms"] = sec * 1e3
-    del buf
 
     # --- eager and compiled, once per kind (shared by the default and inplace rows) ----
     for kind in kinds:
@@ -210,7 +208,6 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
                 k["compiled"] = {"check": f"ERROR: {type(e).__name__}: "
                                           f"{str(e).splitlines()[0][:200] if str(e) else ''}"}
                 progress.note(f"compiled: {k['compiled']['check']}")
-            del cfn, call
         else:
             k["compiled"] = {"check": "skipped"}
         if is_cuda and case.liger and kind == "train":
@@ -239,7 +236,23 @@ def run_case(case: Case, args, ours_impl, progress: Progress):
             r = measure("ours (default)", train_call(ours, x), kind="train")
         res["modes"][mode] = r
 
-    del x, xd, t, cw, sw, x_ip, refs
+    # --- every checked contender and the floors, timed in the same rounds ---------------
+    entries = dict(timed)
+    entries.update({"floor " + f: (fcall, None) for f, fcall in floors.items()})
+    try:
+        times = time_rounds(entries, dev, min_time=min_time, warmup=warm)
+    except Exception as e:  # report, keep going
+        times = {}
+        res["errors"].append(f"timing: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        progress.note(res["errors"][-1])
+    for name, (sec, runs) in times.items():
+        if name.startswith("floor "):
+            res["floors"][name[len("floor "):] + "_ms"] = sec * 1e3
+        else:
+            timed_out[name]["ms"], timed_out[name]["runs"] = sec * 1e3, runs
+            progress.note(f"{name}: {sec * 1e3:.2f} ms ({runs} runs)")
+
+    del x, xd, t, cw, sw, x_ip, refs, buf, timed, timed_out, entries
     torch._dynamo.reset()
     gc.collect()
     if is_cuda:

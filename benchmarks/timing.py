@@ -1,9 +1,12 @@
-"""Timing and peak memory of one call, for benchmarks/bench.py.
+"""Timing and peak memory, for benchmarks/bench.py.
 
-CPU: torch.utils.benchmark.Timer, median of >= MIN_RUNS timed runs after warm-up, on
-NTHREADS threads; CUDA: CUDA events around every call, median. An untimed setup (fresh
-logits for a call that consumes its input) runs before each timed call. Peak memory: see
-the comment above cpu_peak_bytes.
+The main table: time_rounds times every contender of a case (ours, eager, compiled,
+Liger, the floors) in the same rounds, medians. Also time_cpu/time_cuda for one call
+alone (CPU: torch.utils.benchmark.Timer, median of >= MIN_RUNS timed runs after
+warm-up, on NTHREADS threads; CUDA: CUDA events around every call, median), and
+time_interleaved for the report's sections. An untimed setup (fresh logits for a call
+that consumes its input) runs before each timed call. Peak memory: see the comment
+above cpu_peak_bytes.
 """
 
 from __future__ import annotations
@@ -84,6 +87,55 @@ def time_cuda(call, setup=None, min_time=1.0, warmup=3):
         times.append(dt)
         spent += dt
     return statistics.median(times), len(times)
+
+
+def time_rounds(entries, device="cpu", min_time=1.0, warmup=2):
+    """{name: (median seconds per call, calls timed)} of every entry of `entries`
+    ({name: (call, setup or None)}), all timed in the same rounds in one process: each
+    round times a block of calls of every entry in turn, so that drift (clock, memory
+    bandwidth, neighbours) hits every entry alike and their ratios are fair. Blocks are
+    sized so that each entry gets about `min_time` in all; 15 rounds, or 5 when an entry's
+    one call takes more than a fifth of min_time. An entry with a setup (fresh logits
+    for a call that consumes them) times each call alone, after its untimed setup. CUDA:
+    events around each timed stretch."""
+    import time
+
+    def run(call, setup, reps):
+        spent = 0.0
+        stretch = 1 if setup else reps
+        for _ in range(reps // stretch):
+            if setup:
+                setup()
+            if device == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                for _ in range(stretch):
+                    call()
+                e.record()
+                e.synchronize()
+                spent += s.elapsed_time(e) / 1e3
+            else:
+                t0 = time.perf_counter()
+                for _ in range(stretch):
+                    call()
+                spent += time.perf_counter() - t0
+        return spent / reps
+
+    est = {}
+    for name, (call, setup) in entries.items():
+        for _ in range(max(1, warmup)):
+            if setup:
+                setup()
+            call()
+        sync(device)
+        est[name] = max(run(call, setup, 1), 1e-7)
+    rounds = 5 if max(est.values()) > min_time / 5 else 15
+    reps = {name: max(1, min(10000, int(min_time / rounds / e))) for name, e in est.items()}
+    samples = {name: [] for name in entries}
+    for _ in range(rounds):
+        for name, (call, setup) in entries.items():
+            samples[name].append(run(call, setup, reps[name]))
+    return {name: (statistics.median(v), len(v) * reps[name]) for name, v in samples.items()}
 
 
 # ----------------------------------------------------------------------------------------
