@@ -595,9 +595,13 @@ void elem_kernel_typed(const ElemArgs& a) {
   // Elements [off, off + len) of the flat arrays; w and pw already offset.
   // Always inlined: called once per vector under sample weights, an out-of-line
   // span passed its sums through memory (BCE 65536x80 with sample weights:
-  // 3.2 against 1.9 ms).
-  const auto span = [&](int64_t off, int64_t len, const acc_t* w, const acc_t* pw, const V vsw,
+  // 3.2 against 1.9 ms). It holds copies of what it reads, and each task runs
+  // its own copy of it (`const auto run = span;`): the vector stores may alias
+  // anything, so pointers read through references were reloaded after each.
+  const ElemArgs args = a;
+  const auto span = [=](int64_t off, int64_t len, const acc_t* w, const acc_t* pw, const V vsw,
                         const V vgs, V& vloss, V& vsq, V& vg) SWT_INLINE_LAMBDA {
+    const ElemArgs& a = args;
     for (int64_t j = 0; j < len; j += W) {
       const int64_t n = std::min(W, len - j);
       const V xv = vload(input + off + j, n);
@@ -633,41 +637,48 @@ void elem_kernel_typed(const ElemArgs& a) {
   if (elem_flat(a)) {
     const int64_t total = a.samples * S;
     const int64_t blocks = elem_partial_sums(a);
-    const auto scale_of = [&](int64_t i) {
-      return V(grad_scale ? grad_scale[a.grad_scale_uniform ? 0 : i] : acc_t(1));
+    const auto scale_of = [=](int64_t i) {
+      return V(grad_scale ? grad_scale[args.grad_scale_uniform ? 0 : i] : acc_t(1));
     };
     const bool by_vector = elem_flat_by_vector(a);
-    const auto sample_weight_of = [&](int64_t i) {
+    const auto sample_weight_of = [=](int64_t i) {
       return V(sample_weight ? sample_weight[i] : acc_t(1));
     };
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      // This task's own copies (see span).
+      const auto run = span;
+      const auto scale_at = scale_of;
+      const auto sample_weight_at = sample_weight_of;
+      const acc_t* const w_base = weight;
+      const acc_t* const pw_base = pos_weight;
+      const bool w_full = a.weight_full, pw_full = a.pos_weight_full;
       for (int64_t k = begin; k < end; ++k) {
         const int64_t off = k * kElemSumBlock, len = std::min(kElemSumBlock, total - off);
         V vloss(0), vsq(0), vg(0);
         if (!by_vector) {  // weights absent or full; one scale for all
-          span(off, len, weight ? weight + off : nullptr, pos_weight ? pos_weight + off : nullptr,
-               V(1), scale_of(0), vloss, vsq, vg);
+          run(off, len, w_base ? w_base + off : nullptr, pw_base ? pw_base + off : nullptr, V(1),
+              scale_at(0), vloss, vsq, vg);
           sample_loss[k] = hsum(vloss);
           continue;
         }
         // Vector by vector (each in one sample, len a multiple of W), the
         // sample's weight and scale changing at its boundary; a weight of one
         // row is read at the vector's place in its sample.
-        const auto at_vector = [&](const acc_t* p, bool full, int64_t j, int64_t in_sample) {
+        const auto at_vector = [off](const acc_t* p, bool full, int64_t j, int64_t in_sample) {
           return p ? p + (full ? off + j : in_sample) : nullptr;
         };
         int64_t i = off / S, left = S - off % S;
-        V vsw = sample_weight_of(i), vgs = scale_of(i);
+        V vsw = sample_weight_at(i), vgs = scale_at(i);
         for (int64_t j = 0; j < len; j += W, left -= W) {
           if (left == 0) {
             ++i;
             left = S;
-            vsw = sample_weight_of(i);
-            vgs = scale_of(i);
+            vsw = sample_weight_at(i);
+            vgs = scale_at(i);
           }
           V vl(0);
-          span(off + j, W, at_vector(weight, a.weight_full, j, S - left),
-               at_vector(pos_weight, a.pos_weight_full, j, S - left), vsw, vgs, vl, vsq, vg);
+          run(off + j, W, at_vector(w_base, w_full, j, S - left),
+              at_vector(pw_base, pw_full, j, S - left), vsw, vgs, vl, vsq, vg);
           vloss = vloss + vl * vsw;
         }
         sample_loss[k] = hsum(vloss);
@@ -677,12 +688,13 @@ void elem_kernel_typed(const ElemArgs& a) {
     return;
   }
 
-  const auto sample = [&](int64_t i, V& vloss, V& vsq, V& vg) SWT_INLINE_LAMBDA {
+  // One sample; copied per task as span is.
+  const auto sample = [=](int64_t i, V& vloss, V& vsq, V& vg) SWT_INLINE_LAMBDA {
     const int64_t off = i * S;
-    const acc_t* w = weight ? weight + (a.weight_full ? off : 0) : nullptr;
-    const acc_t* pw = pos_weight ? pos_weight + (a.pos_weight_full ? off : 0) : nullptr;
+    const acc_t* w = weight ? weight + (args.weight_full ? off : 0) : nullptr;
+    const acc_t* pw = pos_weight ? pos_weight + (args.pos_weight_full ? off : 0) : nullptr;
     const V vsw(sample_weight ? sample_weight[i] : acc_t(1));
-    const V vgs(grad_scale ? grad_scale[a.grad_scale_uniform ? 0 : i] : acc_t(1));
+    const V vgs(grad_scale ? grad_scale[args.grad_scale_uniform ? 0 : i] : acc_t(1));
     span(off, S, w, pw, vsw, vgs, vloss, vsq, vg);
     return vsw;
   };
@@ -692,11 +704,12 @@ void elem_kernel_typed(const ElemArgs& a) {
     // sample_loss[k], with no horizontal sum per sample.
     const int64_t spb = elem_samples_per_sum(a);
     at::parallel_for(0, elem_partial_sums(a), 1, [&](int64_t begin, int64_t end) {
+      const auto run_sample = sample;
       for (int64_t k = begin; k < end; ++k) {
         V vtotal(0), vsq(0), vg(0);
         for (int64_t i = k * spb, e = std::min(a.samples, i + spb); i < e; ++i) {
           V vloss(0);
-          const V vsw = sample(i, vloss, vsq, vg);
+          const V vsw = run_sample(i, vloss, vsq, vg);
           vtotal = vtotal + vloss * vsw;
         }
         sample_loss[k] = hsum(vtotal);
@@ -707,9 +720,10 @@ void elem_kernel_typed(const ElemArgs& a) {
   }
 
   at::parallel_for(0, a.samples, grain_rows(S), [&](int64_t begin, int64_t end) {
+    const auto run_sample = sample;
     for (int64_t i = begin; i < end; ++i) {
       V vloss(0), vsq(0), vg(0);
-      sample(i, vloss, vsq, vg);
+      run_sample(i, vloss, vsq, vg);
       const acc_t l = hsum(vloss);
       sample_loss[i] = l;
       float* st = a.stats + 3 * i;
