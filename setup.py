@@ -224,7 +224,9 @@ def extension(with_cuda: bool):
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     std = "-std=" + cxx_std()
-    cxx = ["-O3", std, "-fopenmp", "-fdiagnostics-color=always"]
+    # Loops on 32-byte boundaries: the element-wise kernels' hot loops moved by 10-20%
+    # (in cache) with unrelated code changes, wherever GCC's default placed them.
+    cxx = ["-O3", std, "-fopenmp", "-fdiagnostics-color=always", "-falign-loops=32"]
     # libstdc++ by its shared object's file name, before the compiler's own: torch uses
     # the shared libstdc++, and a second, static copy inside the extension breaks the
     # streams that format torch's error messages (a truncated message, or SIGSEGV). The

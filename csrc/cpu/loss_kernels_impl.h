@@ -52,28 +52,33 @@ inline Vectorized<float> softmax_exp_avx512(const Vectorized<float>& v) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// exp(x) for x <= 0, inline (Sleef's 1-ulp exp is a call, and its vectors
+// went through memory around it: BCE's time). Cody-Waite reduction with ln 2
+// in two parts, Cephes' expf polynomial, then 2^n: within 1.26 ulp of exp
+// over [-87.3, 0] (every float checked, both instruction sets). Below -87.3
+// (ln FLT_MIN) it gives 0, so that no denormal comes out; NaN stays NaN.
+inline Vectorized<float> exp_nonpos_simd(const Vectorized<float>& x) {
+  using V = Vectorized<float>;
+  const V n = (x * V(1.44269504088896341f)).round();
+  const V r = at::vec::fmadd(n, V(2.12194440e-4f), at::vec::fmadd(n, V(-0.693359375f), x));
+  V p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, V(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, V(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, V(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
+  p = at::vec::fmadd(p, r * r, r + V(1.0f));
 #if defined(CPU_CAPABILITY_AVX512)
-// exp(x) for x <= 0 in 14 instructions, inline (Sleef's 1-ulp exp is a call,
-// and its vectors went through memory around it: BCE's time). Cody-Waite
-// reduction with ln 2 in two parts, Cephes' expf polynomial, and 2^n by
-// vscalefps: within 1.26 ulp of exp over [-87.3, 0] (every float checked).
-// Below -87.3 (ln FLT_MIN) it gives 0, so that no denormal comes out; NaN
-// stays NaN.
-inline Vectorized<float> exp_nonpos_avx512(const Vectorized<float>& v) {
-  const __m512 x = v;
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
   return _mm512_maskz_scalef_ps(normal, p, n);
+#else
+  // 2^n built in the exponent field (n >= -126 wherever it is kept).
+  const __m256i pow2 = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 normal = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_NLT_UQ);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(pow2)), normal);
+#endif
 }
 #endif
 
@@ -84,8 +89,8 @@ struct VecMath {
   static V splat(double c) { return V(static_cast<acc_t>(c)); }
   static V exp(V x) { return x.exp(); }
   static V exp_nonpos(V x) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<acc_t, float>) return exp_nonpos_avx512(x);
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<acc_t, float>) return exp_nonpos_simd(x);
 #endif
     return x.exp();
   }
