@@ -593,3 +593,22 @@ def test_large_outputs_streamed_equal_the_reference(name, cols):
     want = torch.autograd.grad(getattr(reference, name)(x, t, sample_weight=sw), (x, t))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-11)
+
+
+def test_sigmoid_losses_agree_bit_for_bit_on_avx2_and_avx512(monkeypatch):
+    # Both SIMD paths take exp(-|x|) from the same polynomial (exp_nonpos), so a
+    # machine's choice of instruction set does not change a BCE result.
+    x = torch.cat([torch.linspace(-100, 100, 200001), torch.tensor([float("nan"), -float("inf")])])
+    t = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    out = []
+    for isa in ("AVX2", "AVX512"):
+        monkeypatch.setenv("SAMPLEWT_CPU_ISA", isa)
+        if OPS.cpu_isa() != isa:
+            pytest.skip(f"this CPU has no {isa}")
+        xr = x.clone().requires_grad_()
+        loss = samplewt_ops.binary_cross_entropy_with_logits(xr, t, reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), xr)
+        focal = samplewt_ops.sigmoid_focal_loss(x, t, gamma=1.5)
+        out.append([loss.detach(), g, focal])
+    for a, b in zip(*out):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
