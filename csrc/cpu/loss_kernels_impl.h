@@ -597,43 +597,54 @@ void elem_kernel_typed(const ElemArgs& a) {
                       (target_grad == nullptr || vector_aligned(target_grad)) &&
                       (elem_flat(a) || (S * sizeof(scalar_t)) % sizeof(Vectorized<float>) == 0);
 
-  // Elements [off, off + len) of the flat arrays; w and pw already offset.
-  // Always inlined: called once per vector under sample weights, an out-of-line
-  // span passed its sums through memory (BCE 65536x80 with sample weights:
-  // 3.2 against 1.9 ms). It holds copies of what it reads, and each task runs
-  // its own copy of it (`const auto run = span;`): the vector stores may alias
-  // anything, so pointers read through references were reloaded after each.
+  // The lambdas below are always inlined: called once per vector under sample
+  // weights, an out-of-line span passed its sums through memory (BCE 65536x80
+  // with sample weights: 3.2 against 1.9 ms). They hold copies of what they
+  // read, and each task runs its own copies (`const auto run = span;`): the
+  // vector stores may alias anything, so pointers read through references were
+  // reloaded after each.
   const ElemArgs args = a;
+  // The n <= W elements at `at` of the flat arrays; w and pw point at the
+  // vector's own weights. Called with n = W (a constant) for a full vector,
+  // so that its masks and tail branches fold away.
+  const auto vec = [=](int64_t at, int64_t n, const acc_t* w, const acc_t* pw, const V vsw,
+                       const V vgs, V& vloss, V& vsq, V& vg) SWT_INLINE_LAMBDA {
+    const ElemArgs& a = args;
+    const V xv = vload(input + at, n);
+    const V tv = vload(target + at, n);
+    const V pwv = pw ? V::loadu(pw, n) : V(1);
+    LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, vgamma, valpha, use_alpha, gamma_code, vdelta);
+    if (w) {
+      const V wv = V::loadu(w, n);
+      lg.loss = lg.loss * wv;
+      lg.grad = lg.grad * wv;
+      if constexpr (TARGET_GRAD) lg.target_grad = lg.target_grad * wv;
+    }
+    if (n < W) {
+      lg.loss = V::set(V(0), lg.loss, n);
+      lg.grad = V::set(V(0), lg.grad, n);
+    }
+    vloss = vloss + lg.loss;
+    if (a.stats) {
+      vsq = vsq + lg.grad * lg.grad;
+      if constexpr (kSigmoid) {
+        V d = (sigmoid_parts<M>(xv).p - tv).abs();
+        vg = vg + (n < W ? V::set(V(0), d, n) : d);
+      }
+    }
+    if (grad) vstore_out(grad + at, lg.grad * vgs, n, stream);
+    if constexpr (TARGET_GRAD) vstore_out(target_grad + at, lg.target_grad * vgs, n, stream);
+    if (out_elem) vstore(out_elem + at, lg.loss * vsw, n);
+  };
+  // Elements [off, off + len) of the flat arrays; w and pw already offset.
   const auto span = [=](int64_t off, int64_t len, const acc_t* w, const acc_t* pw, const V vsw,
                         const V vgs, V& vloss, V& vsq, V& vg) SWT_INLINE_LAMBDA {
-    const ElemArgs& a = args;
-    for (int64_t j = 0; j < len; j += W) {
-      const int64_t n = std::min(W, len - j);
-      const V xv = vload(input + off + j, n);
-      const V tv = vload(target + off + j, n);
-      const V pwv = pw ? V::loadu(pw + j, n) : V(1);
-      LossGrad<M> lg = elem_loss<KIND, M>(xv, tv, pwv, vgamma, valpha, use_alpha, gamma_code, vdelta);
-      if (w) {
-        const V wv = V::loadu(w + j, n);
-        lg.loss = lg.loss * wv;
-        lg.grad = lg.grad * wv;
-        if constexpr (TARGET_GRAD) lg.target_grad = lg.target_grad * wv;
-      }
-      if (n < W) {
-        lg.loss = V::set(V(0), lg.loss, n);
-        lg.grad = V::set(V(0), lg.grad, n);
-      }
-      vloss = vloss + lg.loss;
-      if (a.stats) {
-        vsq = vsq + lg.grad * lg.grad;
-        if constexpr (kSigmoid) {
-          V d = (sigmoid_parts<M>(xv).p - tv).abs();
-          vg = vg + (n < W ? V::set(V(0), d, n) : d);
-        }
-      }
-      if (grad) vstore_out(grad + off + j, lg.grad * vgs, n, stream);
-      if constexpr (TARGET_GRAD) vstore_out(target_grad + off + j, lg.target_grad * vgs, n, stream);
-      if (out_elem) vstore(out_elem + off + j, lg.loss * vsw, n);
+    int64_t j = 0;
+    for (; j + W <= len; j += W) {
+      vec(off + j, W, w ? w + j : nullptr, pw ? pw + j : nullptr, vsw, vgs, vloss, vsq, vg);
+    }
+    if (j < len) {
+      vec(off + j, len - j, w ? w + j : nullptr, pw ? pw + j : nullptr, vsw, vgs, vloss, vsq, vg);
     }
   };
 
@@ -652,6 +663,7 @@ void elem_kernel_typed(const ElemArgs& a) {
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       // This task's own copies (see span).
       const auto run = span;
+      const auto run_vec = vec;
       const auto scale_at = scale_of;
       const auto sample_weight_at = sample_weight_of;
       const acc_t* const w_base = weight;
@@ -682,8 +694,8 @@ void elem_kernel_typed(const ElemArgs& a) {
             vgs = scale_at(i);
           }
           V vl(0);
-          run(off + j, W, at_vector(w_base, w_full, j, S - left),
-              at_vector(pw_base, pw_full, j, S - left), vsw, vgs, vl, vsq, vg);
+          run_vec(off + j, W, at_vector(w_base, w_full, j, S - left),
+                  at_vector(pw_base, pw_full, j, S - left), vsw, vgs, vl, vsq, vg);
           vloss = vloss + vl * vsw;
         }
         sample_loss[k] = hsum(vloss);
