@@ -114,7 +114,7 @@ def format_table(rows, markdown=False):
 def footnotes(device, env, self_test, quick):
     timing = ("every contender of a row (ours, eager, compiled, Liger, the floors) timed in the "
               "same rounds in one process, a block of calls each per round (5 or 15 rounds), "
-              "medians; " + ("CUDA events around each block" if device == "cuda" else
+              "medians; " + ("synchronised around each block" if device == "cuda" else
                              f"{env['threads']} threads"))
     peak = ("torch.cuda.max_memory_allocated" if device == "cuda" else
             "allocator bytes from torch.profiler memory events (running peak); "

@@ -1,10 +1,10 @@
 """Timing and peak memory, for benchmarks/bench.py.
 
 The main table: time_rounds times every contender of a case (ours, eager, compiled,
-Liger, the floors) in the same rounds, medians. Also time_cpu/time_cuda for one call
-alone (CPU: torch.utils.benchmark.Timer, median of >= MIN_RUNS timed runs after
-warm-up, on NTHREADS threads; CUDA: CUDA events around every call, median), and
-time_interleaved for the report's sections. An untimed setup (fresh logits for a call
+Liger, the floors) in the same rounds, medians; time_interleaved, the same for the
+report's sections. time_cpu times one call alone (the scaling section:
+torch.utils.benchmark.Timer, median of >= MIN_RUNS timed runs after warm-up, on
+NTHREADS threads). An untimed setup (fresh logits for a call
 that consumes its input) runs before each timed call. Peak memory: see the comment
 above cpu_peak_bytes.
 """
@@ -65,59 +65,38 @@ def time_cpu(call, setup=None, min_time=1.0, warmup=2):
     return statistics.median(times), len(times)
 
 
-def time_cuda(call, setup=None, min_time=1.0, warmup=3):
-    """Median seconds from CUDA events around each call (setup, if any, runs before the
-    start event on the same stream, so it is excluded)."""
-    for _ in range(max(1, warmup)):
-        if setup:
-            setup()
-        call()
-    torch.cuda.synchronize()
-    times, spent = [], 0.0
-    while len(times) < max(MIN_RUNS, 10) or (spent < min_time and len(times) < 1000):
-        if setup:
-            setup()
-        s = torch.cuda.Event(enable_timing=True)
-        e = torch.cuda.Event(enable_timing=True)
-        s.record()
-        call()
-        e.record()
-        e.synchronize()
-        dt = s.elapsed_time(e) / 1e3
-        times.append(dt)
-        spent += dt
-    return statistics.median(times), len(times)
-
-
-def time_rounds(entries, device="cpu", min_time=1.0, warmup=2):
+def time_rounds(entries, device="cpu", min_time=1.0, warmup=2, rounds=None):
     """{name: (median seconds per call, calls timed)} of every entry of `entries`
     ({name: (call, setup or None)}), all timed in the same rounds in one process: each
     round times a block of calls of every entry in turn, so that drift (clock, memory
     bandwidth, neighbours) hits every entry alike and their ratios are fair. Blocks are
-    sized so that each entry gets about `min_time` in all; 15 rounds, or 5 when an entry's
-    one call takes more than a fifth of min_time. An entry with a setup (fresh logits
-    for a call that consumes them) times each call alone, after its untimed setup. CUDA:
-    events around each timed stretch."""
+    sized so that each entry gets about `min_time` in all; `rounds` rounds, by default 15,
+    or 5 when an entry's one call takes more than a fifth of min_time. An entry with a
+    setup (fresh logits for a call that consumes them) times each call alone, after its
+    untimed setup (CUDA: events around the call)."""
     import time
 
     def run(call, setup, reps):
+        if setup is None:  # one block, synchronised at both ends
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                call()
+            sync(device)
+            return (time.perf_counter() - t0) / reps
         spent = 0.0
-        stretch = 1 if setup else reps
-        for _ in range(reps // stretch):
-            if setup:
-                setup()
+        for _ in range(reps):
+            setup()
             if device == "cuda":
                 s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 s.record()
-                for _ in range(stretch):
-                    call()
+                call()
                 e.record()
                 e.synchronize()
                 spent += s.elapsed_time(e) / 1e3
             else:
                 t0 = time.perf_counter()
-                for _ in range(stretch):
-                    call()
+                call()
                 spent += time.perf_counter() - t0
         return spent / reps
 
@@ -129,7 +108,8 @@ def time_rounds(entries, device="cpu", min_time=1.0, warmup=2):
             call()
         sync(device)
         est[name] = max(run(call, setup, 1), 1e-7)
-    rounds = 5 if max(est.values()) > min_time / 5 else 15
+    if rounds is None:
+        rounds = 5 if max(est.values()) > min_time / 5 else 15
     reps = {name: max(1, min(10000, int(min_time / rounds / e))) for name, e in est.items()}
     samples = {name: [] for name in entries}
     for _ in range(rounds):
@@ -231,31 +211,6 @@ def cuda_peak_bytes(call, setup=None):
 # ----------------------------------------------------------------------------------------
 
 def time_interleaved(calls, device="cpu", rounds=15, min_time=0.5, warmup=3):
-    """{name: (median seconds per call, calls timed)} of every call in `calls`
-    ({name: fn}), timed in alternating rounds in one process, so that drift (clock,
-    caches, neighbours) hits every call alike. Each round times a block of calls
-    per entry, sized so that all rounds together take about `min_time` per entry."""
-    import time
-
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    sync(device)
-    reps = {}
-    for name, fn in calls.items():
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        est = max(time.perf_counter() - t0, 1e-7)
-        reps[name] = max(1, min(10000, int(min_time / rounds / est)))
-    samples = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            n = reps[name]
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync(device)
-            samples[name].append((time.perf_counter() - t0) / n)
-    return {name: (statistics.median(v), len(v) * reps[name]) for name, v in samples.items()}
+    """time_rounds over plain calls ({name: fn}), `rounds` rounds: the report's pairs."""
+    return time_rounds({name: (fn, None) for name, fn in calls.items()}, device,
+                       min_time=min_time, warmup=warmup, rounds=rounds)

@@ -48,6 +48,12 @@ struct Block {
   size_t bytes = 0;  // its size
 };
 
+// The bytes from p to the first 2 MiB boundary at or after it.
+inline size_t to_huge_boundary(const void* p) {
+  const auto base = reinterpret_cast<uintptr_t>(p);
+  return static_cast<size_t>(((base + kHugePage - 1) & ~uintptr_t(kHugePage - 1)) - base);
+}
+
 // A block from PyTorch's CPU allocator whose memory from the first 2 MiB
 // boundary on is advised as transparent huge pages, before anything touches it.
 inline Block huge_block(size_t bytes) {
@@ -55,11 +61,10 @@ inline Block huge_block(size_t bytes) {
   b.raw = c10::GetCPUAllocator()->allocate(bytes);
   b.bytes = bytes;
 #if defined(__linux__)
-  const auto base = reinterpret_cast<uintptr_t>(b.raw.get());
-  const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
-  if (bytes > aligned - base) {
+  const size_t lead = to_huge_boundary(b.raw.get());
+  if (bytes > lead) {
     // Advisory: a refusal only costs speed.
-    madvise(reinterpret_cast<void*>(aligned), bytes - (aligned - base), MADV_HUGEPAGE);
+    madvise(static_cast<char*>(b.raw.get()) + lead, bytes - lead, MADV_HUGEPAGE);
   }
 #endif
   return b;
@@ -71,9 +76,7 @@ inline Block huge_block(size_t bytes) {
 inline at::Tensor tensor_on_block(std::unique_ptr<Block> block, void (*release)(void*),
                                   at::IntArrayRef sizes, const at::TensorOptions& options) {
   const int64_t elem = static_cast<int64_t>(options.dtype().itemsize());
-  const auto base = reinterpret_cast<uintptr_t>(block->raw.get());
-  const uintptr_t aligned = (base + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
-  const int64_t offset = static_cast<int64_t>(aligned - base);
+  const int64_t offset = static_cast<int64_t>(to_huge_boundary(block->raw.get()));
   if (offset % elem != 0) return at::Tensor();
   const size_t total = block->bytes;
   void* data = block->raw.get();
@@ -171,9 +174,6 @@ inline void release_block(void* ctx) {
   BlockCache::get().give_back(std::move(*b));
 }
 
-}  // namespace buffer_detail
-
-namespace buffer_detail {
 // A tensor of `sizes` on a block from take(bytes) with 2 MiB to spare, from
 // its first 2 MiB boundary; undefined below 8 MiB (4 KiB pages are as good
 // there) or where the boundary does not fall on an element.

@@ -22,6 +22,7 @@ from typing import Dict
 
 import torch
 
+from .. import _loader
 from .._validation import validation_enabled
 from .policies import LOSS_NAMES, WeightPolicy
 
@@ -42,8 +43,7 @@ def _state_zeros(shape, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     kernels, a large table sits on transparent huge pages: a step touches a
     few entries per sample scattered over the whole table, and with 4 KiB
     pages nearly each of them missed the TLB."""
-    from .._loader import COMPILED
-    if device.type == "cpu" and COMPILED:
+    if device.type == "cpu" and _loader.COMPILED:
         return torch.ops.samplewt_ops.table_zeros(list(shape), dtype)
     return torch.zeros(shape, dtype=dtype, device=device)
 
