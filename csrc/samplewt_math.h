@@ -121,11 +121,14 @@ SWT_HD SigmoidParts<M> sigmoid_parts(typename M::V x) {
   const V inv = one / (one + e);
   const V l1pe = M::log1p_unit(e);  // e in (0, 1]
   const auto pos = x >= zero;
+  const V e_inv = e * inv;
   SigmoidParts<M> s;
-  s.p = M::select(pos, inv, e * inv);
-  s.q = M::select(pos, e * inv, inv);
-  s.sp_pos = M::max(x, zero) + l1pe;
-  s.sp_neg = M::max(-x, zero) + l1pe;
+  s.p = M::select(pos, inv, e_inv);
+  s.q = M::select(pos, e_inv, inv);
+  // max(+-x, 0) + l1pe with the sign already known: the same values (a NaN x
+  // makes l1pe NaN), without the NaN-propagating max (four SIMD instructions).
+  s.sp_pos = M::select(pos, x + l1pe, l1pe);
+  s.sp_neg = M::select(pos, l1pe, l1pe - x);
   return s;
 }
 

@@ -101,17 +101,19 @@ struct VecMath {
   // and a fraction of the time of Sleef's log1p, which dominated BCE's time.
   static V log1p_unit(V e) {
     if constexpr (std::is_same_v<acc_t, float>) {
+      // The series times 2 (its coefficients doubled: exact, the same bits
+      // as (s + s) * p, one instruction fewer).
       const V s = e / (V(2.0f) + e);
       const V s2 = s * s;
-      V p = V(1.0f / 15);
-      p = at::vec::fmadd(p, s2, V(1.0f / 13));
-      p = at::vec::fmadd(p, s2, V(1.0f / 11));
-      p = at::vec::fmadd(p, s2, V(1.0f / 9));
-      p = at::vec::fmadd(p, s2, V(1.0f / 7));
-      p = at::vec::fmadd(p, s2, V(1.0f / 5));
-      p = at::vec::fmadd(p, s2, V(1.0f / 3));
-      p = at::vec::fmadd(p, s2, V(1.0f));
-      return (s + s) * p;
+      V p = V(2.0f / 15);
+      p = at::vec::fmadd(p, s2, V(2.0f / 13));
+      p = at::vec::fmadd(p, s2, V(2.0f / 11));
+      p = at::vec::fmadd(p, s2, V(2.0f / 9));
+      p = at::vec::fmadd(p, s2, V(2.0f / 7));
+      p = at::vec::fmadd(p, s2, V(2.0f / 5));
+      p = at::vec::fmadd(p, s2, V(2.0f / 3));
+      p = at::vec::fmadd(p, s2, V(2.0f));
+      return s * p;
     } else {
       return e.log1p();
     }
