@@ -13,6 +13,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from . import _loader
 from . import functional as F
 from ._spec import SPECS
 
@@ -41,18 +42,52 @@ class _WeightedLoss(nn.Module):
             else:
                 setattr(self, key, value)
 
-    def forward(self, input: Tensor, target: Tensor, sample_weight: Optional[Tensor] = None,
-                indices: Optional[Tensor] = None) -> Tensor:
-        kw = {key: getattr(self, key) for key in self._arg_names}
-        if kw.get("table") is not None or indices is not None:
-            kw["indices"] = indices
-        return type(self)._fn(input, target, sample_weight=sample_weight, **kw)
+    # forward(input, target, sample_weight=None, indices=None): written per
+    # class by _forward.
 
     def extra_repr(self) -> str:
         # The arguments that differ from their defaults (torch.nn shows none).
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._arg_names
                          if not isinstance(getattr(self, k), Tensor)
                          and getattr(self, k) != self._defaults[k])
+
+
+def _forward(spec, names: tuple, buffers: tuple):
+    """The forward of a loss module: the functional's call with the module's
+    arguments, as ``fn(input, target, sample_weight=sample_weight, **args,
+    indices=indices)`` computes it.
+
+    Written out as source, like the functionals: each argument read from the
+    instance's own dicts (a buffer from ``_buffers``; a name found in neither,
+    such as a buffer replaced by a Parameter, through getattr), then the
+    functional's fast path. nn.Module's __getattr__ and a keyword dict per
+    call cost about as much as the whole forward of torch's module."""
+    own = [name for name in names if name not in ("reduction", "table", "inplace_grad")]
+    lines = ["def forward(self, input, target, sample_weight=None, indices=None):",
+             "    d = self.__dict__",
+             "    b = d['_buffers']"]
+    for name in names:
+        where = "b" if name in buffers else "d"
+        lines.append(f"    {name} = {where}[{name!r}] if {name!r} in {where} else getattr(self, {name!r})")
+    own_dict = "{" + ", ".join(f"{name!r}: {name}" for name in own) + "}"
+    tail = ", inplace_grad" if spec.inplace else ""
+    lines += [
+        "    if _COMPILED:",
+        f"        loss = _fast_loss(_spec, input, target, sample_weight, reduction, {own_dict}, "
+        f"table, indices{tail})",
+        "        if loss is not None:",
+        "            return loss",
+        "    return _fn(input, target, sample_weight=sample_weight, "
+        + "".join(f"{name}={name}, " for name in names) + "indices=indices)",
+    ]
+    namespace = {"_fast_loss": F._fast_loss, "_spec": spec, "_fn": getattr(F, spec.name),
+                 "_COMPILED": _loader.COMPILED}
+    exec(compile("\n".join(lines) + "\n", f"<samplewt_ops.{spec.module}.forward>", "exec"), namespace)
+    forward = namespace["forward"]
+    forward.__qualname__ = f"{spec.module}.forward"
+    forward.__annotations__ = {"input": Tensor, "target": Tensor, "sample_weight": Optional[Tensor],
+                               "indices": Optional[Tensor], "return": Tensor}
+    return forward
 
 
 def _module(spec) -> type:
@@ -72,8 +107,10 @@ def _module(spec) -> type:
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{spec.module}.__init__"
     doc = spec.module_doc or f"Module form of :func:`samplewt_ops.{spec.name}`."
+    names = tuple(p.name for p in params)
     return type(spec.module, (_WeightedLoss,), {
-        "__init__": __init__, "__doc__": doc, "__module__": __name__,
+        "__init__": __init__, "forward": _forward(spec, names, tuple(spec.tensors)),
+        "__doc__": doc, "__module__": __name__,
         "_fn": staticmethod(fn), "_buffers_kw": tuple(spec.tensors),
         "_defaults": {name: p.default for name, p in signature.parameters.items()},
     })

@@ -166,3 +166,36 @@ def test_modules_attributes_repr_and_state_dict():
     assert so.HuberLoss(delta=0.5).delta == torch.nn.HuberLoss(delta=0.5).delta
     m = so.BCEWithLogitsLoss(pos_weight=torch.ones(3)).to(torch.float64)
     assert m.pos_weight.dtype == torch.float64 and m.weight is None
+
+
+def test_module_reads_every_argument_at_call_time():
+    # forward reads the instance's dicts directly: a replaced buffer, a
+    # buffer turned into a Parameter, a changed scalar and a subclass's
+    # property must all reach the call, as torch's modules read self.<name>.
+    x, y = torch.randn(6, 5, requires_grad=True), torch.tensor([0, 4, 2, 1, 3, 3])
+    ours = so.CrossEntropyLoss()
+    torch.testing.assert_close(ours(x, y), F.cross_entropy(x, y))
+    cw = torch.rand(5)
+    ours.weight = cw
+    ours.label_smoothing = 0.2
+    torch.testing.assert_close(ours(x, y), F.cross_entropy(x, y, weight=cw, label_smoothing=0.2))
+    ours.weight = torch.nn.Parameter(cw * 2)  # now in _parameters, no longer a buffer
+    assert "weight" not in ours._buffers
+    got = ours(x, y)
+    torch.testing.assert_close(got, F.cross_entropy(x, y, weight=cw * 2, label_smoothing=0.2))
+
+    class Scheduled(so.HuberLoss):
+        @property
+        def delta(self):
+            return 0.25
+
+        @delta.setter
+        def delta(self, value):
+            pass
+
+    t = torch.randn(6, 5)
+    torch.testing.assert_close(Scheduled()(x, t), F.huber_loss(x, t, delta=0.25))
+    m = so.MSELoss(reduction="sum")
+    torch.testing.assert_close(m(x, t), F.mse_loss(x, t, reduction="sum"))
+    m.reduction = "none"
+    torch.testing.assert_close(m(x, t), F.mse_loss(x, t, reduction="none"))
