@@ -170,7 +170,10 @@ def _fast_op(name: str):
     own = tuple(n for n in names if n not in TABLE_ARGS)
     # The table's arguments close the schema, as AdaptiveWeights.op_tail has them.
     assert names[len(own):] == tuple(TABLE_ARGS), name
-    return getattr(torch.ops.samplewt_ops, name).default, own
+    overload = getattr(torch.ops.samplewt_ops, name).default
+    # OpOverload.__call__ only forwards to its C++ callable: one Python frame
+    # (about 0.5 us of a 10 us forward) less per call.
+    return getattr(overload, "_op", overload), own
 
 
 def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=None, indices=None,
