@@ -24,7 +24,7 @@ _CALL_ARGS = ("input", "target", "sample_weight", "indices")
 
 
 class _WeightedLoss(nn.Module):
-    _fn = None
+    _fn = None  # the functional the module calls
     _buffers_kw: tuple = ()
 
     def _setup(self, signature: inspect.Signature, args: tuple, kwargs: dict) -> None:
@@ -62,7 +62,8 @@ def _forward(spec, names: tuple, buffers: tuple):
     such as a buffer replaced by a Parameter, through getattr), then the
     functional's fast path. nn.Module's __getattr__ and a keyword dict per
     call cost about as much as the whole forward of torch's module."""
-    own = [name for name in names if name not in ("reduction", "table", "inplace_grad")]
+    # The loss's own arguments, as the functional passes them to its fast path.
+    own = [name for name in inspect.signature(spec.reference).parameters if name not in F._COMMON]
     lines = ["def forward(self, input, target, sample_weight=None, indices=None):",
              "    d = self.__dict__",
              "    b = d['_buffers']"]
