@@ -19,6 +19,8 @@ TORCH_LIBRARY(samplewt_ops, m) {
   samplewt::define_ops(m);
   // Which CPU instruction set the kernels dispatch to ("AVX512", ...).
   m.def("cpu_isa() -> str");
+  // The output bytes from which the CPU kernels stream their stores (kernel_args.h).
+  m.def("cpu_stream_bytes() -> int");
   // Frees the CPU output buffers kept for reuse (large_buffer.h); returns their bytes.
   m.def("empty_cpu_buffer_cache() -> int");
   // A zeroed CPU tensor for an adaptive table's per-sample state, on huge

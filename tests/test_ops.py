@@ -576,15 +576,26 @@ def test_forward_without_gradient_matches_torch_on_long_rows(c, dtype):
     torch.testing.assert_close(fwd_stats[:6, 0].double(), want[:6], rtol=2e-6, atol=2e-6)
 
 
+def test_stream_threshold_is_an_eighth_of_the_last_level_cache():
+    # Below it an output stays in cache; at least 16 MiB where the cache is unknown.
+    # (glibc's sysconf, which Python's os.sysconf does not name; getconf asks it)
+    getconf = shutil.which("getconf")
+    if getconf is None or not sys.platform.startswith("linux"):
+        pytest.skip("no getconf to read the cache size with")
+    out = subprocess.run([getconf, "LEVEL3_CACHE_SIZE"], capture_output=True, text=True).stdout.strip()
+    llc = int(out) if out.lstrip("-").isdigit() else 0
+    assert OPS.cpu_stream_bytes() == max(16 << 20, max(llc, 0) // 8)
+
+
 @pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "binary_cross_entropy_with_logits"])
 @pytest.mark.parametrize("cols", [16, 20])
 def test_large_outputs_streamed_equal_the_reference(name, cols):
-    # Outputs of 16 MB and more are written with streaming stores when every
-    # vector lies on a vector boundary (16 columns, flat), plainly otherwise
-    # (20 columns): the same values as the reference either way, for the
-    # input's and the target's gradient.
+    # Outputs of cpu_stream_bytes() and more are written with streaming stores
+    # when every vector lies on a vector boundary (16 columns, flat), plainly
+    # otherwise (20 columns): the same values as the reference either way, for
+    # the input's and the target's gradient.
     gen = torch.Generator().manual_seed(cols)
-    rows = (4 << 20) // cols + 3
+    rows = OPS.cpu_stream_bytes() // (4 * cols) + 3
     x = torch.randn(rows, cols, generator=gen, requires_grad=True)
     t = torch.rand(rows, cols, generator=gen).requires_grad_(True)
     sw = torch.rand(rows, generator=gen)
@@ -593,6 +604,40 @@ def test_large_outputs_streamed_equal_the_reference(name, cols):
     want = torch.autograd.grad(getattr(reference, name)(x, t, sample_weight=sw), (x, t))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cols", [1024, 1000])
+@pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.1}, {"focal": True}],
+                         ids=["lean", "smoothed", "focal"])
+def test_large_row_gradients_streamed_equal_the_reference(dtype, cols, kwargs):
+    # A softmax gradient of cpu_stream_bytes() and more, in memory of its own,
+    # is streamed where its rows are whole lines (1024 columns; 1000 columns
+    # of float are not): the target's element is set inside its vector, and
+    # ignored rows are zeros, as in the reference.
+    gen = torch.Generator().manual_seed(cols)
+    rows = OPS.cpu_stream_bytes() // (dtype.itemsize * cols) + 5
+    x = torch.randn(rows, cols, generator=gen).to(dtype).requires_grad_(True)
+    y = torch.randint(0, cols, (rows,), generator=gen)
+    y[:: 97] = -100
+    y[1] = cols - 1
+    y[2] = 0
+    w = torch.rand(cols, generator=gen) + 0.5
+    sw = torch.rand(rows, generator=gen)
+    focal = kwargs.pop("focal", False)
+    name = "focal_loss" if focal else "cross_entropy"
+    if focal:
+        kwargs = {"gamma": 2.0, "alpha": w}
+    else:
+        kwargs = {**kwargs, "weight": w}
+    (got,) = torch.autograd.grad(getattr(samplewt_ops, name)(x, y, sample_weight=sw, **kwargs), x)
+    (want,) = torch.autograd.grad(getattr(reference, name)(x.double(), y, sample_weight=sw.double(),
+                                                           **{k: v.double() if torch.is_tensor(v) else v
+                                                              for k, v in kwargs.items()}), x)
+    assert got.dtype == dtype
+    assert torch.equal(got[::97], torch.zeros_like(got[::97]))
+    tol = dict(rtol=1e-5, atol=1e-11) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-9)
+    torch.testing.assert_close(got.double(), want.double(), **tol)
 
 
 def test_sigmoid_losses_agree_bit_for_bit_on_avx2_and_avx512(monkeypatch):

@@ -52,6 +52,25 @@ constexpr int64_t kRegVecs = 2;
 // fewer than kMinBlockRows fit, a row goes alone: a vector call for a few
 // lanes costs what the libm calls it replaces do.
 constexpr int64_t kBlockRows = 16;
+
+// The first pass over a row reads it from memory: asked for 2 KB ahead, its
+// lines arrive while the exps of the ones before are computed, where the
+// hardware's prefetch alone leaves the two waiting on each other (a 1 GB
+// forward: 0.54 -> 0.35 ns per element and thread, where x.sum() takes 0.29
+// and the same rows in cache 0.22). The element-wise losses, timed with it
+// at 1M x 16 and 65536 x 80, did not change: they go without.
+// kBytes: the bytes read from p on, one prefetch per 64-byte line.
+constexpr int64_t kPrefetchBytes = 2048;
+template <int64_t kBytes>
+inline void prefetch_ahead(const void* p) {
+#if defined(__GNUC__)
+  for (int64_t b = 0; b < std::max<int64_t>(kBytes, 1); b += 64) {
+    __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes + b, 0, 3);
+  }
+#else
+  (void)p;
+#endif
+}
 constexpr int64_t kMinBlockRows = 8;
 constexpr int64_t kBlockElems = 16384;
 
@@ -90,6 +109,15 @@ void row_kernel_typed(const RowArgs& a) {
   // alone, so a row's result does not depend on its block.
   const int64_t fit = kBlockElems / std::max<int64_t>(C, 1);
   const int64_t block = fit >= kMinBlockRows ? std::min(fit, kBlockRows) : 1;
+  // A gradient larger than the caches keep, in its own memory, is streamed
+  // out (every row on whole lines), and the exps park in a row of this
+  // task's own instead of in it: parked in the gradient, each of its lines was
+  // read from memory before pass 2 wrote it (1 GB of logits: 105 against
+  // 75 ms, in place 75). In place the logits' own lines are in cache already.
+  const bool stream = a.grad != nullptr && a.grad != a.input &&
+                      a.rows * a.ld_grad * static_cast<int64_t>(sizeof(scalar_t)) >= stream_bytes() &&
+                      reinterpret_cast<uintptr_t>(a.grad) % 64 == 0 &&
+                      (a.ld_grad * static_cast<int64_t>(sizeof(scalar_t))) % 64 == 0;
 
   at::parallel_for(0, a.rows, grain_rows(C), [&](int64_t begin, int64_t end) {
     // bfloat16/float16 rows park exp(x - m) in a float row of their own (a
@@ -154,6 +182,7 @@ void row_kernel_typed(const RowArgs& a) {
         };
         int64_t j = 0;
         for (; j + 4 * W <= C; j += 4 * W) {
+          prefetch_ahead<4 * W * sizeof(scalar_t)>(x + j);
           const V x0 = vload(x + j, W), x1 = vload(x + j + W, W);
           const V x2 = vload(x + j + 2 * W, W), x3 = vload(x + j + 3 * W, W);
           absorb(M::max(M::max(x0, x1), M::max(x2, x3)));
@@ -188,6 +217,7 @@ void row_kernel_typed(const RowArgs& a) {
         V m1(neg_inf), m2(neg_inf), m3(neg_inf);
         int64_t j = 0;
         for (; j + 4 * W <= C; j += 4 * W) {
+          prefetch_ahead<4 * W * sizeof(scalar_t)>(x + j);
           vmax = M::max(vmax, vload(x + j, W));
           m1 = M::max(m1, vload(x + j + W, W));
           m2 = M::max(m2, vload(x + j + 2 * W, W));
@@ -210,7 +240,7 @@ void row_kernel_typed(const RowArgs& a) {
       acc_t* parked = nullptr;
       if (g != nullptr && !in_regs) {
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          parked = g;
+          parked = stream ? exp_row.data() + k * C : g;
         } else {
           parked = exp_row.data() + k * C;
         }
@@ -273,6 +303,10 @@ void row_kernel_typed(const RowArgs& a) {
       // product per element: exp(x_j - m) * (A / s * scale).
       const bool lean = zero_coef && st == nullptr;
       const V vlean(A * inv_s * scale);
+      // The lean pass's element y, with the target's own coefficient, set in
+      // its vector (a store after a streamed one would need a fence).
+      const acc_t a_y = (!prob && cw) ? a_smooth * cw[y] : a_smooth;
+      const acc_t g_y = (A * p_y - a_y - a_target) * scale;
       const acc_t* parked = rs.parked;
       V er[kRegVecs];
       if (in_regs) {
@@ -285,7 +319,11 @@ void row_kernel_typed(const RowArgs& a) {
           const V e = in_regs ? er[j / W]
                       : parked ? V::loadu(parked + j, n)
                                : M::softmax_exp(vload(x + j, n) - vmx);
-          vstore(g + j, e * vlean, n);
+          V u = e * vlean;
+          if (!prob && y >= j && y < j + n) {
+            u = V::blendv(u, V(g_y), V::arange(acc_t(0), acc_t(1)) == V(static_cast<acc_t>(y - j)));
+          }
+          vstore_out(g + j, u, n, stream);
           continue;
         }
         const V av = grad_coef_at(j, n);
@@ -308,12 +346,7 @@ void row_kernel_typed(const RowArgs& a) {
             vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
           }
         }
-        if (g) vstore(g + j, u * vscale, n);
-      }
-      if (lean && !prob && g) {
-        // The lean pass left element y without the target's own coefficient.
-        const acc_t a_y = cw ? a_smooth * cw[y] : a_smooth;
-        g[y] = static_cast<scalar_t>((A * p_y - a_y - a_target) * scale);
+        if (g) vstore_out(g + j, u * vscale, n, stream);
       }
       if (st) {
         st[0] = static_cast<float>(loss);
@@ -323,8 +356,8 @@ void row_kernel_typed(const RowArgs& a) {
       }
     };
 
-    if constexpr (!std::is_same_v<scalar_t, acc_t>) {
-      if (a.grad != nullptr && !in_regs) exp_row.resize(block * C);
+    if (a.grad != nullptr && !in_regs && (stream || !std::is_same_v<scalar_t, acc_t>)) {
+      exp_row.resize(block * C);
     }
     for (int64_t r0 = begin; r0 < end; r0 += block) {
       const int64_t nb = std::min(block, end - r0);
@@ -366,6 +399,7 @@ void row_kernel_typed(const RowArgs& a) {
                     focal ? &ft : nullptr);
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -400,7 +434,7 @@ void elem_kernel_typed(const ElemArgs& a) {
   const auto vector_aligned = [](const void* p) {
     return reinterpret_cast<uintptr_t>(p) % sizeof(Vectorized<float>) == 0;
   };
-  const bool stream = a.samples * S * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes &&
+  const bool stream = a.samples * S * static_cast<int64_t>(sizeof(scalar_t)) >= stream_bytes() &&
                       (grad == nullptr || vector_aligned(grad)) &&
                       (target_grad == nullptr || vector_aligned(target_grad)) &&
                       (elem_flat(a) || (S * sizeof(scalar_t)) % sizeof(Vectorized<float>) == 0);

@@ -409,10 +409,11 @@ struct CpuDevice {
 
 TORCH_LIBRARY_IMPL(samplewt_ops, CPU, m) { OpWrappers<CpuDevice>::register_ops(m); }
 
-// cpu_isa, empty_cpu_buffer_cache and table_zeros take no tensor: a kernel
+// cpu_isa, cpu_stream_bytes, empty_cpu_buffer_cache and table_zeros take no tensor: a kernel
 // for every backend.
 TORCH_LIBRARY_IMPL(samplewt_ops, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa", []() { return std::string(selected_isa()); });
+  m.impl("cpu_stream_bytes", []() { return stream_bytes(); });
   m.impl("empty_cpu_buffer_cache",
          []() { return static_cast<int64_t>(buffer_detail::BlockCache::get().clear()); });
   m.impl("table_zeros", [](c10::IntArrayRef size, at::ScalarType dtype) {

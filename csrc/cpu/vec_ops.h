@@ -14,6 +14,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernel_args.h"
+
 namespace samplewt {
 namespace cpu {
 namespace CPU_CAPABILITY {
@@ -169,11 +171,8 @@ inline void vstore(scalar_t* p, Vectorized<acc_t> v, int64_t n) {
   }
 }
 
-// An output of many megabytes (more than the caches hold) is written with
-// streaming stores: a plain store first reads each line it writes.
-constexpr int64_t kStreamBytes = int64_t{16} << 20;
-
-// vstore, streamed when `stream`, the vector full and p aligned to it.
+// Outputs of stream_bytes() and more (kernel_args.h) are streamed.
+// vstore, streamed when `stream`, the vector full and p aligned to its bytes.
 // After streaming stores a thread calls stream_fence().
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 inline void vstore_out(scalar_t* p, Vectorized<acc_t> v, int64_t n, bool stream) {
@@ -186,6 +185,18 @@ inline void vstore_out(scalar_t* p, Vectorized<acc_t> v, int64_t n, bool stream)
 #else
       _mm256_stream_ps(p, v);
 #endif
+      return;
+    }
+  }
+#endif
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<acc_t, float> && (std::is_same_v<scalar_t, c10::BFloat16> ||
+                                                 std::is_same_v<scalar_t, c10::Half>)) {
+    if (stream && n == 16 && reinterpret_cast<uintptr_t>(p) % 32 == 0) {
+      const __m512 f = v;
+      const __m256i h = std::is_same_v<scalar_t, c10::BFloat16> ? at::vec::cvtfp32_bf16(f)
+                                                                 : at::vec::cvtfp32_fp16(f);
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
       return;
     }
   }
