@@ -280,7 +280,10 @@ SWT_HD LossGrad<M> l1(typename M::V x, typename M::V t) {
   return {M::abs(d), g, -g};
 }
 
-// F.huber_loss: quadratic inside |d| < delta, linear outside.
+// F.huber_loss: quadratic inside |d| < delta, linear outside. Its gradient,
+// d inside and delta sign(d) outside, is d clamped to [-delta, delta]: the
+// same values (NaN, -0 and |d| = delta included), in two instructions where
+// sign's selects took ten (huber was 0.2 ns per element slower than mse).
 template <class M>
 SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) {
   using V = typename M::V;
@@ -288,7 +291,7 @@ SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) 
   const V d = x - t;
   const V ad = M::abs(d);
   const auto quad = ad < delta;
-  const V g = M::select(quad, d, delta * sign<M>(d));
+  const V g = M::min(M::max(d, -delta), delta);
   return {M::select(quad, half * d * d, delta * (ad - half * delta)), g, -g};
 }
 

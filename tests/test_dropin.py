@@ -199,3 +199,32 @@ def test_module_reads_every_argument_at_call_time():
     torch.testing.assert_close(m(x, t), F.mse_loss(x, t, reduction="sum"))
     m.reduction = "none"
     torch.testing.assert_close(m(x, t), F.mse_loss(x, t, reduction="none"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("delta", [1.0, 0.25])
+def test_huber_gradient_is_torchs_bit_for_bit_at_its_edges(dtype, delta):
+    # The gradient at |d| = delta exactly, on both sides of it, at +-0, +-inf
+    # and NaN, and over a spread (every vector width's full and partial
+    # vectors): torch's own values and NaNs, elementwise and under sum.
+    edges = [delta, -delta, delta * (1 - 2 ** -20), -delta * (1 + 2 ** -20), 0.0, -0.0,
+             float("inf"), -float("inf"), float("nan"), 1e-30, -1e30]
+    d = torch.cat([torch.tensor(edges, dtype=torch.float64),
+                   torch.linspace(-3, 3, 1001, dtype=torch.float64)]).to(dtype)
+    t = torch.linspace(-0.5, 0.5, d.numel(), dtype=dtype)
+    x = (d + t).detach()
+    x[: len(edges)] = d[: len(edges)]
+    t = t.clone()
+    t[: len(edges)] = 0.0
+    for reduction in ("none", "sum"):
+        mine = x.clone().requires_grad_()
+        theirs = x.clone().requires_grad_()
+        lm = so.huber_loss(mine, t, delta=delta, reduction=reduction)
+        lt = F.huber_loss(theirs, t, delta=delta, reduction=reduction)
+        torch.testing.assert_close(lm, lt, rtol=0, atol=0, equal_nan=True)
+        (gm,) = torch.autograd.grad(lm.sum(), mine)
+        (gt,) = torch.autograd.grad(lt.sum(), theirs)
+        torch.testing.assert_close(gm, gt, rtol=0, atol=0, equal_nan=True)
+        # -0 stays -0 (a NaN's sign bit means nothing, and is not compared)
+        num = ~torch.isnan(gt)
+        assert torch.equal(torch.signbit(gm[num]), torch.signbit(gt[num]))
