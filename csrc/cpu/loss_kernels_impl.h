@@ -52,6 +52,8 @@ constexpr int64_t kRegVecs = 2;
 // fewer than kMinBlockRows fit, a row goes alone: a vector call for a few
 // lanes costs what the libm calls it replaces do.
 constexpr int64_t kBlockRows = 16;
+constexpr int64_t kMinBlockRows = 8;
+constexpr int64_t kBlockElems = 16384;
 
 // The first pass over a row reads it from memory: asked for 2 KB ahead, its
 // lines arrive while the exps of the ones before are computed, where the
@@ -64,15 +66,13 @@ constexpr int64_t kPrefetchBytes = 2048;
 template <int64_t kBytes>
 inline void prefetch_ahead(const void* p) {
 #if defined(__GNUC__)
-  for (int64_t b = 0; b < std::max<int64_t>(kBytes, 1); b += 64) {
+  for (int64_t b = 0; b < kBytes; b += 64) {
     __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes + b, 0, 3);
   }
 #else
   (void)p;
 #endif
 }
-constexpr int64_t kMinBlockRows = 8;
-constexpr int64_t kBlockElems = 16384;
 
 template <typename scalar_t>
 void row_kernel_typed(const RowArgs& a) {

@@ -148,6 +148,15 @@ inline Vectorized<acc_t> vload(const scalar_t* p, int64_t n) {
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// One float vector as 16 bfloat16/float16 values, with ATen's own rounding.
+template <typename scalar_t>
+inline __m256i half_bits(const Vectorized<float>& v) {
+  const __m512 f = v;
+  return std::is_same_v<scalar_t, c10::BFloat16> ? at::vec::cvtfp32_bf16(f) : at::vec::cvtfp32_fp16(f);
+}
+#endif
+
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 inline void vstore(scalar_t* p, Vectorized<acc_t> v, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -157,9 +166,7 @@ inline void vstore(scalar_t* p, Vectorized<acc_t> v, int64_t n) {
                                                         std::is_same_v<scalar_t, c10::Half>)) {
     // One float vector to 16 halves, with ATen's own rounding: converting a
     // pair (v, v) and storing half of it did twice the work.
-    const __m512 f = v;
-    const __m256i h = std::is_same_v<scalar_t, c10::BFloat16> ? at::vec::cvtfp32_bf16(f)
-                                                               : at::vec::cvtfp32_fp16(f);
+    const __m256i h = half_bits<scalar_t>(v);
     if (n == 16) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
     } else {
@@ -193,10 +200,7 @@ inline void vstore_out(scalar_t* p, Vectorized<acc_t> v, int64_t n, bool stream)
   if constexpr (std::is_same_v<acc_t, float> && (std::is_same_v<scalar_t, c10::BFloat16> ||
                                                  std::is_same_v<scalar_t, c10::Half>)) {
     if (stream && n == 16 && reinterpret_cast<uintptr_t>(p) % 32 == 0) {
-      const __m512 f = v;
-      const __m256i h = std::is_same_v<scalar_t, c10::BFloat16> ? at::vec::cvtfp32_bf16(f)
-                                                                 : at::vec::cvtfp32_fp16(f);
-      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), half_bits<scalar_t>(v));
       return;
     }
   }
