@@ -50,7 +50,11 @@ struct Table {
   int64_t policy = kNoTable;
   std::array<double, 4> params{};  // policy_params (at most 4; the rest 0)
   Tensor indices;     // int64 (N), contiguous
-  Tensor ema;         // float32 (3, num_samples), contiguous: loss, gradient norm, g
+  // float32 (3, num_samples): loss, gradient norm, g. Entry (j, s) at
+  // ema_ptr() + j * stat_stride + s * sample_stride: the table's own layout is
+  // one record per sample (stat_stride 1), a contiguous tensor works too.
+  Tensor ema;
+  int64_t stat_stride = 0, sample_stride = 1;
   Tensor seen_count;  // int64 (num_samples)
   Tensor stat_sum;    // float64 (3): sums of the loss and gradient-norm EMAs over the seen samples, and their number
   Tensor bin_ema;     // GHM: float32 (bins)
@@ -73,7 +77,7 @@ inline size_t num_params(int64_t policy) {
 }
 
 inline Tensor required(const optional<Tensor>& t, const char* name, at::ScalarType dtype,
-                       c10::IntArrayRef shape, const Tensor& input) {
+                       c10::IntArrayRef shape, const Tensor& input, bool strided = false) {
   TORCH_CHECK_VALUE(checks::has(t), "samplewt_ops: the table argument ", name,
                     " is required with this policy");
   TORCH_CHECK(t->device() == input.device(), "samplewt_ops: the table's ", name,
@@ -83,7 +87,18 @@ inline Tensor required(const optional<Tensor>& t, const char* name, at::ScalarTy
                    dtype, ", got ", t->scalar_type());
   TORCH_CHECK_VALUE(t->sizes() == shape, "samplewt_ops: the table's ", name, " must have shape ",
                     shape, ", got ", t->sizes());
-  TORCH_CHECK_VALUE(t->is_contiguous(), "samplewt_ops: the table's ", name, " must be contiguous");
+  if (strided) {
+    // Any layout whose entries do not overlap (the update writes each once):
+    // the smaller stride at least 1, the larger past the other dimension's extent.
+    const bool rows_inner = t->stride(0) <= t->stride(1);
+    const int64_t inner = rows_inner ? 0 : 1, outer = 1 - inner;
+    TORCH_CHECK_VALUE(t->numel() <= 1 || (t->stride(inner) >= 1 &&
+                                          t->stride(outer) >= t->stride(inner) * t->size(inner)),
+                      "samplewt_ops: the table's ", name,
+                      " must not have overlapping entries, got strides ", t->strides());
+  } else {
+    TORCH_CHECK_VALUE(t->is_contiguous(), "samplewt_ops: the table's ", name, " must be contiguous");
+  }
   return *t;
 }
 
@@ -124,7 +139,10 @@ inline Table check_table(const TableArgs& a, const Tensor& input, int64_t rows, 
   TORCH_CHECK_VALUE(checks::has(a.table_ema) && a.table_ema->dim() == 2,
                     "samplewt_ops: the table's table_ema must be a (3, num_samples) tensor");
   t.num_samples = a.table_ema->size(1);
-  t.ema = required(a.table_ema, "table_ema", at::kFloat, {kNumTableStats, t.num_samples}, input);
+  t.ema = required(a.table_ema, "table_ema", at::kFloat, {kNumTableStats, t.num_samples}, input,
+                   /*strided=*/true);
+  t.stat_stride = t.ema.stride(0);
+  t.sample_stride = t.ema.stride(1);
   t.seen_count = required(a.seen_count, "seen_count", at::kLong, {t.num_samples}, input);
   t.stat_sum = required(a.stat_sum, "stat_sum", at::kDouble, {3}, input);
   if (a.policy == kGHM) {

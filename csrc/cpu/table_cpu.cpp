@@ -139,7 +139,8 @@ Tensor table_weights(const Table& t, const Tensor& valid) {
   const double* params = t.params.data();
   // History policies: the table before the batch.
   const int stat = t.policy == kGradNormEMA ? kGradNormStat : kLossStat;
-  const float* ema = t.ema.data_ptr<float>() + stat * t.num_samples;
+  const float* ema = t.ema.data_ptr<float>() + stat * t.stat_stride;
+  const int64_t ss = t.sample_stride;
   const int64_t* seen = t.seen_count.data_ptr<int64_t>();
   const int64_t* idx = t.indices.data_ptr<int64_t>();
   const double* sums = t.stat_sum.data_ptr<double>();
@@ -148,7 +149,7 @@ Tensor table_weights(const Table& t, const Tensor& valid) {
   const double* thr = t.threshold.defined() ? t.threshold.data_ptr<double>() : nullptr;
   for (int64_t i = 0; i < N; ++i) {
     const int64_t s = idx[i];
-    w[i] = table_history_weight(t.policy, params, ema[s], seen[s] > 0, s, mean, thr);
+    w[i] = table_history_weight(t.policy, params, ema[s * ss], seen[s] > 0, s, mean, thr);
   }
   return out;
 }
@@ -256,7 +257,7 @@ void per_batch_weights(const Table& t, const float* st, const bool* v, const Ghm
 }  // namespace
 
 Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
-  const int64_t N = t.batch, S = t.num_samples;
+  const int64_t N = t.batch;
   const Tensor st_c = stats.contiguous();
   const float* st = st_c.data_ptr<float>();
   const bool* v = valid_ptr(valid);
@@ -271,6 +272,7 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
   }
   const int64_t* idx = t.indices.data_ptr<int64_t>();
   float* ema = t.ema.data_ptr<float>();
+  const int64_t js = t.stat_stride, ss = t.sample_stride;
   int64_t* seen = t.seen_count.data_ptr<int64_t>();
   double* sums = t.stat_sum.data_ptr<double>();
   const bool track_g = t.policy == kGHM;
@@ -327,13 +329,13 @@ Tensor table_update(const Table& t, const Tensor& stats, const Tensor& valid) {
     const bool seen_before = g.seen > 0;
     // The loss and gradient-norm EMAs, with their running sums; GHM's g EMA.
     for (int j = 0; j < 2; ++j) {
-      float& e = ema[j * S + s];
+      float& e = ema[j * js + s * ss];
       const float old = e;
       e = table_ema_step(old, g.obs[j], g.count, m, one_minus_m, seen_before);
       sum[j] += static_cast<double>(e) - (seen_before ? static_cast<double>(old) : 0.0);
     }
     if (track_g) {
-      float& e = ema[kGStat * S + s];
+      float& e = ema[kGStat * js + s * ss];
       e = table_ema_step(e, g.obs[kGStat], g.count, m, one_minus_m, seen_before);
     }
     if (!seen_before) sum[2] += 1.0;

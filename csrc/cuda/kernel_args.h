@@ -34,7 +34,8 @@ struct TableKernelArgs {
   double params[4] = {0.0, 0.0, 0.0, 0.0};  // policy_params (at most 4)
   int64_t batch = 0, num_samples = 0;
   const int64_t* indices = nullptr;         // (batch)
-  float* ema = nullptr;                      // (3, num_samples)
+  float* ema = nullptr;                      // (3, num_samples): entry (j, s) at
+  int64_t stat_stride = 0, sample_stride = 1;  // ema + j * stat_stride + s * sample_stride
   int64_t* seen_count = nullptr;             // (num_samples)
   const double* stat_sum = nullptr;          // (3)
   const double* threshold = nullptr;         // SelfPaced, SmallLoss

@@ -26,6 +26,8 @@ inline TableKernelArgs table_kernel_args(const Table& t) {
   a.num_samples = t.num_samples;
   a.indices = t.indices.data_ptr<int64_t>();
   a.ema = t.ema.data_ptr<float>();
+  a.stat_stride = t.stat_stride;
+  a.sample_stride = t.sample_stride;
   a.seen_count = t.seen_count.data_ptr<int64_t>();
   a.stat_sum = t.stat_sum.data_ptr<double>();
   a.threshold = t.threshold.defined() ? t.threshold.data_ptr<double>() : nullptr;

@@ -29,8 +29,9 @@ __global__ void __launch_bounds__(kTableBlock)
     a.weights[i] = 1.0f;
     return;
   }
-  a.weights[i] = table_history_weight(a.policy, a.params, a.ema[stat * a.num_samples + s],
-                                      a.seen_count[s] > 0, s, mean, a.threshold);
+  const float e = a.ema[stat * a.stat_stride + s * a.sample_stride];
+  a.weights[i] = table_history_weight(a.policy, a.params, e, a.seen_count[s] > 0, s, mean,
+                                      a.threshold);
 }
 
 // One thread per position of the indices sorted (stably): the first of each
@@ -60,7 +61,7 @@ __global__ void __launch_bounds__(kTableBlock) table_update_kernel(TableKernelAr
   const float m = static_cast<float>(a.params[kMomentum]);
   const float one_minus_m = static_cast<float>(1.0 - a.params[kMomentum]);
   for (int j = 0; j < (track_g ? 3 : 2); ++j) {
-    float* e = a.ema + j * a.num_samples + s;
+    float* e = a.ema + j * a.stat_stride + s * a.sample_stride;
     const float old = *e;
     *e = table_ema_step(old, obs[j], count, m, one_minus_m, seen_before);
     if (j < 2) delta[j] = static_cast<double>(*e) - (seen_before ? static_cast<double>(old) : 0.0);

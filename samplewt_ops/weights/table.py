@@ -55,6 +55,21 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def _ema_zeros(num_samples: int, device: torch.device) -> torch.Tensor:
+    """The per-sample EMAs as a (3, num_samples) float32 view of one 16-byte
+    record per sample (its three EMAs and a pad). A step reads or writes all
+    of a sample's EMAs, and on a large table each row of a (3, num_samples)
+    layout was a cache line (and a TLB entry) of its own: GHM's update touched
+    three lines per sample for its EMAs, the record one."""
+    return _state_zeros((num_samples, 4), torch.float32, device)[:, :3].t()
+
+
+def _ema_to_device(ema: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if _same_device(ema.device, device) and ema.stride() == (1, 4):
+        return ema
+    return _ema_zeros(ema.shape[1], device).copy_(ema)
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     a, b = _norm_device(a), _norm_device(b)
     return a.type == b.type and (a.index or 0) == (b.index or 0)
@@ -86,6 +101,10 @@ class AdaptiveWeights:
     * ``policy_state``: the policy's tensors (``SelfPaced``: ``threshold``;
       ``GHM``: ``bin_ema``, ``bin_steps``, ``g_ema``).
 
+    ``loss_ema``, ``grad_norm_ema`` and ``g_ema`` are the rows of ``ema``, a
+    ``(3, num_samples)`` view of one 16-byte record per sample (strides
+    ``(1, 4)``): a step touches each batch sample's EMAs together.
+
     **Update rule** (:meth:`observe`).  With momentum :math:`m` (the policy's
     ``history_momentum``), all occurrences of one index in a batch are averaged
     into a single observation :math:`\bar x` (mean over the occurrences,
@@ -115,7 +134,7 @@ class AdaptiveWeights:
         self.policy = policy
         # The per-sample EMAs, one row each (loss, gradient norm, GHM's g), so
         # that the loss ops take them as one tensor; loss_ema etc. are views.
-        self.ema = _state_zeros((3, num_samples), torch.float32, dev)
+        self.ema = _ema_zeros(num_samples, dev)
         self.seen_count = _state_zeros((num_samples,), torch.int64, dev)
         # Running sums over the seen samples: loss EMA, gradient-norm EMA, count.
         self.stat_sum = torch.zeros(3, dtype=torch.float64, device=dev)
@@ -407,7 +426,7 @@ class AdaptiveWeights:
     def to(self, device) -> "AdaptiveWeights":
         """Move the state to ``device`` (in place); returns ``self``."""
         dev = _norm_device(device)
-        self.ema = _to_device(self.ema, dev)
+        self.ema = _ema_to_device(self.ema, dev)
         self.stat_sum = self.stat_sum.to(dev)
         self.seen_count = _to_device(self.seen_count, dev)
         self.epoch = self.epoch.to(dev)

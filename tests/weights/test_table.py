@@ -319,9 +319,11 @@ def test_large_cpu_table_state_on_huge_page_boundaries():
     # pages); it is plain zeroed state all the same.
     t = AdaptiveWeights(2_000_000, GHM())
     for state, dtype in ((t.ema, torch.float32), (t.seen_count, torch.int64)):
-        assert state.dtype == dtype and state.is_contiguous()
+        assert state.dtype == dtype
         assert state.data_ptr() % (2 << 20) == 0
         assert not state.any()
+    assert t.seen_count.is_contiguous()
+    assert t.ema.shape == (3, 2_000_000) and t.ema.stride() == (1, 4)  # one record per sample
     t.observe(torch.tensor([5, 1_999_999]), torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.25]),
               torch.tensor([0.1, 0.9]))
     u = AdaptiveWeights(2_000_000, GHM())

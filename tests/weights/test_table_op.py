@@ -130,6 +130,29 @@ def test_fused_update_equals_reference_observe(policy_name, name):
 
 
 
+@pytest.mark.parametrize("policy_name", ["LossEMA", "GHM", "OHEM"])
+def test_the_op_takes_any_layout_of_table_ema(policy_name):
+    """The table keeps one record of EMAs per sample (a strided (3, S) view);
+    the op reads its strides, so that a contiguous (3, S) table_ema (or a
+    transposed one) is updated to the same bits."""
+    gen = torch.Generator().manual_seed(4)
+    tables = [_pair(policy_name)[0] for _ in range(3)]
+    assert tables[0].ema.stride() == (1, 4)
+    layouts = [tables[0].ema, torch.zeros(3, S), torch.zeros(S, 3).t()]
+    for idx, x, t in _batches("cross_entropy", 3, 12, 5, gen):
+        grads = []
+        for table, ema in zip(tables, layouts):
+            args = {**table.op_args(idx), "table_ema": ema}
+            out = OPS.cross_entropy(x, t, None, None, -100, 0.0, 1, True, False, **args)
+            grads.append(out[1])
+        for ema, g in zip(layouts[1:], grads[1:]):
+            assert torch.equal(ema, layouts[0]) and torch.equal(g, grads[0])
+    assert layouts[0].any()
+    for table in tables[1:]:
+        assert torch.equal(table.seen_count, tables[0].seen_count)
+        assert torch.equal(table.stat_sum, tables[0].stat_sum)
+
+
 @pytest.mark.parametrize("policy_name", list(POLICIES))
 def test_fused_update_groups_heavy_repeats(policy_name):
     """A batch of few samples repeated many times, interleaved, with some
@@ -240,6 +263,10 @@ def test_op_checks_the_table_arguments():
         call(indices=torch.arange(5.0))
     with pytest.raises(TypeError, match="table_ema must be Float"):
         call(table_ema=args["table_ema"].double())
+    with pytest.raises(ValueError, match="table_ema must not have overlapping entries"):
+        call(table_ema=torch.zeros(1, S).expand(3, S))
+    with pytest.raises(ValueError, match="seen_count must be contiguous"):
+        call(seen_count=torch.zeros(2 * S, dtype=torch.int64)[::2])
     with pytest.raises(ValueError, match="seen_count must have shape"):
         call(seen_count=torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="policy_params"):
