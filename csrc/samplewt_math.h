@@ -8,6 +8,7 @@
 //   M::V             value type (float, double, or a SIMD vector)
 //   M::splat(c)      broadcast a constant
 //   M::exp/log/log1p/expm1/abs/max/min/sqrt
+//   M::max_bound/min_bound(v, c)  max/min with a bound c that is never NaN
 //   M::exp_nonpos    exp of x <= 0 (the sigmoid losses' exp(-|x|)), within
 //                    about 1 ulp, and 0 where the result would be denormal
 //   M::softmax_exp   exp for softmax terms, where a few ulp do not matter
@@ -97,6 +98,9 @@ struct ScalarMath {
   // NaN-propagating max/min, like torch.clamp: fmax would drop the NaN.
   static SWT_HD V max(V a, V b) { return (a != a || a > b) ? a : b; }
   static SWT_HD V min(V a, V b) { return (a != a || a < b) ? a : b; }
+  // Against a bound c that is never NaN (the SIMD policies' cheaper form).
+  static SWT_HD V max_bound(V v, V c) { return max(v, c); }
+  static SWT_HD V min_bound(V v, V c) { return min(v, c); }
   static SWT_HD V select(bool c, V a, V b) { return c ? a : b; }
 };
 
@@ -293,8 +297,8 @@ SWT_HD LossGrad<M> huber(typename M::V x, typename M::V t, typename M::V delta) 
   const V half = M::splat(0.5);
   const V d = x - t;
   const V ad = M::abs(d);
-  const V c = M::min(ad, delta);
-  const V g = M::min(M::max(d, -delta), delta);
+  const V c = M::min_bound(ad, delta);  // delta > 0: never NaN
+  const V g = M::min_bound(M::max_bound(d, -delta), delta);
   return {c * (ad - half * c), g, -g};
 }
 
