@@ -128,21 +128,16 @@ struct VecMath {
   // max/min against a bound c that is never NaN, a NaN v staying NaN: one
   // instruction on x86, whose max/min return their second operand when
   // either is NaN, where the NaN-propagating max of two variables takes three.
-  static V max_bound(V v, V c) {
+  static V max_bound(V v, V c) { return bounded<true>(v, c); }
+  static V min_bound(V v, V c) { return bounded<false>(v, c); }
+  template <bool kMax>
+  static V bounded(V v, V c) {
 #if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<acc_t, float>) return _mm512_max_ps(c, v);
+    if constexpr (std::is_same_v<acc_t, float>) return kMax ? _mm512_max_ps(c, v) : _mm512_min_ps(c, v);
 #elif defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<acc_t, float>) return _mm256_max_ps(c, v);
+    if constexpr (std::is_same_v<acc_t, float>) return kMax ? _mm256_max_ps(c, v) : _mm256_min_ps(c, v);
 #endif
-    return max(v, c);
-  }
-  static V min_bound(V v, V c) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<acc_t, float>) return _mm512_min_ps(c, v);
-#elif defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<acc_t, float>) return _mm256_min_ps(c, v);
-#endif
-    return min(v, c);
+    return kMax ? max(v, c) : min(v, c);
   }
   static V select(V mask, V a, V b) { return V::blendv(b, a, mask); }
 };
