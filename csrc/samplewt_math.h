@@ -263,11 +263,13 @@ SWT_HD LossGrad<M> bce_with_logits(typename M::V x, typename M::V t,
           (pos_weight - one) * s.sp_neg - x};
 }
 
+// torch.sign, as l1_loss's gradient has it: (0 < d) - (d < 0), so +0 for
+// +-0 and for NaN.
 template <class M>
 SWT_HD typename M::V sign(typename M::V d) {
   using V = typename M::V;
   const V zero = M::splat(0.0), one = M::splat(1.0);
-  return M::select(d > zero, one, M::select(d < zero, -one, d * zero));
+  return M::select(d > zero, one, zero) - M::select(d < zero, one, zero);
 }
 
 template <class M>

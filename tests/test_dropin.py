@@ -201,14 +201,11 @@ def test_module_reads_every_argument_at_call_time():
     torch.testing.assert_close(m(x, t), F.mse_loss(x, t, reduction="none"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("delta", [1.0, 0.25])
-def test_huber_gradient_is_torchs_bit_for_bit_at_its_edges(dtype, delta):
-    # The gradient at |d| = delta exactly, on both sides of it, at +-0, +-inf
-    # and NaN, and over a spread (every vector width's full and partial
-    # vectors): torch's own values and NaNs, elementwise and under sum.
-    edges = [delta, -delta, delta * (1 - 2 ** -20), -delta * (1 + 2 ** -20), 0.0, -0.0,
-             float("inf"), -float("inf"), float("nan"), 1e-30, -1e30]
+def _assert_bit_for_bit_at_edges(ours, theirs, edges, dtype):
+    """ours(x, t, reduction) against theirs at the differences d = x - t in
+    `edges` and over a spread (every vector width's full and partial vectors):
+    torch's own loss and gradient values and NaNs, elementwise and under sum,
+    and -0 where torch gives -0."""
     d = torch.cat([torch.tensor(edges, dtype=torch.float64),
                    torch.linspace(-3, 3, 1001, dtype=torch.float64)]).to(dtype)
     t = torch.linspace(-0.5, 0.5, d.numel(), dtype=dtype)
@@ -218,13 +215,36 @@ def test_huber_gradient_is_torchs_bit_for_bit_at_its_edges(dtype, delta):
     t[: len(edges)] = 0.0
     for reduction in ("none", "sum"):
         mine = x.clone().requires_grad_()
-        theirs = x.clone().requires_grad_()
-        lm = so.huber_loss(mine, t, delta=delta, reduction=reduction)
-        lt = F.huber_loss(theirs, t, delta=delta, reduction=reduction)
+        theirs_x = x.clone().requires_grad_()
+        lm = ours(mine, t, reduction)
+        lt = theirs(theirs_x, t, reduction)
         torch.testing.assert_close(lm, lt, rtol=0, atol=0, equal_nan=True)
         (gm,) = torch.autograd.grad(lm.sum(), mine)
-        (gt,) = torch.autograd.grad(lt.sum(), theirs)
+        (gt,) = torch.autograd.grad(lt.sum(), theirs_x)
         torch.testing.assert_close(gm, gt, rtol=0, atol=0, equal_nan=True)
         # -0 stays -0 (a NaN's sign bit means nothing, and is not compared)
         num = ~torch.isnan(gt)
         assert torch.equal(torch.signbit(gm[num]), torch.signbit(gt[num]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("delta", [1.0, 0.25])
+def test_huber_gradient_is_torchs_bit_for_bit_at_its_edges(dtype, delta):
+    # |d| = delta exactly and on both sides of it, +-0, +-inf, NaN.
+    edges = [delta, -delta, delta * (1 - 2 ** -20), -delta * (1 + 2 ** -20), 0.0, -0.0,
+             float("inf"), -float("inf"), float("nan"), 1e-30, -1e30]
+    _assert_bit_for_bit_at_edges(lambda x, t, r: so.huber_loss(x, t, delta=delta, reduction=r),
+                                 lambda x, t, r: F.huber_loss(x, t, delta=delta, reduction=r),
+                                 edges, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l1_gradient_is_torchs_bit_for_bit_at_its_edges(dtype):
+    # sign(d): +-0, +-inf, NaN, the smallest denormals (a scaled sign must
+    # not round them to 0) and the largest finite values.
+    tiny = torch.finfo(dtype).tiny
+    edges = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 2 ** -149, -(2 ** -149),
+             tiny, -tiny, tiny / 3, 1e-30, -1e30, float(torch.finfo(dtype).max),
+             -float(torch.finfo(dtype).max), 1.0, -1.0]
+    _assert_bit_for_bit_at_edges(lambda x, t, r: so.l1_loss(x, t, reduction=r),
+                                 lambda x, t, r: F.l1_loss(x, t, reduction=r), edges, dtype)
