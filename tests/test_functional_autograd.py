@@ -282,7 +282,7 @@ def test_elementwise_flat_spans(name, shape):
 
 
 def test_sigmoid_far_tail_within_two_ulp_and_zero_past_flt_min():
-    # exp(-|x|) of the CPU kernels (csrc/cpu/loss_kernels_impl.h, exp_nonpos)
+    # exp(-|x|) of the CPU kernels (csrc/cpu/vec_ops.h, exp_nonpos_simd)
     # out to ln FLT_MIN: BCE's loss log1p(exp(-x)) and gradient -exp(-x) / (1 +
     # exp(-x)) at t = 1 against float64 (torch's own float64 gradient
     # cancels to 0 there). Past it both are 0, not denormal.
@@ -303,8 +303,8 @@ def test_sigmoid_far_tail_within_two_ulp_and_zero_past_flt_min():
 
 @pytest.mark.parametrize("t_value", [0.0, 1.0, 0.3])
 def test_softplus_terms_stay_within_a_few_ulp_of_torch(t_value):
-    # The CPU kernels' log1p(exp(-|x|)) is a short series (csrc/cpu/
-    # loss_kernels_impl.h, log1p_unit), not Sleef's log1p: BCE with logits
+    # The CPU kernels' log1p(exp(-|x|)) is a table and a short polynomial
+    # (csrc/cpu/vec_ops.h, log1p_unit_simd), not Sleef's log1p: BCE with logits
     # against torch's float32 and float64 over a wide range of logits.
     x = torch.cat([torch.linspace(-30, 30, 200001), torch.logspace(-8, 1.5, 20000),
                    -torch.logspace(-8, 1.5, 20000)]).float()
@@ -325,3 +325,13 @@ def test_softplus_terms_stay_within_a_few_ulp_of_torch(t_value):
     assert err.max() <= 5 * ulp, err.max()
     torch.testing.assert_close(ours.detach(), ref32, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g.double(), g64, rtol=1e-6, atol=1e-7)
+
+
+def test_softplus_at_zero_logits_is_torchs_ln2():
+    # At x = 0, and where 1 + exp(-|x|) rounds to 2, log1p takes its own table
+    # entry (c = 2, csrc/cpu/vec_ops.h, log1p_unit_simd): ln 2 as torch gives it.
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-9, -1e-9, 1e-20, -1e-20] * 4)
+    t = torch.tensor([0.0, 1.0] * 16)
+    ours = swo.binary_cross_entropy_with_logits(x, t, reduction="none")
+    want = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
+    assert torch.equal(ours, want), (ours - want).abs().max()
