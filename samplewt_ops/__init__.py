@@ -11,7 +11,8 @@ from . import functional, modules, reference, weights
 from ._loader import backend, empty_cache
 from ._validation import set_validation
 from .functional import *  # noqa: F401,F403  (one function per loss)
-from .linear import LinearCrossEntropyLoss, LinearFocalLoss, linear_cross_entropy, linear_focal_loss
+from .linear import linear_cross_entropy, linear_focal_loss
+from .linear_modules import LinearCrossEntropyLoss, LinearFocalLoss
 from .modules import *  # noqa: F401,F403  (one module per loss)
 from .data import IndexedDataset
 from .samplers import AdaptiveSampler, DistributedAdaptiveSampler

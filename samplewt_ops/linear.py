@@ -9,7 +9,7 @@ gradients of input, linear_weight and linear_bias. Peak extra memory is one
 chunk x V buffer (plus O(N + V), and a float32 copy of linear_weight's
 gradient for half/bfloat16), never N x V. The ops and their autograd are C++
 (csrc/linear_loss.cpp); this module checks arguments, flattens (B, T, D)
-inputs, registers the fake kernels and holds the modules.
+inputs, registers the fake kernels; linear_modules.py holds the modules.
 
 Two extras of large-vocabulary training:
 
@@ -22,17 +22,16 @@ Two extras of large-vocabulary training:
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import _loader
 from . import _validation as V
 
-__all__ = ["linear_cross_entropy", "linear_focal_loss", "LinearCrossEntropyLoss", "LinearFocalLoss"]
+__all__ = ["linear_cross_entropy", "linear_focal_loss"]
 
 _REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 
@@ -317,29 +316,172 @@ def _table_loss(focal, table, indices, input, linear_weight, target, linear_bias
     return weighted.sum() / share.sum().to(weighted.dtype)
 
 
+class _ShapeError(ValueError, RuntimeError):
+    """A bad shape or combination of arguments: a ValueError, as this
+    package's checks raise, and a RuntimeError, as torch's
+    F.linear_cross_entropy raises for the same call."""
+
+
+def _check_options(op, options):
+    """torch's LinearCrossEntropyOptions, or None (see linear_cross_entropy)."""
+    options_type = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    if options is None or (options_type is not None and isinstance(options, options_type)):
+        return
+    raise TypeError(f"{op}: options must be None or a torch.nn.LinearCrossEntropyOptions, "
+                    f"got {type(options).__name__}")
+
+
+def _dispatch(focal, input, linear_weight, target, linear_bias, class_weight, sample_weight,
+              ignore_index, reduction, label_smoothing, gamma, z_loss, softcap, chunk_size, table,
+              indices):
+    """torch's forms of the call (see linear_cross_entropy): class indices with
+    a (V, D) head take the fused ops, an unbatched (D,) input as a batch of
+    one; probability targets and K-dimensional heads the logits path."""
+    op = "samplewt_ops.linear_focal_loss" if focal else "samplewt_ops.linear_cross_entropy"
+    for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
+        _check_tensor(t, name)
+    if input.dim() == 0:
+        raise _ShapeError(f"{op}: expected input with dimensionality 1, 2 or 3 ((D,), (N, D) or "
+                          f"(B, T, D)), got 0")
+    if linear_weight.dim() < 2:
+        raise _ShapeError(f"{op}: expected linear_weight with dimensionality at least 2 ((V, D) or "
+                          f"(V, d_1, ..., d_K, D)), got {linear_weight.dim()}")
+    d, v = input.shape[-1], linear_weight.shape[0]
+    if linear_weight.shape[-1] != d:
+        raise _ShapeError(f"{op}: expected equal input and linear_weight last dimensions "
+                          f"(in_features), got {d} and {linear_weight.shape[-1]}, respectively "
+                          f"(input has D={d} features, linear_weight D={linear_weight.shape[-1]})")
+    out_features = tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None:
+        _check_tensor(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (v, *out_features):
+            raise _ShapeError(f"{op}: expected linear_bias shape {(v, *out_features)}, "
+                              f"got {tuple(linear_bias.shape)}")
+    if out_features and input.dim() != 2:
+        raise _ShapeError(f"{op}: K-dimensional loss defined by linear_weight shape "
+                          f"{tuple(linear_weight.shape)} requires batched input, (N, {d}), got "
+                          f"input with shape {tuple(input.shape)}")
+    # torch's test: a target of the logits' shape holds class probabilities.
+    probabilities = tuple(target.shape) == (*input.shape[:-1], v, *out_features)
+    if probabilities and ignore_index is not None:
+        raise _ShapeError(f"{op}: ignore_index cannot be specified when target contains "
+                          f"probabilities")
+    ignore_index = -100 if ignore_index is None else ignore_index
+    if out_features or probabilities:
+        return _logits_loss(op, focal, probabilities, input, linear_weight, target, linear_bias,
+                            class_weight, sample_weight, ignore_index, reduction, label_smoothing,
+                            gamma, z_loss, softcap, table, indices)
+    if input.dim() == 1:
+        if target.dim() != 0:
+            raise _ShapeError(f"{op}: an unbatched input (D,) takes a 0-d target, got shape "
+                              f"{tuple(target.shape)}")
+        if sample_weight is not None:
+            _check_tensor(sample_weight, "sample_weight")
+            if sample_weight.dim() != 0:
+                raise _ShapeError(f"{op}: sample_weight must have target's shape (), got "
+                                  f"{tuple(sample_weight.shape)}")
+            sample_weight = sample_weight.reshape(1)
+        if isinstance(indices, Tensor) and indices.dim() == 0:
+            indices = indices.reshape(1)
+        loss = _run(focal, input.unsqueeze(0), linear_weight, target.reshape(1), linear_bias,
+                    class_weight, sample_weight, ignore_index, reduction, label_smoothing, gamma,
+                    z_loss, softcap, chunk_size, table, indices)
+        return loss.reshape(()) if reduction == "none" else loss
+    return _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_weight,
+                ignore_index, reduction, label_smoothing, gamma, z_loss, softcap, chunk_size, table,
+                indices)
+
+
+def _logits_loss(op, focal, probabilities, input, linear_weight, target, linear_bias, class_weight,
+                 sample_weight, ignore_index, reduction, label_smoothing, gamma, z_loss, softcap,
+                 table, indices):
+    """The forms the fused ops do not take, as torch's F.linear_cross_entropy
+    computes them too: the logits (N, V, d_1..d_K) or (rows, V), then
+    samplewt_ops.cross_entropy / focal_loss, sample_weight one per row."""
+    from . import functional as F
+
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"{op}: input must be floating point, got {input.dtype}")
+    for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"{op}: {name} must have input's dtype {input.dtype}, got {t.dtype}")
+    if probabilities and focal:
+        raise TypeError(f"{op}: target must hold class indices; got the logits' shape "
+                        f"{tuple(target.shape)} (class probabilities)")
+    d, v = input.shape[-1], linear_weight.shape[0]
+    out_features = tuple(linear_weight.shape[1:-1])
+    batch = tuple(input.shape[:-1])
+    if sample_weight is not None:
+        _check_tensor(sample_weight, "sample_weight")
+        if tuple(sample_weight.shape) != batch:
+            raise _ShapeError(f"{op}: sample_weight must have one weight per row of input, shape "
+                              f"{batch}, got {tuple(sample_weight.shape)}")
+    if table is not None and input.dim() == 3:
+        raise _ShapeError(f"{op}: a table with a (B, T, D) input takes class indices, not "
+                          f"probabilities")
+    logits = torch.nn.functional.linear(
+        input.reshape(-1, d), linear_weight.reshape(-1, d),
+        None if linear_bias is None else linear_bias.reshape(-1))
+    if out_features:
+        logits, t = logits.reshape(input.shape[0], v, *out_features), target
+        sw = sample_weight
+    else:  # probabilities: one row of logits per row of input
+        t = target.reshape(-1, v)
+        sw = None if sample_weight is None else sample_weight.reshape(-1)
+    kw = {} if table is None and indices is None else {"table": table, "indices": indices}
+    if focal:
+        loss = F.focal_loss(logits, t, gamma=gamma, alpha=class_weight, sample_weight=sw,
+                            ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+                            softcap=softcap, **kw)
+    else:
+        loss = F.cross_entropy(logits, t, weight=class_weight, sample_weight=sw,
+                               ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                               **kw)
+    return loss.reshape(batch) if reduction == "none" and not out_features else loss
+
+
 def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
                          linear_bias: Optional[Tensor] = None, weight: Optional[Tensor] = None,
-                         sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
+                         sample_weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: Optional[float] = None, chunk_size: Optional[int] = None,
-                         table=None, indices: Optional[Tensor] = None) -> Tensor:
+                         table=None, indices: Optional[Tensor] = None, options=None) -> Tensor:
     """Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the N x V logits.
 
-    input is (N, D) or (B, T, D), linear_weight (V, D), linear_bias (V,),
-    target (N,) or (B, T) class indices, sample_weight target's shape
-    (per-token weights). ``weight``, ``ignore_index``, ``reduction`` and
-    ``label_smoothing`` are those of :func:`samplewt_ops.cross_entropy` (and
-    of torch's ``F.linear_cross_entropy``): the result equals
-    ``samplewt_ops.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)``.
-    ``softcap`` (> 0) caps the logits as ``softcap * tanh(logits / softcap)``;
-    ``z_loss`` (>= 0) adds ``z_loss * logsumexp(logits)**2`` per token,
-    weighted and reduced like the cross-entropy term. ``chunk_size`` rows are
-    processed at a time (default: a chunk x V buffer of at most 32 MiB, a
-    multiple of 64 rows where it holds that many).
-    ``table`` (an :class:`~samplewt_ops.weights.AdaptiveWeights`) and
-    ``indices`` weight the samples as in :func:`samplewt_ops.cross_entropy`:
-    the samples are input's first dimension (tokens of (N, D), sequences of
-    (B, T, D)), and the table's weights multiply ``sample_weight``.
+    loss_i = sw_i * (logsumexp(z_i) - z_i[y_i]) with z_i = x_i W^T + b, reduced
+    as :func:`samplewt_ops.cross_entropy` reduces it. The result equals
+    ``samplewt_ops.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)``
+    and, with ``sample_weight=None``, torch's ``F.linear_cross_entropy`` with
+    the same arguments, in every form that one takes:
+
+    - input (N, D), (D,) unbatched, or (B, T, D); linear_weight (V, D),
+      linear_bias (V,), target class indices of input's shape without D;
+    - class probabilities as target (input's shape without D, then V): torch's
+      test, target.shape == the logits' shape; ``ignore_index`` must then stay None;
+    - a K-dimensional loss: linear_weight (V, d_1..d_K, D), linear_bias
+      (V, d_1..d_K), input (N, D), target (N, d_1..d_K) or (N, V, d_1..d_K).
+
+    Class indices with a (V, D) head take the fused ops: one chunk x V buffer at a
+    time, never N x V. Probability targets and K-dimensional heads compute the
+    logits, as torch's own function does for them, and go through
+    :func:`samplewt_ops.cross_entropy`.
+
+    ``sample_weight`` has one weight per row of input (input's shape without
+    D: per token). ``weight``, ``ignore_index`` (None: -100 for class
+    indices), ``reduction`` and ``label_smoothing`` are those of
+    :func:`samplewt_ops.cross_entropy`. ``softcap`` (> 0) caps the logits as
+    ``softcap * tanh(logits / softcap)``; ``z_loss`` (>= 0) adds
+    ``z_loss * logsumexp(logits)**2`` per token, weighted and reduced like the
+    cross-entropy term. ``chunk_size`` rows are processed at a time (default:
+    a chunk x V buffer of at most 32 MiB, a multiple of 64 rows where it
+    holds that many). ``options`` is torch's ``LinearCrossEntropyOptions``
+    (or None), accepted for drop-in use: it picks torch's chunking, and this
+    function always chunks its own way. ``table`` (an
+    :class:`~samplewt_ops.weights.AdaptiveWeights`) and ``indices`` weight the
+    samples as in :func:`samplewt_ops.cross_entropy`: the samples are input's
+    first dimension (tokens of (N, D), sequences of (B, T, D)), and the
+    table's weights multiply ``sample_weight``.
 
     Example:
         >>> x = torch.randn(2, 16, 64, requires_grad=True)       # (B, T, D) hidden states
@@ -348,13 +490,15 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         >>> loss = samplewt_ops.linear_cross_entropy(x, head, y, sample_weight=torch.rand(2, 16))
         >>> loss.backward()
     """
-    return _run(False, input, linear_weight, target, linear_bias, weight, sample_weight, ignore_index,
-                reduction, label_smoothing, 0.0, z_loss, softcap, chunk_size, table, indices)
+    _check_options("samplewt_ops.linear_cross_entropy", options)
+    return _dispatch(False, input, linear_weight, target, linear_bias, weight, sample_weight,
+                     ignore_index, reduction, label_smoothing, 0.0, z_loss, softcap, chunk_size,
+                     table, indices)
 
 
 def linear_focal_loss(input: Tensor, linear_weight: Tensor, target: Tensor, *, gamma: float = 2.0,
                       alpha=None, linear_bias: Optional[Tensor] = None,
-                      sample_weight: Optional[Tensor] = None, ignore_index: int = -100,
+                      sample_weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
                       reduction: str = "mean", z_loss: float = 0.0, softcap: Optional[float] = None,
                       chunk_size: Optional[int] = None, table=None,
                       indices: Optional[Tensor] = None) -> Tensor:
@@ -363,90 +507,23 @@ def linear_focal_loss(input: Tensor, linear_weight: Tensor, target: Tensor, *, g
     Equals ``samplewt_ops.focal_loss(F.linear(input, linear_weight, linear_bias), target,
     gamma=gamma, alpha=alpha, ...)``; ``alpha`` is None, a float or a (V,)
     tensor. Everything else as :func:`linear_cross_entropy` (z-loss weighted
-    by ``alpha`` of the target class, like the focal term).
+    by ``alpha`` of the target class, like the focal term), the unbatched and
+    K-dimensional forms included; the target holds class indices.
+
+    Example:
+        >>> x = torch.randn(32, 64, requires_grad=True)
+        >>> head = torch.randn(1000, 64, requires_grad=True)
+        >>> loss = samplewt_ops.linear_focal_loss(x, head, torch.randint(0, 1000, (32,)), gamma=2.0)
     """
     if alpha is not None and not isinstance(alpha, Tensor):
         alpha_value = V.check_real(alpha, "alpha", finite=True)
         _check_tensor(linear_weight, "linear_weight")
-        if linear_weight.dim() == 2:
+        if linear_weight.dim() >= 2:
             dtype = torch.float64 if linear_weight.dtype == torch.float64 else torch.float32
             alpha = torch.full((linear_weight.shape[0],), alpha_value, dtype=dtype,
                                device=linear_weight.device)
-    return _run(True, input, linear_weight, target, linear_bias, alpha, sample_weight, ignore_index,
-                reduction, 0.0, gamma, z_loss, softcap, chunk_size, table, indices)
-
-
-# ---------------------------------------------------------------------------
-# Modules
-
-
-class _LinearLoss(nn.Module):
-    _cw_name = "weight"
-
-    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor,
-                sample_weight: Optional[Tensor] = None, linear_bias: Optional[Tensor] = None,
-                indices: Optional[Tensor] = None) -> Tensor:
-        kw = {} if self.table is None and indices is None else {"table": self.table, "indices": indices}
-        return self._call(input, linear_weight, target, sample_weight=sample_weight,
-                          linear_bias=linear_bias, **kw)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._scalars)
-
-
-class LinearCrossEntropyLoss(_LinearLoss):
-    """Module form of :func:`samplewt_ops.linear_cross_entropy`.
-
-    The constructor takes the keyword arguments (``weight`` is a buffer,
-    ``table`` an adaptive weight table); ``forward(input, linear_weight, target,
-    sample_weight=None, linear_bias=None, indices=None)``.
-    """
-
-    _scalars = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap", "chunk_size")
-
-    def __init__(self, *, weight: Optional[Tensor] = None, ignore_index: int = -100,
-                 reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                 softcap: Optional[float] = None, chunk_size: Optional[int] = None, table=None):
-        super().__init__()
-        self.table = table
-        self.register_buffer("weight", weight)
-        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
-        self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
-
-    def _call(self, input, linear_weight, target, **kw):
-        return linear_cross_entropy(input, linear_weight, target, weight=self.weight,
-                                    ignore_index=self.ignore_index, reduction=self.reduction,
-                                    label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-                                    softcap=self.softcap, chunk_size=self.chunk_size, **kw)
-
-
-class LinearFocalLoss(_LinearLoss):
-    """Module form of :func:`samplewt_ops.linear_focal_loss`.
-
-    The constructor takes the keyword arguments (a tensor ``alpha`` is a buffer,
-    ``table`` an adaptive weight table); ``forward(input, linear_weight, target,
-    sample_weight=None, linear_bias=None, indices=None)``.
-    """
-
-    _scalars = ("gamma", "ignore_index", "reduction", "z_loss", "softcap", "chunk_size")
-
-    def __init__(self, *, gamma: float = 2.0, alpha=None, ignore_index: int = -100,
-                 reduction: str = "mean", z_loss: float = 0.0, softcap: Optional[float] = None,
-                 chunk_size: Optional[int] = None, table=None):
-        super().__init__()
-        self.table = table
-        if isinstance(alpha, Tensor):
-            self.register_buffer("alpha", alpha)
-        else:
-            self.alpha = alpha
-        self.gamma, self.ignore_index, self.reduction = gamma, ignore_index, reduction
-        self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, chunk_size
-
-    def _call(self, input, linear_weight, target, **kw):
-        return linear_focal_loss(input, linear_weight, target, gamma=self.gamma, alpha=self.alpha,
-                                 ignore_index=self.ignore_index, reduction=self.reduction,
-                                 z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size,
-                                 **kw)
+    return _dispatch(True, input, linear_weight, target, linear_bias, alpha, sample_weight,
+                     ignore_index, reduction, 0.0, gamma, z_loss, softcap, chunk_size, table, indices)
 
 
 # ---------------------------------------------------------------------------
