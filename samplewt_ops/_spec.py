@@ -21,6 +21,7 @@ tests; its module, ``__all__`` and ``LOSS_NAMES`` follow from the entry.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
@@ -57,6 +58,10 @@ TABLE_MUTATED = ("table_ema", "seen_count", "stat_sum", "bin_ema", "bin_steps")
 # the one optional scalar: None turns it off.
 ROW_EXTRAS = {"z_loss": V.check_z_loss, "softcap": V.check_softcap}
 OPTIONAL_SCALARS = ("softcap",)
+# torch's deprecated reduction arguments, which its losses still take (by
+# position too): the public functions and modules take them where torch's
+# counterpart does and turn them into ``reduction`` as torch does, warning.
+LEGACY_REDUCTION = ("size_average", "reduce")
 # Element-wise ops also give d(loss)/d(target) from the same pass, on request.
 ELEMENTWISE_ARGS = {"compute_target_grad": "bool"}
 ELEMENTWISE_OUTPUTS = OUTPUTS + ("target_grad",)
@@ -70,7 +75,10 @@ class OpSpec:
     the order they are checked) to their checks: a scalar's as
     ``check(value)``, a tensor's as ``check(value, input, name)``.
     ``to_op`` maps an argument whose public form differs from the op's to
-    ``convert(value, input)``.
+    ``convert(value, input)``. ``positional`` lists, in order, the arguments
+    that torch's counterpart takes by position after input and target: the
+    reference's positional arguments with torch's LEGACY_REDUCTION ones among
+    them, so that a positional call of torch's function is one of ours.
     """
 
     name: str
@@ -88,6 +96,7 @@ class OpSpec:
     # as torch's counterpart gives it: "promote" (torch.result_type of both),
     # "target" (F.binary_cross_entropy_with_logits) or "input" (F.huber_loss).
     result_dtype: str = "promote"
+    positional: Tuple[str, ...] = ()
     doc: str = ""  # the public function's docstring
 
     def __post_init__(self):
@@ -97,6 +106,11 @@ class OpSpec:
                 or len(set(own)) < len(own) or set(own) & set(COMMON_ARGS) or set(self.to_op) - set(own)
                 or (self.rows and "ignore_index" not in self.scalars)):
             raise ValueError(f"samplewt_ops: inconsistent op spec of {self.name}: {self}")
+        ref = list(inspect.signature(self.reference).parameters.values())[2:]
+        by_position = [p.name for p in ref if p.kind is p.POSITIONAL_OR_KEYWORD]
+        if by_position != [n for n in self.positional if n not in LEGACY_REDUCTION]:
+            raise ValueError(f"samplewt_ops: {self.name}'s positional arguments {self.positional} "
+                             f"are not its reference's {by_position}")
 
     @property
     def rows(self) -> bool:
@@ -146,6 +160,7 @@ def _sigmoid_alpha(alpha, input):
 
 _SPEC_LIST = (
     OpSpec("cross_entropy", ROW, "CrossEntropyLoss", MEAN_CLASS_WEIGHT, reference.cross_entropy,
+           positional=("weight", "size_average", "ignore_index", "reduce", "reduction", "label_smoothing"),
            scalars={"label_smoothing": V.check_label_smoothing, "ignore_index": V.check_ignore_index,
                     **ROW_EXTRAS},
            tensors={"weight": V.per_class}, inplace=True, prob_targets=True,
@@ -206,6 +221,7 @@ _SPEC_LIST = (
     """),
     OpSpec("sigmoid_focal_loss", ELEMENTWISE, "SigmoidFocalLoss", MEAN_ELEMENTS,
            reference.sigmoid_focal_loss,
+           positional=("alpha", "gamma", "reduction"),
            scalars={"gamma": V.check_gamma, "alpha": V.check_sigmoid_alpha},
            to_op={"alpha": _sigmoid_alpha},
            doc=r"""Sigmoid focal loss, as torchvision.ops.sigmoid_focal_loss.
@@ -224,6 +240,7 @@ _SPEC_LIST = (
     """),
     OpSpec("binary_cross_entropy_with_logits", ELEMENTWISE, "BCEWithLogitsLoss", MEAN_ELEMENTS,
            reference.binary_cross_entropy_with_logits,
+           positional=("weight", "size_average", "reduce", "reduction", "pos_weight"),
            tensors={"weight": V.broadcastable, "pos_weight": V.broadcastable},
            result_dtype="target",
            doc=r"""BCE with logits and pos_weight, as F.binary_cross_entropy_with_logits.
@@ -239,6 +256,7 @@ _SPEC_LIST = (
         >>> samplewt_ops.binary_cross_entropy_with_logits(x, t, pos_weight=torch.full((80,), 9.0))
     """),
     OpSpec("mse_loss", ELEMENTWISE, "MSELoss", MEAN_WEIGHT, reference.mse_loss,
+           positional=("size_average", "reduce", "reduction", "weight"),
            tensors={"weight": V.same_shape},
            doc=r"""Squared error :math:`\ell = weight\,(x - t)^2`, as F.mse_loss.
 
@@ -251,6 +269,7 @@ _SPEC_LIST = (
         >>> samplewt_ops.mse_loss(pred, torch.randn(100, 16), sample_weight=torch.rand(100))
     """),
     OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
+           positional=("size_average", "reduce", "reduction", "weight"),
            tensors={"weight": V.same_shape},
            doc=r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
 
@@ -258,6 +277,7 @@ _SPEC_LIST = (
         >>> samplewt_ops.l1_loss(torch.randn(8, 3), torch.randn(8, 3), sample_weight=torch.rand(8))
     """),
     OpSpec("huber_loss", ELEMENTWISE, "HuberLoss", MEAN_ELEMENTS, reference.huber_loss,
+           positional=("reduction", "delta", "weight"),
            scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape},
            result_dtype="input",
            doc=r"""Huber loss, as F.huber_loss.

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from . import _loader, _ops
-from ._spec import SPECS
+from ._spec import LEGACY_REDUCTION, SPECS
 from ._validation import check_loss_args, check_sample_weight, num_classes, same_shape, tracing
 from .weights import driver
 
@@ -313,6 +313,25 @@ def renamed_table(kwargs: dict, owner: str):
     return _deprecated_table({"weights": kwargs.pop("weights")}, owner, "table" in kwargs, stacklevel=4)
 
 
+def _legacy_reduction(size_average=None, reduce=None) -> str:
+    """torch's deprecated size_average / reduce as a reduction, with torch's
+    own warning (torch.nn._reduction)."""
+    return torch.nn._reduction.legacy_get_string(size_average, reduce)
+
+
+def _torch_positional(spec, params: list) -> list:
+    """The reference's parameters with torch's deprecated reduction arguments
+    at the places spec.positional gives them (None: not given)."""
+    if not any(name in LEGACY_REDUCTION for name in spec.positional):
+        return params
+    by_name = {p.name: p for p in params}
+    legacy = {name: inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                      annotation="Optional[bool]")
+              for name in spec.positional if name in LEGACY_REDUCTION}
+    ordered = [*params[:2], *(legacy.get(name) or by_name[name] for name in spec.positional)]
+    return ordered + [p for p in params[2:] if p.name not in spec.positional]
+
+
 # Arguments that every loss takes, passed to _loss by position.
 _COMMON = ("input", "target", "sample_weight", "reduction")
 
@@ -331,7 +350,8 @@ def _public_loss(spec) -> Callable:
              inspect.Parameter("indices", kw, default=None, annotation="Optional[Tensor]")]
     if spec.inplace:
         extra.insert(0, inspect.Parameter("inplace_grad", kw, default=False, annotation="bool"))
-    params = [*ref.parameters.values(), *extra]
+    params = [*_torch_positional(spec, list(ref.parameters.values())), *extra]
+    legacy = [p.name for p in params if p.name in LEGACY_REDUCTION]
     defaults, text, star = {}, [], False
     for p in params:
         if p.kind is kw and not star:
@@ -345,8 +365,13 @@ def _public_loss(spec) -> Callable:
     own = ", ".join(f"{p.name}={p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
     own_dict = ", ".join(f"{p.name!r}: {p.name}" for p in ref.parameters.values() if p.name not in _COMMON)
     plain = "not deprecated"
+    to_reduction = (
+        f"    if {' or '.join(f'{n} is not None' for n in legacy)}:\n"
+        f"        reduction = _legacy_reduction({', '.join(legacy)})\n"
+    ) if legacy else ""
     source = (
         f"def {spec.name}({', '.join(text)}, **deprecated):\n"
+        + to_reduction +
         f"    if {plain} and _COMPILED:\n"
         f"        loss = _fast_loss(_spec, input, target, sample_weight, reduction, {{{own_dict}}}, "
         f"table, indices{', inplace_grad' if spec.inplace else ''})\n"
@@ -358,7 +383,8 @@ def _public_loss(spec) -> Callable:
         f"{'inplace_grad' if spec.inplace else 'False'}, {own})\n"
     )
     namespace = {"_defaults": defaults, "_spec": spec, "_loss": _loss, "_fast_loss": _fast_loss,
-                 "_COMPILED": _loader.COMPILED, "_deprecated_table": _deprecated_table}
+                 "_COMPILED": _loader.COMPILED, "_deprecated_table": _deprecated_table,
+                 "_legacy_reduction": _legacy_reduction}
     exec(compile(source, f"<samplewt_ops.{spec.name}>", "exec"), namespace)
     fn = namespace[spec.name]
     fn.__module__ = __name__

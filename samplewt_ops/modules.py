@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import _loader
 from . import functional as F
-from ._spec import SPECS
+from ._spec import LEGACY_REDUCTION, SPECS
 
 __all__ = [spec.module for spec in SPECS.values()]
 
@@ -31,6 +31,11 @@ class _WeightedLoss(nn.Module):
         super().__init__()
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
+        # torch's deprecated size_average / reduce set the reduction once, as
+        # torch.nn's _Loss does; the module keeps only the reduction.
+        legacy = [bound.arguments.pop(name) for name in LEGACY_REDUCTION if name in bound.arguments]
+        if any(value is not None for value in legacy):
+            bound.arguments["reduction"] = F._legacy_reduction(*legacy)
         # Every argument is an attribute, as in torch.nn's losses (loss.reduction,
         # loss.ignore_index, ...); tensors are buffers (None allowed) so that
         # .to() moves them, and changing an attribute changes the next call.
@@ -108,7 +113,7 @@ def _module(spec) -> type:
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{spec.module}.__init__"
     doc = spec.module_doc or f"Module form of :func:`samplewt_ops.{spec.name}`."
-    names = tuple(p.name for p in params)
+    names = tuple(p.name for p in params if p.name not in LEGACY_REDUCTION)
     return type(spec.module, (_WeightedLoss,), {
         "__init__": __init__, "forward": _forward(spec, names, tuple(spec.tensors)),
         "__doc__": doc, "__module__": __name__,

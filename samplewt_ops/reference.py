@@ -230,11 +230,11 @@ def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Optional[Tensor] = None,
-    *,
-    sample_weight: Optional[Tensor] = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    *,
+    sample_weight: Optional[Tensor] = None,
     z_loss: float = 0.0,
     softcap: Optional[float] = None,
 ) -> Tensor:
@@ -399,11 +399,11 @@ def _elementwise_end(input, target, sample_weight, broadcast=False, **weights):
 def sigmoid_focal_loss(
     input: Tensor,
     target: Tensor,
-    *,
     alpha: Optional[float] = 0.25,
     gamma: float = 2.0,
-    sample_weight: Optional[Tensor] = None,
     reduction: str = "none",
+    *,
+    sample_weight: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Sigmoid (binary / multi-label) focal loss, as torchvision defines it.
 
@@ -445,10 +445,10 @@ def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
     weight: Optional[Tensor] = None,
-    *,
-    pos_weight: Optional[Tensor] = None,
-    sample_weight: Optional[Tensor] = None,
     reduction: str = "mean",
+    pos_weight: Optional[Tensor] = None,
+    *,
+    sample_weight: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Binary cross-entropy on logits, with ``weight`` and ``pos_weight``.
 
@@ -499,8 +499,8 @@ def _regression(formula, input, target, weight, sample_weight, reduction, mean_o
     return _reduce(loss, count, sample_weight, reduction).to(input.dtype)
 
 
-def mse_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
-             sample_weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", weight: Optional[Tensor] = None,
+             *, sample_weight: Optional[Tensor] = None) -> Tensor:
     r"""Mean squared error ``l = v * (x - t)**2`` (``v`` = weight, input's shape).
 
     "mean": ``sum l / numel`` without weight, ``sum l / sum v`` with weight
@@ -519,8 +519,8 @@ def mse_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
     return _regression(lambda d: d * d, input, target, weight, sample_weight, reduction, True)
 
 
-def l1_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
-            sample_weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", weight: Optional[Tensor] = None,
+            *, sample_weight: Optional[Tensor] = None) -> Tensor:
     r"""Absolute error ``l = v * |x - t|`` (``v`` = weight, input's shape).
 
     Reductions as :func:`mse_loss` ("mean" with weight divides by
@@ -538,8 +538,8 @@ def l1_loss(input: Tensor, target: Tensor, *, weight: Optional[Tensor] = None,
     return _regression(torch.abs, input, target, weight, sample_weight, reduction, True)
 
 
-def huber_loss(input: Tensor, target: Tensor, *, delta: float = 1.0, weight: Optional[Tensor] = None,
-               sample_weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
+               weight: Optional[Tensor] = None, *, sample_weight: Optional[Tensor] = None) -> Tensor:
     r"""Huber loss with threshold ``delta`` > 0, ``d = x - t``::
 
         l = v * (0.5 d**2              if |d| < delta

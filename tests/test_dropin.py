@@ -2,6 +2,8 @@
 promotion, broadcasting (refused on purpose, with a clear error), 0-dim and
 empty inputs, non-contiguous and expanded tensors, no_grad and inference
 mode, and the modules' attributes, repr and state_dict."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -248,3 +250,88 @@ def test_l1_gradient_is_torchs_bit_for_bit_at_its_edges(dtype):
              -float(torch.finfo(dtype).max), 1.0, -1.0]
     _assert_bit_for_bit_at_edges(lambda x, t, r: so.l1_loss(x, t, reduction=r),
                                  lambda x, t, r: F.l1_loss(x, t, reduction=r), edges, dtype)
+
+
+# torch's counterparts of the functions and modules, for their signatures.
+TORCH_FUNCTIONS = {"cross_entropy": F.cross_entropy, **{k: v[1] for k, v in ELEMENTWISE.items()}}
+TORCH_MODULES = {"CrossEntropyLoss": torch.nn.CrossEntropyLoss, "MSELoss": torch.nn.MSELoss,
+                 "L1Loss": torch.nn.L1Loss, "HuberLoss": torch.nn.HuberLoss,
+                 "BCEWithLogitsLoss": torch.nn.BCEWithLogitsLoss}
+
+
+def _positional(fn, skip):
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+@pytest.mark.parametrize("name", list(TORCH_FUNCTIONS))
+def test_positional_arguments_are_torchs(name):
+    """torch's positional parameters, in its order, with its defaults; ours
+    may follow with more (never before)."""
+    theirs = _positional(TORCH_FUNCTIONS[name], 2)
+    assert _positional(getattr(so, name), 2)[:len(theirs)] == theirs
+    ours_p, theirs_p = inspect.signature(getattr(so, name)).parameters, \
+        inspect.signature(TORCH_FUNCTIONS[name]).parameters
+    assert all(ours_p[p].default == theirs_p[p].default for p in theirs)
+
+
+@pytest.mark.parametrize("name", list(TORCH_MODULES))
+def test_module_positional_arguments_are_torchs(name):
+    theirs = _positional(TORCH_MODULES[name].__init__, 1)
+    assert _positional(getattr(so, name), 0)[:len(theirs)] == theirs
+
+
+def test_sigmoid_focal_loss_positional_arguments_are_torchvisions():
+    # torchvision.ops.sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none")
+    assert _positional(so.sigmoid_focal_loss, 2) == ["alpha", "gamma", "reduction"]
+    x, t = torch.randn(6, 4), torch.rand(6, 4)
+    torch.testing.assert_close(so.sigmoid_focal_loss(x, t, 0.5, 1.0, "sum"),
+                               so.sigmoid_focal_loss(x, t, alpha=0.5, gamma=1.0, reduction="sum"))
+
+
+def _calls(x, t, y, w, c):
+    """(name, positional arguments after input and target) as torch takes them."""
+    return [
+        ("cross_entropy", (x, y, w, None, 2, None, "sum", 0.1)),
+        ("binary_cross_entropy_with_logits", (x, t, w[None], None, None, "sum", c)),
+        ("mse_loss", (x, t, None, None, "sum")),
+        ("l1_loss", (x, t, None, None, "none")),
+        ("huber_loss", (x, t, "sum", 0.5)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_positional_calls_give_torchs_value(case):
+    g = torch.Generator().manual_seed(case)
+    x = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    t, y = torch.rand(8, 5, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g)
+    w, c = torch.rand(5, generator=g, dtype=torch.float64), torch.rand(5, generator=g, dtype=torch.float64)
+    name, args = _calls(x, t, y, w, c)[case]
+    torch.testing.assert_close(getattr(so, name)(*args), TORCH_FUNCTIONS[name](*args))
+
+
+@pytest.mark.parametrize("size_average,reduce", [(None, False), (True, None), (False, None),
+                                                  (False, True), (True, False)])
+@pytest.mark.parametrize("name", [n for n, f in TORCH_FUNCTIONS.items()
+                                  if "size_average" in inspect.signature(f).parameters])
+def test_deprecated_size_average_and_reduce_are_torchs(name, size_average, reduce):
+    x = torch.randn(8, 5, dtype=torch.float64)
+    t = torch.randint(0, 5, (8,)) if name == "cross_entropy" else torch.rand(8, 5, dtype=torch.float64)
+    kw = dict(size_average=size_average, reduce=reduce)
+    with pytest.warns(UserWarning, match="deprecated"):
+        got = getattr(so, name)(x, t, **kw, sample_weight=None)
+    with pytest.warns(UserWarning):
+        want = TORCH_FUNCTIONS[name](x, t, **kw)
+    torch.testing.assert_close(got, want)
+    module = next(m for m, cls in TORCH_MODULES.items() if getattr(so, m)._fn is getattr(so, name))
+    with pytest.warns(UserWarning, match="deprecated"):
+        ours = getattr(so, module)(**kw)
+    with pytest.warns(UserWarning):
+        theirs = TORCH_MODULES[module](**kw)
+    assert ours.reduction == theirs.reduction and not hasattr(ours, "size_average")
+    torch.testing.assert_close(ours(x, t), theirs(x, t))
+
+
+def test_huber_loss_takes_no_deprecated_reduction_arguments():
+    with pytest.raises(TypeError, match="size_average"):
+        so.huber_loss(torch.randn(3), torch.randn(3), size_average=True)

@@ -35,8 +35,14 @@ def test_public_function_is_made_from_its_spec(name):
     ref = inspect.signature(spec.reference).parameters
     public = inspect.signature(fn).parameters
     extra = (["inplace_grad"] if spec.inplace else []) + ["table", "indices"]
-    assert list(public) == list(ref) + extra
+    legacy = [p for p in spec.positional if p in _spec.LEGACY_REDUCTION]
+    # The reference's arguments, torch's deprecated reduction ones among them
+    # at spec.positional's places, then the extras.
+    assert [p for p in public if p not in legacy] == list(ref) + extra
+    by_position = [p for p, v in public.items() if v.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert by_position == ["input", "target", *spec.positional]
     assert all(public[p].default == ref[p].default and public[p].kind == ref[p].kind for p in ref)
+    assert all(public[p].default is None for p in legacy)
     assert all(public[p].kind is inspect.Parameter.KEYWORD_ONLY for p in extra)
     assert fn.__doc__ == spec.doc and "Example" in fn.__doc__ and fn.__name__ == name
     assert fn.__module__ == "samplewt_ops.functional"
