@@ -17,7 +17,7 @@ PYTHON := $(VENV)/bin/python
 # pin; a venv that already has a torch keeps it.
 TORCH_SPEC ?= torch==2.13.0
 DEPS := $(VENV)/.deps-installed
-TEST_DEPS := setuptools wheel ninja pytest expecttest
+TEST_DEPS := setuptools wheel ninja pytest expecttest numpy
 # make bench's extras (pyproject's [bench]): charts, and the digits dataset.
 BENCH_DEPS := matplotlib scikit-learn
 ARGS ?=

@@ -2,7 +2,8 @@
 of the torch.nn.functional losses we replace and every ModuleInfo sample of
 their modules gives torch's value and gradients (torch.testing's default
 tolerances), or, in bfloat16, a value no further from the float64 answer than
-torch's own. torch.testing._internal needs expecttest (make test installs it)."""
+torch's own. torch.testing._internal needs expecttest and numpy (make test
+and make test-cuda-build install them)."""
 import warnings
 
 import pytest
@@ -12,6 +13,7 @@ import samplewt_ops
 from samplewt_ops import _loader
 
 pytest.importorskip("expecttest")
+pytest.importorskip("numpy")
 from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402
 from torch.testing._internal.common_modules import module_db  # noqa: E402
 
