@@ -33,9 +33,9 @@ class _WeightedLoss(nn.Module):
         bound.apply_defaults()
         # torch's deprecated size_average / reduce set the reduction once, as
         # torch.nn's _Loss does; the module keeps only the reduction.
-        legacy = [bound.arguments.pop(name) for name in LEGACY_REDUCTION if name in bound.arguments]
-        if any(value is not None for value in legacy):
-            bound.arguments["reduction"] = F._legacy_reduction(*legacy)
+        legacy = {name: bound.arguments.pop(name) for name in LEGACY_REDUCTION if name in bound.arguments}
+        if any(value is not None for value in legacy.values()):
+            bound.arguments["reduction"] = F._legacy_reduction(**legacy)
         # Every argument is an attribute, as in torch.nn's losses (loss.reduction,
         # loss.ignore_index, ...); tensors are buffers (None allowed) so that
         # .to() moves them, and changing an attribute changes the next call.
