@@ -177,8 +177,8 @@ void check_values(const Call& c, const Tensor& target, const Tensor& valid, int6
   const Tensor bad = valid.logical_and(target.lt(0).logical_or(target.ge(V)));
   if (bad.any().item<bool>()) {
     const int64_t i = bad.nonzero().select(1, 0)[0].item<int64_t>();
-    TORCH_CHECK_INDEX(false, "samplewt_ops.", op, ": target ", target[i].item<int64_t>(),
-                      " is out of bounds for ", V, " classes (the rows of linear_weight), at row ",
+    TORCH_CHECK_INDEX(false, "samplewt_ops.", op, ": Target ", target[i].item<int64_t>(),
+                      " is out of bounds for ", V, " classes (the rows of linear_weight), at target row ",
                       i);
   }
   const auto check_weight = [&](const optional<Tensor>& w, const char* name) {

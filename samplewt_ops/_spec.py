@@ -96,6 +96,9 @@ class OpSpec:
     # as torch's counterpart gives it: "promote" (torch.result_type of both),
     # "target" (F.binary_cross_entropy_with_logits) or "input" (F.huber_loss).
     result_dtype: str = "promote"
+    # torch's regression losses broadcast a target of another shape with
+    # input (with a warning) and read an integer target in input's dtype.
+    broadcast: bool = False
     positional: Tuple[str, ...] = ()
     doc: str = ""  # the public function's docstring
 
@@ -257,7 +260,7 @@ _SPEC_LIST = (
     """),
     OpSpec("mse_loss", ELEMENTWISE, "MSELoss", MEAN_WEIGHT, reference.mse_loss,
            positional=("size_average", "reduce", "reduction", "weight"),
-           tensors={"weight": V.same_shape},
+           tensors={"weight": V.same_shape}, broadcast=True,
            doc=r"""Squared error :math:`\ell = weight\,(x - t)^2`, as F.mse_loss.
 
     The mean is :math:`\sum_i w_i \sum_j \ell_{ij} / \sum_i w_i D_i`, where
@@ -270,7 +273,7 @@ _SPEC_LIST = (
     """),
     OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
            positional=("size_average", "reduce", "reduction", "weight"),
-           tensors={"weight": V.same_shape},
+           tensors={"weight": V.same_shape}, broadcast=True,
            doc=r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
 
     Example:
@@ -279,7 +282,7 @@ _SPEC_LIST = (
     OpSpec("huber_loss", ELEMENTWISE, "HuberLoss", MEAN_ELEMENTS, reference.huber_loss,
            positional=("reduction", "delta", "weight"),
            scalars={"delta": V.check_delta}, tensors={"weight": V.same_shape},
-           result_dtype="input",
+           result_dtype="input", broadcast=True,
            doc=r"""Huber loss, as F.huber_loss.
 
     .. math:: \ell = weight \cdot \begin{cases} \tfrac12 d^2 & |d| < \delta \\

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -29,6 +30,28 @@ from torch._subclasses.fake_tensor import is_fake
 
 REDUCTIONS = ("none", "mean", "sum")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# Where torch's counterpart raises RuntimeError for a bad argument and this
+# package's checks a ValueError or TypeError, the error is both, and its
+# message starts with torch's words: code written against torch.nn catches it
+# and matches it as before.
+class ValueRuntimeError(ValueError, RuntimeError):
+    """A bad value or shape: torch's RuntimeError for the same call."""
+
+
+class TypeRuntimeError(TypeError, RuntimeError):
+    """A bad dtype: torch's RuntimeError for the same call."""
+
+
+# torch's names of the scalar types, as its messages spell them.
+_SCALAR_TYPE = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+                torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
+                torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool"}
+
+
+def scalar_type(dtype: torch.dtype) -> str:
+    return _SCALAR_TYPE.get(dtype, str(dtype).replace("torch.", ""))
 
 # ---------------------------------------------------------------------------
 # The validation switch
@@ -83,10 +106,12 @@ def _shape(t: Tensor) -> tuple:
 
 
 def check_reduction(reduction) -> str:
-    """Return ``reduction`` if it is "none", "mean" or "sum"; else ValueError."""
+    """Return ``reduction`` if it is "none", "mean" or "sum"; else ValueError
+    (torch's words first)."""
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(
-            f"reduction must be one of 'none', 'mean' or 'sum', got {reduction!r}"
+            f"{reduction} is not a valid value for reduction: it must be one of 'none', "
+            f"'mean' or 'sum', got {reduction!r}"
         )
     return reduction
 
@@ -192,21 +217,22 @@ def check_index_target(target, input: Tensor, *, ignore_index: int = -100,
     values to a caller that checks them itself (the compiled CPU kernels do).
     """
     check_tensor(target, name)
-    if target.dtype.is_floating_point or target.dtype.is_complex:
-        raise TypeError(
-            f"{name} must hold integer class indices of shape "
-            f"{_index_target_shape(input)} here, got a {target.dtype} tensor of shape "
-            f"{_shape(target)} (class-probability targets must have {input_name}'s "
-            f"shape {_shape(input)})"
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeRuntimeError(
+            f"expected {name} dtype to be Long or Byte, but got {scalar_type(target.dtype)}: "
+            f"{name} must hold integer class indices of shape {_index_target_shape(input)} "
+            f"here, got a {target.dtype} tensor of shape {_shape(target)} "
+            f"(class-probability targets must have {input_name}'s shape {_shape(input)})"
         )
-    if target.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype torch.bool")
     expected = _index_target_shape(input)
     if _shape(target) != expected:
-        raise ValueError(
-            f"{name} has shape {_shape(target)} but {input_name} of shape "
-            f"{_shape(input)} needs class-index targets of shape {expected}"
-        )
+        detail = (f"{name} has shape {_shape(target)} but {input_name} of shape "
+                  f"{_shape(input)} needs class-index targets of shape {expected}")
+        if input.dim() >= 2 and target.dim() >= 1 and target.shape[0] != input.shape[0]:
+            raise ValueError(f"Expected {input_name} batch_size ({input.shape[0]}) to match "
+                             f"{name} batch_size ({target.shape[0]}). {detail}")
+        raise ValueRuntimeError(f"Expected {name} size {list(expected)}, got "
+                                f"{list(target.shape)}: {detail}")
     if check_values and target.numel() > 0 and validation_enabled(target):
         c = num_classes(input)
         t = target.detach()
@@ -214,8 +240,8 @@ def check_index_target(target, input: Tensor, *, ignore_index: int = -100,
         if bool(bad.any()):
             value = int(t[bad].reshape(-1)[0])
             raise IndexError(
-                f"{name} contains class index {value}, out of range [0, {c}) and not "
-                f"ignore_index={ignore_index}"
+                f"Target {value} is out of bounds: {name} contains class index {value}, "
+                f"out of range [0, {c}) and not ignore_index={ignore_index}"
             )
     return target
 
@@ -230,7 +256,9 @@ def check_prob_target(target, input: Tensor, *, name: str = "target",
             f"{input_name}'s shape {_shape(input)}"
         )
     if target.dtype not in FLOAT_DTYPES:
-        raise TypeError(
+        raise TypeRuntimeError(
+            f"Expected floating point type for {name} with class probabilities, got "
+            f"{scalar_type(target.dtype)}: "
             f"{name} has {input_name}'s shape, so it is read as class probabilities and "
             f"must be floating point, got dtype {target.dtype} (class-index targets "
             f"have shape {_index_target_shape(input)})"
@@ -248,7 +276,8 @@ def check_class_target(target, input: Tensor, *, ignore_index: int, allow_prob: 
     if allow_prob and is_prob_target(input, target):
         check_prob_target(target, input)
         if ignore_index >= 0:
-            raise ValueError(
+            raise ValueRuntimeError(
+                f"ignore_index is not supported for floating point target: "
                 f"ignore_index={ignore_index} is not supported with class-probability "
                 f"targets (leave it negative)"
             )
@@ -263,9 +292,10 @@ def check_class_weight(weight, n_classes: int, name: str = "weight") -> Optional
         return None
     check_tensor(weight, name, floating=True)
     if _shape(weight) != (n_classes,):
-        raise ValueError(
-            f"{name} must have shape ({n_classes},), one value per class, got "
-            f"{_shape(weight)}"
+        raise ValueRuntimeError(
+            f"{name} tensor should be defined either for all {n_classes} classes or no "
+            f"classes but got {name} tensor of shape: {list(weight.shape)}: {name} must "
+            f"have shape ({n_classes},), one value per class"
         )
     return weight
 
@@ -315,17 +345,59 @@ def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[boo
 
 def check_elementwise_target(target, input: Tensor, *, name: str = "target",
                              input_name: str = "input") -> Tensor:
-    """Element-wise targets: floating point with exactly ``input``'s shape."""
+    """Element-wise targets: floating point with exactly ``input``'s shape
+    (F.binary_cross_entropy_with_logits's rule, and its ValueError)."""
     check_tensor(target, name)
     if target.dtype not in FLOAT_DTYPES:
-        raise TypeError(
+        raise TypeRuntimeError(
             f"{name} must be a floating-point tensor, got dtype {target.dtype}"
         )
     if _shape(target) != _shape(input):
         raise ValueError(
+            f"Target size ({target.size()}) must be the same as input size ({input.size()}): "
             f"{name} must have {input_name}'s shape {_shape(input)}, got {_shape(target)}"
         )
     return target
+
+
+def broadcast_regression(input: Tensor, target, *, name: str = "target",
+                         input_name: str = "input", stacklevel: int = 4):
+    """The operands of a regression loss (mse, l1, huber) as torch's take
+    them: an integer or bool ``target`` in ``input``'s dtype, and a target of
+    another shape broadcast with ``input`` (the loss then has the broadcast
+    shape), with torch's warning. Returns ``(input, target)``; shapes that do
+    not broadcast raise torch's RuntimeError (also a ValueError)."""
+    check_tensor(target, name)
+    if target.dtype.is_complex:
+        raise TypeRuntimeError(f"{name} must be a real tensor, got dtype {target.dtype}")
+    if not target.dtype.is_floating_point:
+        target = target.to(input.dtype)
+    if _shape(target) != _shape(input):
+        check_same_device(input=input, target=target)
+        if not tracing(input):
+            warnings.warn(
+                f"Using a target size ({target.size()}) that is different to the input size "
+                f"({input.size()}). This will likely lead to incorrect results due to "
+                f"broadcasting. Please ensure they have the same size.", stacklevel=stacklevel)
+        try:
+            input, target = torch.broadcast_tensors(input, target)
+        except RuntimeError as e:
+            raise ValueRuntimeError(f"{e}: {name} of shape {_shape(target)} does not broadcast "
+                                    f"with {input_name}'s shape {_shape(input)}") from None
+    return input, target
+
+
+def _broadcast_mismatch(a: Tensor, b: Tensor) -> str:
+    """torch's words for shapes that do not broadcast: the first size of ``a``
+    that differs from ``b``'s and is not 1, counting from the last."""
+    ndim = max(a.dim(), b.dim())
+    for k in range(1, ndim + 1):
+        sa = a.shape[-k] if k <= a.dim() else 1
+        sb = b.shape[-k] if k <= b.dim() else 1
+        if sa != sb and sa != 1 and sb != 1:
+            return (f"The size of tensor a ({sa}) must match the size of tensor b ({sb}) at "
+                    f"non-singleton dimension {ndim - k}")
+    return f"tensor a of shape {_shape(a)} does not broadcast to tensor b of shape {_shape(b)}"
 
 
 def check_elementwise_weight(weight, input: Tensor, *, name: str = "weight",
@@ -345,9 +417,9 @@ def check_elementwise_weight(weight, input: Tensor, *, name: str = "weight",
                     ok = False
                     break
         if not ok:
-            raise ValueError(
-                f"{name} of shape {_shape(weight)} cannot be broadcast to {input_name}'s "
-                f"shape {_shape(input)}"
+            raise ValueRuntimeError(
+                f"{_broadcast_mismatch(weight, input)}: {name} of shape {_shape(weight)} "
+                f"cannot be broadcast to {input_name}'s shape {_shape(input)}"
             )
     elif _shape(weight) != _shape(input):
         raise ValueError(
@@ -377,7 +449,7 @@ def check_real(value, name: str, *, lo=None, hi=None, lo_open: bool = False,
     (dynamic=True) turns the number into a symbolic float.
     """
     if isinstance(value, bool) or not isinstance(value, (numbers.Real,) + _SYM_NUMBERS):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a float or int, got: {type(value)}")
     original = value
     if isinstance(value, numbers.Real):
         value = float(value)
@@ -396,7 +468,7 @@ def check_label_smoothing(label_smoothing) -> float:
     """label_smoothing must be a real number in [0, 1]."""
     value = check_real(label_smoothing, "label_smoothing")
     if not (0.0 <= value and value <= 1.0):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
+        raise ValueRuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {value}")
     return value
 
 
@@ -431,11 +503,12 @@ def check_softcap(softcap) -> Optional[float]:
 
 
 def check_delta(delta) -> float:
-    """delta (Huber threshold) must be a finite real number > 0."""
-    value = check_real(delta, "delta")
-    if not value > 0.0 or _is_inf(value):
-        raise ValueError(f"delta must be finite and > 0, got {value}")
-    return value
+    """delta (Huber threshold) must be a real number > 0 (infinity: the loss is
+    d**2 / 2 everywhere), as F.huber_loss has it."""
+    if isinstance(delta, numbers.Real) and not isinstance(delta, bool) and not delta > 0:
+        raise ValueRuntimeError(f"huber_loss does not support non-positive values for delta. "
+                                f"delta must be > 0, got {delta!r}")
+    return check_real(delta, "delta")
 
 
 def check_focal_alpha(alpha, n_classes: int, name: str = "alpha"):
@@ -511,6 +584,8 @@ def check_loss_args(spec, input, target, sample_weight, reduction, args: dict, *
         check_class_input(input)
     else:
         check_input(input, "input")
+    if spec.broadcast:
+        input, target = broadcast_regression(input, target, stacklevel=5)
     check_tensor(target, "target")
     args = dict(args)
     for name, check in spec.scalars.items():

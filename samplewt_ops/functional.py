@@ -251,6 +251,7 @@ def _loss(spec, input, target, sample_weight, reduction, table, indices,
     # kernel's O(N) pre-pass, in the reference, or here for other kernels.
     call = check_loss_args(spec, input, target, sample_weight, reduction, args,
                            check_values=kernel and input.device.type != "cpu")
+    input, target = call.input, call.target  # the regression losses broadcast them
     if spec.result_dtype != "input" and target.dtype != input.dtype and target.dtype.is_floating_point:
         dtype = target.dtype if spec.result_dtype == "target" else torch.result_type(input, target)
         if dtype != input.dtype:

@@ -71,8 +71,13 @@ def _check_args(op, input, linear_weight, target, linear_bias, class_weight, cw_
             raise ValueError(f"{op}: linear_bias must have shape ({v},), got {tuple(linear_bias.shape)}")
         if linear_bias.dtype != input.dtype:
             raise TypeError(f"{op}: linear_bias must have input's dtype {input.dtype}, got {linear_bias.dtype}")
+    if target.dim() >= 1 and target.shape[0] != input.shape[0]:
+        raise ValueError(f"{op}: Expected input batch_size ({input.shape[0]}) to match target "
+                         f"batch_size ({target.shape[0]}).")
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"{op}: target must hold class indices (an integer tensor), got {target.dtype}")
+        raise V.TypeRuntimeError(f"{op}: expected target dtype to be Long or Byte, but got "
+                                 f"{V.scalar_type(target.dtype)}: target must hold class indices "
+                                 f"(an integer tensor), got {target.dtype}")
     if tuple(target.shape) != tuple(input.shape[:-1]):
         raise ValueError(f"{op}: target must have shape {tuple(input.shape[:-1])} (input's without D), "
                          f"got {tuple(target.shape)}")
@@ -81,7 +86,9 @@ def _check_args(op, input, linear_weight, target, linear_bias, class_weight, cw_
         if not class_weight.dtype.is_floating_point:
             raise TypeError(f"{op}: {cw_name} must be floating point, got {class_weight.dtype}")
         if tuple(class_weight.shape) != (v,):
-            raise ValueError(f"{op}: {cw_name} must have shape ({v},), got {tuple(class_weight.shape)}")
+            raise V.ValueRuntimeError(f"{op}: {cw_name} tensor should be defined either for all {v} "
+                                      f"classes or no classes but got {cw_name} tensor of shape: "
+                                      f"{list(class_weight.shape)}")
     if sample_weight is not None:
         _check_tensor(sample_weight, "sample_weight")
         if not sample_weight.dtype.is_floating_point:
@@ -117,8 +124,8 @@ def _check_values(op, target, ignore_index, v, class_weight, cw_name, sample_wei
     bad = (t != ignore_index) & ((t < 0) | (t >= v))
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise IndexError(f"{op}: target {int(t[i])} is out of bounds for {v} classes "
-                         f"(the rows of linear_weight), at position {i}")
+        raise IndexError(f"{op}: Target {int(t[i])} is out of bounds for {v} classes "
+                         f"(the rows of linear_weight), at position {i} of target")
     for name, w in ((cw_name, class_weight), ("sample_weight", sample_weight)):
         if w is not None and w.numel() and not bool((torch.isfinite(w) & (w >= 0)).all()):
             raise ValueError(f"{op}: {name} must be non-negative and finite")
@@ -316,12 +323,6 @@ def _table_loss(focal, table, indices, input, linear_weight, target, linear_bias
     return weighted.sum() / share.sum().to(weighted.dtype)
 
 
-class _ShapeError(ValueError, RuntimeError):
-    """A bad shape or combination of arguments: a ValueError, as this
-    package's checks raise, and a RuntimeError, as torch's
-    F.linear_cross_entropy raises for the same call."""
-
-
 def _check_options(op, options):
     """torch's LinearCrossEntropyOptions, or None (see linear_cross_entropy)."""
     options_type = getattr(torch.nn, "LinearCrossEntropyOptions", None)
@@ -340,31 +341,36 @@ def _dispatch(focal, input, linear_weight, target, linear_bias, class_weight, sa
     op = "samplewt_ops.linear_focal_loss" if focal else "samplewt_ops.linear_cross_entropy"
     for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
         _check_tensor(t, name)
-    if input.dim() == 0:
-        raise _ShapeError(f"{op}: expected input with dimensionality 1, 2 or 3 ((D,), (N, D) or "
-                          f"(B, T, D)), got 0")
+    # torch takes (D,) and (N, D) inputs; a (B, T, D) one with a (B, T) target
+    # (or one of the logits' shape) is this package's.
+    tokens = (tuple(input.shape[:-1]), (*input.shape[:-1], *linear_weight.shape[:1]))
+    if input.dim() not in (1, 2) and not (input.dim() == 3 and tuple(target.shape) in tokens):
+        raise V.ValueRuntimeError(
+            f"{op}: expected input with dimensionality 1 or 2, got {input.dim()} ((D,) or (N, D); "
+            f"also (B, T, D) with a (B, T) target, got target shape {tuple(target.shape)})")
     if linear_weight.dim() < 2:
-        raise _ShapeError(f"{op}: expected linear_weight with dimensionality at least 2 ((V, D) or "
-                          f"(V, d_1, ..., d_K, D)), got {linear_weight.dim()}")
+        raise V.ValueRuntimeError(f"{op}: expected linear_weight with dimensionality at least 2, got "
+                                  f"{linear_weight.dim()} ((V, D) or (V, d_1, ..., d_K, D))")
     d, v = input.shape[-1], linear_weight.shape[0]
     if linear_weight.shape[-1] != d:
-        raise _ShapeError(f"{op}: expected equal input and linear_weight last dimensions "
+        raise V.ValueRuntimeError(f"{op}: expected equal input and linear_weight last dimensions "
                           f"(in_features), got {d} and {linear_weight.shape[-1]}, respectively "
                           f"(input has D={d} features, linear_weight D={linear_weight.shape[-1]})")
     out_features = tuple(linear_weight.shape[1:-1])
     if linear_bias is not None:
         _check_tensor(linear_bias, "linear_bias")
         if tuple(linear_bias.shape) != (v, *out_features):
-            raise _ShapeError(f"{op}: expected linear_bias shape {(v, *out_features)}, "
+            raise V.ValueRuntimeError(f"{op}: expected linear_bias shape {(v, *out_features)}, "
                               f"got {tuple(linear_bias.shape)}")
     if out_features and input.dim() != 2:
-        raise _ShapeError(f"{op}: K-dimensional loss defined by linear_weight shape "
+        raise V.ValueRuntimeError(f"{op}: K-dimensional loss defined by linear_weight shape "
                           f"{tuple(linear_weight.shape)} requires batched input, (N, {d}), got "
-                          f"input with shape {tuple(input.shape)}")
+                                  f"{'unbatched ' if input.dim() == 1 else ''}input with shape "
+                                  f"{tuple(input.shape)}")
     # torch's test: a target of the logits' shape holds class probabilities.
     probabilities = tuple(target.shape) == (*input.shape[:-1], v, *out_features)
     if probabilities and ignore_index is not None:
-        raise _ShapeError(f"{op}: ignore_index cannot be specified when target contains "
+        raise V.ValueRuntimeError(f"{op}: ignore_index cannot be specified when target contains "
                           f"probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
     if out_features or probabilities:
@@ -373,12 +379,12 @@ def _dispatch(focal, input, linear_weight, target, linear_bias, class_weight, sa
                             gamma, z_loss, softcap, table, indices)
     if input.dim() == 1:
         if target.dim() != 0:
-            raise _ShapeError(f"{op}: an unbatched input (D,) takes a 0-d target, got shape "
+            raise V.ValueRuntimeError(f"{op}: an unbatched input (D,) takes a 0-d target, got shape "
                               f"{tuple(target.shape)}")
         if sample_weight is not None:
             _check_tensor(sample_weight, "sample_weight")
             if sample_weight.dim() != 0:
-                raise _ShapeError(f"{op}: sample_weight must have target's shape (), got "
+                raise V.ValueRuntimeError(f"{op}: sample_weight must have target's shape (), got "
                                   f"{tuple(sample_weight.shape)}")
             sample_weight = sample_weight.reshape(1)
         if isinstance(indices, Tensor) and indices.dim() == 0:
@@ -414,10 +420,10 @@ def _logits_loss(op, focal, probabilities, input, linear_weight, target, linear_
     if sample_weight is not None:
         _check_tensor(sample_weight, "sample_weight")
         if tuple(sample_weight.shape) != batch:
-            raise _ShapeError(f"{op}: sample_weight must have one weight per row of input, shape "
+            raise V.ValueRuntimeError(f"{op}: sample_weight must have one weight per row of input, shape "
                               f"{batch}, got {tuple(sample_weight.shape)}")
     if table is not None and input.dim() == 3:
-        raise _ShapeError(f"{op}: a table with a (B, T, D) input takes class indices, not "
+        raise V.ValueRuntimeError(f"{op}: a table with a (B, T, D) input takes class indices, not "
                           f"probabilities")
     logits = torch.nn.functional.linear(
         input.reshape(-1, d), linear_weight.reshape(-1, d),

@@ -10,7 +10,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .linear import _check_options, _ShapeError, linear_cross_entropy, linear_focal_loss
+from ._validation import ValueRuntimeError
+from .linear import _check_options, linear_cross_entropy, linear_focal_loss
 
 __all__ = ["LinearCrossEntropyLoss", "LinearFocalLoss"]
 
@@ -42,7 +43,7 @@ class _LinearLoss(nn.Module):
                for k in self.out_features):
             raise TypeError(f"{op}: out_features must be a tuple of positive ints, got {out_features!r}")
         if isinstance(class_weight, Tensor) and tuple(class_weight.shape) != (num_classes,):
-            raise _ShapeError(f"{op}: expected {cw_name} shape to be {(num_classes,)}, got "
+            raise ValueRuntimeError(f"{op}: expected {cw_name} shape to be {(num_classes,)}, got "
                               f"{tuple(class_weight.shape)}")
         self.linear = nn.Linear(in_features, math.prod(self.out_features, start=num_classes),
                                 bias=bias, device=device, dtype=dtype)
@@ -102,6 +103,10 @@ class LinearCrossEntropyLoss(_LinearLoss):
                  options=None):
         super().__init__()
         _check_options("samplewt_ops.LinearCrossEntropyLoss", options)
+        # torch's module checks it here, the rest of its arguments per call.
+        if isinstance(label_smoothing, numbers.Real) and not 0 <= label_smoothing <= 1:
+            raise ValueRuntimeError(f"samplewt_ops.LinearCrossEntropyLoss: expected label_smoothing "
+                                    f"to be in range [0, 1], got {label_smoothing}")
         self.register_buffer("weight", weight)
         self._make_head("samplewt_ops.LinearCrossEntropyLoss", in_features, num_classes,
                         out_features, bias, device, dtype, weight, "weight")

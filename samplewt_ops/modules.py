@@ -109,6 +109,15 @@ def _module(spec) -> type:
         if "weights" in kwargs:
             kwargs["table"] = F.renamed_table(kwargs, spec.module)
         self._setup(signature, args, kwargs)
+        # Scalars of the wrong type fail here, as torch.nn.HuberLoss's delta
+        # does; their values are checked per call, as torch's are.
+        for name, check in spec.scalars.items():
+            try:
+                check(getattr(self, name))
+            except TypeError:
+                raise
+            except (ValueError, RuntimeError):
+                pass
 
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{spec.module}.__init__"

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from . import _validation
 from ._validation import (
+    broadcast_regression,
     check_class_input,
     check_class_target,
     check_class_weight,
@@ -486,7 +487,10 @@ def binary_cross_entropy_with_logits(
 
 def _regression(formula, input, target, weight, sample_weight, reduction, mean_over_weight):
     """The element-wise `formula` of d = input - target, times weight; PyTorch's
-    "mean" of mse and l1 with a weight divides by its sum (mean_over_weight)."""
+    "mean" of mse and l1 with a weight divides by its sum (mean_over_weight).
+    As torch's, a target of another shape is broadcast with input, and an
+    integer one read in input's dtype."""
+    input, target = broadcast_regression(input, target)
     sample_weight = _elementwise_end(input, target, sample_weight, weight=weight)
     acc = _acc_dtype(input.dtype)
     loss = formula(input.to(acc) - target.to(acc))

@@ -138,8 +138,8 @@ CASES = [
     *[(name, arg, call) for name in ("mse_loss", "l1_loss", "huber_loss") for arg, call in [
         ("reduction", lambda f: f(x_(), e_(), reduction="elementwise_mean")),
         ("target", lambda f: f(x_(), torch.rand(N, C + 1))),
-        ("target", lambda f: f(x_(), torch.rand(1, C))),  # PyTorch would broadcast with a warning
-        ("target", lambda f: f(x_(), torch.ones(N, C, dtype=torch.long))),
+        ("target", lambda f: f(x_(), torch.rand(N + 1, C))),  # does not broadcast
+        ("target", lambda f: f(x_(), torch.ones(N, C, dtype=torch.complex64))),
         ("target", lambda f: f(x_(), e_().to(META))),
         ("input", lambda f: f(torch.ones(N, C, dtype=torch.long), e_())),
         ("weight", lambda f: f(x_(), e_(), weight=torch.rand(C))),

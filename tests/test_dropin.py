@@ -1,5 +1,6 @@
 """The drop-in promise, behaviour by behaviour, against torch: dtype
-promotion, broadcasting (refused on purpose, with a clear error), 0-dim and
+promotion, broadcasting (torch's, with its warning, for the regression
+losses; refused, as torch refuses it, for the sigmoid losses), 0-dim and
 empty inputs, non-contiguous and expanded tensors, no_grad and inference
 mode, and the modules' attributes, repr and state_dict."""
 import inspect
@@ -82,15 +83,81 @@ def test_integer_class_targets(dtype):
     torch.testing.assert_close(so.focal_loss(x, y.to(dtype), gamma=0.0), F.cross_entropy(x, y))
 
 
-@pytest.mark.parametrize("name", list(ELEMENTWISE))
-def test_broadcast_target_is_refused_clearly(name):
-    # torch broadcasts (with a warning for the regression losses); a target
-    # of another shape is almost always a bug, so this project refuses it.
+REGRESSION = ("mse_loss", "l1_loss", "huber_loss")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shapes", [((4, 3), (3,)), ((4, 1), (4, 3)), ((4, 3), ()), ((3,), (4, 3)),
+                                    ((2, 1, 3), (4, 1))])
+@pytest.mark.parametrize("name", REGRESSION)
+def test_regression_losses_broadcast_as_torchs(name, shapes, reduction):
+    # torch broadcasts a target of another shape, with its warning; the loss
+    # has the broadcast shape, and both gradients sum over what was broadcast.
+    ours, theirs, _ = ELEMENTWISE[name]
+    x, t = torch.randn(shapes[0], requires_grad=True), torch.randn(shapes[1], requires_grad=True)
+    results = []
+    for fn in (ours, theirs):
+        xi, ti = x.detach().clone().requires_grad_(), t.detach().clone().requires_grad_()
+        with pytest.warns(UserWarning) as record:
+            out = fn(xi, ti, reduction=reduction)
+        out.sum().backward()
+        results.append((out, xi.grad, ti.grad, [str(w.message) for w in record]))
+    (out, gx, gt, warned), (want, want_gx, want_gt, torch_warned) = results
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(gx, want_gx)
+    torch.testing.assert_close(gt, want_gt)
+    assert warned == torch_warned
+
+
+@pytest.mark.parametrize("name", REGRESSION)
+def test_regression_losses_take_sample_weight_per_row_of_the_broadcast(name):
     ours = ELEMENTWISE[name][0]
-    with pytest.raises(ValueError, match="target"):
-        ours(torch.randn(4, 3), torch.rand(3))
-    with pytest.raises(ValueError, match="target"):
-        ours(torch.randn(3), torch.rand(4, 3))
+    x, t, w = torch.randn(4, 3), torch.randn(3), torch.rand(4)
+    with pytest.warns(UserWarning, match="Please ensure they have the same size"):
+        got = ours(x, t, sample_weight=w, reduction="sum")
+    torch.testing.assert_close(got, ours(x, t.expand(4, 3), sample_weight=w, reduction="sum"))
+
+
+@pytest.mark.parametrize("name", REGRESSION)
+def test_regression_losses_refuse_what_torch_cannot_broadcast(name):
+    ours, theirs, _ = ELEMENTWISE[name]
+    x, t = torch.randn(4, 3), torch.randn(4)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError) as torch_error:
+        theirs(x, t)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="target") as error:
+        ours(x, t)
+    assert isinstance(error.value, RuntimeError)
+    assert str(error.value).startswith(str(torch_error.value))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+def test_integer_targets_of_regression_losses_as_torchs(name, dtype):
+    ours, theirs, _ = ELEMENTWISE[name]
+    x, t = torch.randn(6, 5, requires_grad=True), torch.randint(0, 4, (6, 5)).to(dtype)
+    got, want = ours(x, t), theirs(x, t)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+
+
+@pytest.mark.parametrize("name", ["binary_cross_entropy_with_logits", "sigmoid_focal_loss"])
+def test_sigmoid_losses_refuse_another_target_shape_as_torch(name):
+    # F.binary_cross_entropy_with_logits (and so torchvision's focal loss) does not broadcast.
+    x, t = torch.randn(4, 3), torch.rand(3)
+    with pytest.raises(ValueError) as torch_error:
+        F.binary_cross_entropy_with_logits(x, t)
+    with pytest.raises(ValueError, match="target") as error:
+        getattr(so, name)(x, t)
+    assert str(error.value).startswith(str(torch_error.value))
+
+
+def test_huber_delta_infinity_is_half_the_squared_error_as_torchs():
+    x, t = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5) * 10
+    got, want = so.huber_loss(x, t, delta=float("inf")), F.huber_loss(x, t, delta=float("inf"))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, 0.5 * F.mse_loss(x, t))
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
 
 
 def test_bce_weight_and_pos_weight_broadcast_as_torchs():

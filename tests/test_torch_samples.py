@@ -134,3 +134,50 @@ def test_moduleinfo_samples_match_torch(name, dtype):
                             torch.testing.assert_close(b, a, msg=lambda m: f"{where}: {m}")
                 count += 1
     assert count > 0
+
+
+def _raises_as_torch(call, error_type, error_regex, where):
+    """torch's test_errors: the same error type, and torch's regex found in
+    the message."""
+    with pytest.raises(error_type, match=error_regex) as caught:
+        call()
+    assert isinstance(caught.value, error_type), where
+
+
+@pytest.mark.parametrize("op", [p for p in _opinfos() if p.values[0].error_inputs_func is not None])
+def test_opinfo_error_inputs_raise_torchs_error(op):
+    """Each of torch's OpInfo error inputs: torch's error type, with a message
+    that torch's regex matches (ours adds which argument and what it expected)."""
+    ours = FUNCTIONS[op.name]
+    count = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for e in op.error_inputs("cpu"):
+            s = e.sample_input
+            _raises_as_torch(lambda: ours(s.input, *s.args, **s.kwargs), e.error_type, e.error_regex,
+                             f"{op.name} error input {count}")
+            count += 1
+    assert count > 0
+
+
+@pytest.mark.parametrize("name", [n for n in MODULES if any(
+    m.module_cls.__name__ == n and m.module_error_inputs_func for m in module_db)])
+def test_moduleinfo_error_inputs_raise_torchs_error(name):
+    """Each of torch's ModuleInfo error inputs, at construction or in forward
+    as torch's module raises it."""
+    ours_cls = getattr(samplewt_ops, name)
+    count = 0
+    for info in (m for m in module_db if m.module_cls.__name__ == name and m.module_error_inputs_func):
+        for e in info.module_error_inputs_func(info, "cpu", torch.float32, False, True):
+            mi = e.module_error_input
+            c, f = mi.constructor_input, mi.forward_input
+            where = f"{name} error input {count}: {e.error_on.name}"
+            if e.error_on.name == "CONSTRUCTION_ERROR":
+                _raises_as_torch(lambda: ours_cls(*c.args, **c.kwargs), e.error_type, e.error_regex,
+                                 where)
+            else:
+                module = ours_cls(*c.args, **c.kwargs)
+                _raises_as_torch(lambda: module(*f.args, **f.kwargs), e.error_type, e.error_regex,
+                                 where)
+            count += 1
+    assert count > 0

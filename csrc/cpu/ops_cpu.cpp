@@ -218,8 +218,8 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
           gs[r] = 0;
           continue;
         }
-        TORCH_CHECK_INDEX(y[r] >= 0 && y[r] < C, "samplewt_ops: target ", y[r],
-                          " is out of bounds for ", C, " classes (row ", r, ")");
+        TORCH_CHECK_INDEX(y[r] >= 0 && y[r] < C, "samplewt_ops: Target ", y[r],
+                          " is out of bounds for ", C, " classes (target at row ", r, ")");
         if (kind == kCrossEntropyIndex && cwp) share = wr * static_cast<double>(cwp[y[r]]);
       }
       denom += share;
