@@ -90,6 +90,7 @@ class LossBackward final : public torch::autograd::Node {
   std::string name() const override { return "samplewt_ops_" + layout_.name + "_defaultBackward"; }
 
   variable_list apply(variable_list&& grads) override {
+    check_not_double_backward(layout_.name, "samplewt_ops.reference." + layout_.name);
     variable_list out(2);
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;
@@ -233,6 +234,8 @@ class InplaceLossBackward final : public torch::autograd::Node {
   std::string name() const override { return "samplewt_ops_" + name_ + "Backward"; }
 
   variable_list apply(variable_list&& grads) override {
+    // name_ is the `_` variant's
+    check_not_double_backward(name_, "samplewt_ops.reference." + name_.substr(0, name_.size() - 1));
     variable_list out(1);
     TORCH_CHECK(!consumed_, "samplewt_ops: a loss computed with inplace_grad=True can be "
                 "backpropagated only once (its gradient lives in the logits' memory)");

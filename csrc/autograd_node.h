@@ -7,9 +7,11 @@
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/graph_task.h>
 
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -33,6 +35,20 @@ auto make_node(Args&&... args) {
 inline bool plain_grad_output(const at::Tensor& g) {
   return !g.requires_grad() && !at::isTensorSubclassLike(g) &&
          c10::impl::TorchDispatchModeTLS::stack_len() == 0;
+}
+
+// create_graph=True (double backward) asks for a gradient that is itself
+// differentiable; the kernels' saved gradient is not, and handing it over
+// would drop the second-order terms without a word. Traced backwards (a
+// dispatch mode: torch.compile's fake tensors) are left alone.
+// `reference` names what computes the loss with plain torch ops.
+inline void check_not_double_backward(const std::string& name, const std::string& reference) {
+  TORCH_CHECK(!torch::autograd::GradMode::is_enabled() ||
+                  c10::impl::TorchDispatchModeTLS::stack_len() != 0,
+              "samplewt_ops.", name, ": the gradient of this loss is not differentiable "
+              "(backward with create_graph=True); for double backward compute it with ",
+              reference, " (plain torch ops), or inside a torch.func transform, which runs "
+              "the reference");
 }
 
 // With grad_output a plain CPU scalar 1 the saved gradient is final. Checked

@@ -74,6 +74,9 @@ class LinearLossBackward final : public torch::autograd::Node {
   std::string name() const override { return "samplewt_ops_" + layout_.name + "_Backward"; }
 
   variable_list apply(variable_list&& grads) override {
+    check_not_double_backward(layout_.name, "the logits (F.linear) and samplewt_ops.reference." +
+                                                std::string(layout_.name == "linear_focal_loss"
+                                                                ? "focal_loss" : "cross_entropy"));
     variable_list out(3);
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;

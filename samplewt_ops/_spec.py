@@ -99,6 +99,9 @@ class OpSpec:
     # torch's regression losses broadcast a target of another shape with
     # input (with a warning) and read an integer target in input's dtype.
     broadcast: bool = False
+    # torch's counterpart takes complex input (F.l1_loss): the reference
+    # computes such calls, whose loss is real.
+    complex_input: bool = False
     positional: Tuple[str, ...] = ()
     doc: str = ""  # the public function's docstring
 
@@ -273,7 +276,7 @@ _SPEC_LIST = (
     """),
     OpSpec("l1_loss", ELEMENTWISE, "L1Loss", MEAN_WEIGHT, reference.l1_loss,
            positional=("size_average", "reduce", "reduction", "weight"),
-           tensors={"weight": V.same_shape}, broadcast=True,
+           tensors={"weight": V.same_shape}, broadcast=True, complex_input=True,
            doc=r"""Absolute error :math:`\ell = weight\,|x - t|`, as F.l1_loss (mean as in :func:`mse_loss`).
 
     Example:

@@ -25,6 +25,7 @@ import warnings
 from typing import Any, NamedTuple, Optional
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
@@ -71,10 +72,19 @@ def set_validation(enabled: Optional[bool]) -> None:
     _validation_override = enabled
 
 
+def transformed() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp, ...) runs or a
+    forward-AD level (torch.autograd.forward_ad.dual_level) is open. The
+    compiled ops have no batching rules and no forward derivatives, so such
+    calls run the reference, whose torch ops have both."""
+    return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
 def tracing(tensor: Optional[Tensor] = None) -> bool:
     """Whether the values of ``tensor`` are out of reach: torch.compile or
-    make_fx is tracing, or ``tensor`` is a fake or meta tensor."""
-    if torch.compiler.is_compiling():
+    make_fx is tracing, a torch.func transform (vmap) wraps it, or ``tensor``
+    is a fake or meta tensor."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return True
     if tensor is not None and (tensor.device.type == "meta" or is_fake(tensor)):
         return True
@@ -141,9 +151,11 @@ def check_tensor(value, name: str, *, floating: Optional[bool] = None,
     return value
 
 
-def check_input(input, name: str = "input", *, min_dim: int = 0) -> Tensor:
-    """Check the logits/prediction tensor: floating dtype, at least ``min_dim`` dims."""
-    check_tensor(input, name, floating=True)
+def check_input(input, name: str = "input", *, min_dim: int = 0, complex: bool = False) -> Tensor:
+    """Check the logits/prediction tensor: floating dtype (or complex, when
+    ``complex``), at least ``min_dim`` dims."""
+    takes_complex = complex and isinstance(input, Tensor) and input.is_complex()
+    check_tensor(input, name, floating=None if takes_complex else True)
     if input.dim() < min_dim:
         raise ValueError(
             f"{name} must have at least {min_dim} dimension(s), got shape {_shape(input)}"
@@ -204,35 +216,49 @@ def _index_target_shape(input: Tensor) -> tuple:
     return (input.shape[0],) + tuple(input.shape[2:])
 
 
+def unbatched_index_target(input: Tensor, target: Tensor) -> bool:
+    """torch's other form of an unbatched target: (1,) for a (C,) input."""
+    return input.dim() == 1 and _shape(target) == (1,)
+
+
 def check_index_target(target, input: Tensor, *, ignore_index: int = -100,
                        name: str = "target", input_name: str = "input",
                        check_values: bool = True) -> Tensor:
     """Check class-index targets for a softmax ``input`` of shape (N,C,d..) or (C,).
 
-    Structure: an integer (non-bool) tensor of shape (N,d..) (or () for an
-    unbatched (C,) input); a floating target raises TypeError.  Values (when
-    :func:`validation_enabled`): each class in [0, C) or equal to
-    ``ignore_index``, else IndexError.  Any integer dtype is accepted; it is
-    converted to int64 by the losses.  ``check_values=False`` leaves the
-    values to a caller that checks them itself (the compiled CPU kernels do).
+    Structure, in torch's order: shape (N,d..) (() or (1,) for an unbatched
+    (C,) input), else ValueError naming the batch sizes, or torch's
+    RuntimeError for the other dimensions; then an integer (non-bool) dtype,
+    else TypeError. Values (when :func:`validation_enabled`): each class in
+    [0, C) or equal to ``ignore_index``, else IndexError. Any integer dtype is
+    accepted; it is converted to int64 by the losses. ``check_values=False``
+    leaves the values to a caller that checks them itself (the compiled CPU
+    kernels do).
     """
     check_tensor(target, name)
+    expected = _index_target_shape(input)
+    if _shape(target) != expected and not unbatched_index_target(input, target):
+        detail = (f"{name} has shape {_shape(target)} but {input_name} of shape "
+                  f"{_shape(input)} needs class-index targets of shape {expected}")
+        if input.dim() == 1 and target.dim() == 1:
+            raise ValueError(f"For 1D {input_name}, 1D {name} must have size 1, but got {name} "
+                             f"size: {target.shape[0]}. {detail}")
+        if input.dim() >= 2 and (target.dim() == 0 or target.shape[0] != input.shape[0]):
+            batch = target.shape[0] if target.dim() else 0
+            raise ValueError(f"Expected {input_name} batch_size ({input.shape[0]}) to match "
+                             f"{name} batch_size ({batch}). {detail}")
+        if input.dim() <= 2:
+            raise ValueRuntimeError(f"0D or 1D {name} tensor expected, multi-target not "
+                                    f"supported: {detail}")
+        raise ValueRuntimeError(f"Expected {name} size {list(expected)}, got "
+                                f"{list(target.shape)}: {detail}")
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise TypeRuntimeError(
             f"expected {name} dtype to be Long or Byte, but got {scalar_type(target.dtype)}: "
-            f"{name} must hold integer class indices of shape {_index_target_shape(input)} "
-            f"here, got a {target.dtype} tensor of shape {_shape(target)} "
-            f"(class-probability targets must have {input_name}'s shape {_shape(input)})"
+            f"{name} must hold integer class indices of shape {expected} here, got a "
+            f"{target.dtype} tensor of shape {_shape(target)} (class-probability targets "
+            f"must have {input_name}'s shape {_shape(input)})"
         )
-    expected = _index_target_shape(input)
-    if _shape(target) != expected:
-        detail = (f"{name} has shape {_shape(target)} but {input_name} of shape "
-                  f"{_shape(input)} needs class-index targets of shape {expected}")
-        if input.dim() >= 2 and target.dim() >= 1 and target.shape[0] != input.shape[0]:
-            raise ValueError(f"Expected {input_name} batch_size ({input.shape[0]}) to match "
-                             f"{name} batch_size ({target.shape[0]}). {detail}")
-        raise ValueRuntimeError(f"Expected {name} size {list(expected)}, got "
-                                f"{list(target.shape)}: {detail}")
     if check_values and target.numel() > 0 and validation_enabled(target):
         c = num_classes(input)
         t = target.detach()
@@ -344,11 +370,11 @@ def check_sample_weight(sample_weight, input: Tensor, *, unbatched: Optional[boo
 
 
 def check_elementwise_target(target, input: Tensor, *, name: str = "target",
-                             input_name: str = "input") -> Tensor:
+                             input_name: str = "input", complex: bool = False) -> Tensor:
     """Element-wise targets: floating point with exactly ``input``'s shape
     (F.binary_cross_entropy_with_logits's rule, and its ValueError)."""
     check_tensor(target, name)
-    if target.dtype not in FLOAT_DTYPES:
+    if target.dtype not in FLOAT_DTYPES and not (complex and target.is_complex()):
         raise TypeRuntimeError(
             f"{name} must be a floating-point tensor, got dtype {target.dtype}"
         )
@@ -361,16 +387,16 @@ def check_elementwise_target(target, input: Tensor, *, name: str = "target",
 
 
 def broadcast_regression(input: Tensor, target, *, name: str = "target",
-                         input_name: str = "input", stacklevel: int = 4):
+                         input_name: str = "input", complex: bool = False, stacklevel: int = 4):
     """The operands of a regression loss (mse, l1, huber) as torch's take
     them: an integer or bool ``target`` in ``input``'s dtype, and a target of
     another shape broadcast with ``input`` (the loss then has the broadcast
     shape), with torch's warning. Returns ``(input, target)``; shapes that do
     not broadcast raise torch's RuntimeError (also a ValueError)."""
     check_tensor(target, name)
-    if target.dtype.is_complex:
+    if target.dtype.is_complex and not complex:
         raise TypeRuntimeError(f"{name} must be a real tensor, got dtype {target.dtype}")
-    if not target.dtype.is_floating_point:
+    if not (target.dtype.is_floating_point or target.dtype.is_complex):
         target = target.to(input.dtype)
     if _shape(target) != _shape(input):
         check_same_device(input=input, target=target)
@@ -583,9 +609,9 @@ def check_loss_args(spec, input, target, sample_weight, reduction, args: dict, *
     if rows:
         check_class_input(input)
     else:
-        check_input(input, "input")
+        check_input(input, "input", complex=spec.complex_input)
     if spec.broadcast:
-        input, target = broadcast_regression(input, target, stacklevel=5)
+        input, target = broadcast_regression(input, target, complex=spec.complex_input, stacklevel=5)
     check_tensor(target, "target")
     args = dict(args)
     for name, check in spec.scalars.items():
@@ -601,6 +627,8 @@ def check_loss_args(spec, input, target, sample_weight, reduction, args: dict, *
     if rows:
         prob = check_class_target(target, input, ignore_index=args["ignore_index"],
                                   allow_prob=spec.prob_targets, check_values=check_values)
+        if not prob and unbatched_index_target(input, target):
+            target = target.reshape(())
     else:
-        check_elementwise_target(target, input)
+        check_elementwise_target(target, input, complex=spec.complex_input)
     return LossCall(spec, input, target, sample_weight, reduction, args, prob)

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from . import _loader, _ops
 from ._spec import LEGACY_REDUCTION, SPECS
-from ._validation import check_loss_args, check_sample_weight, num_classes, same_shape, tracing
+from ._validation import (check_loss_args, check_sample_weight, num_classes, same_shape, tracing,
+                          transformed)
 from .weights import driver
 
 __all__ = list(SPECS)
@@ -188,7 +189,7 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
     the `_` op."""
     # Every tensor on the CPU: a meta tensor among them would dispatch to the
     # fake kernel, which checks no devices.
-    if type(input) is not Tensor or not input.is_cpu or type(target) is not Tensor or not target.is_cpu:
+    if transformed() or type(input) is not Tensor or not input.is_cpu or type(target) is not Tensor or not target.is_cpu:
         return None
     red = _REDUCTION.get(reduction) if type(reduction) is str else None
     if red is None or torch.compiler.is_compiling():
@@ -246,7 +247,8 @@ def _loss(spec, input, target, sample_weight, reduction, table, indices,
           inplace_grad: bool, **args) -> Tensor:
     """Checks one call of the loss of `spec`, then runs the compiled kernel of
     input's device, or the reference; with a table, through weights.driver."""
-    kernel = _kernel(input)
+    kernel = (_kernel(input) and not transformed() and not input.is_complex()
+              and not (isinstance(target, Tensor) and target.is_complex()))
     # Value checks (target range, sample_weight sign) run once: in the CPU
     # kernel's O(N) pre-pass, in the reference, or here for other kernels.
     call = check_loss_args(spec, input, target, sample_weight, reduction, args,

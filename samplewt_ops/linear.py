@@ -214,7 +214,7 @@ def _run(focal, input, linear_weight, target, linear_bias, class_weight, sample_
         return _table_loss(focal, table, indices, input, linear_weight, target, linear_bias,
                            class_weight, sample_weight, ignore_index, reduction, label_smoothing,
                            gamma, z_loss, softcap, chunk_size)
-    if not _loader.has_kernel(input.device):
+    if not _loader.has_kernel(input.device) or V.transformed():
         return materialised_loss(input, linear_weight, target, linear_bias=linear_bias,
                                  class_weight=class_weight, sample_weight=sample_weight,
                                  ignore_index=ignore_index, reduction=reduction,
@@ -228,7 +228,7 @@ def _op_call(focal, input, linear_weight, target, linear_bias, class_weight, sam
              ignore_index, reduction, label_smoothing, gamma, z_loss, softcap, chunk_size,
              compute_stats=False):
     """The compiled op on checked arguments: (loss, per-token statistics (N, 3) or None)."""
-    if not _loader.has_kernel(input.device):
+    if not _loader.has_kernel(input.device) or V.transformed():
         loss = materialised_loss(input, linear_weight, target, linear_bias=linear_bias,
                                  class_weight=class_weight, sample_weight=sample_weight,
                                  ignore_index=ignore_index, reduction=reduction,

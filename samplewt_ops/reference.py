@@ -200,10 +200,13 @@ def _rows_start(input, target, reduction):
 
 
 def _rows_end(input, target, sample_weight, ignore_index, allow_prob):
-    """The checks after a softmax loss's class tensors: (sample_weight, prob)."""
+    """The checks after a softmax loss's class tensors: (sample_weight,
+    target, prob), a (1,) target of a (C,) input as the 0-d one it means."""
     sample_weight = check_sample_weight(sample_weight, input, unbatched=input.dim() == 1)
     prob = check_class_target(target, input, ignore_index=ignore_index, allow_prob=allow_prob)
-    return sample_weight, prob
+    if not prob and _validation.unbatched_index_target(input, target):
+        target = target.reshape(())
+    return sample_weight, target, prob
 
 
 def _log_softmax(input: Tensor, target: Tensor, softcap: Optional[float] = None,
@@ -281,7 +284,8 @@ def cross_entropy(
     z_loss, softcap = check_z_loss(z_loss), check_softcap(softcap)
     check_same_device(input=input, target=target, weight=weight, sample_weight=sample_weight)
     weight = check_class_weight(weight, n_classes, "weight")
-    sample_weight, prob = _rows_end(input, target, sample_weight, ignore_index, allow_prob=True)
+    sample_weight, target, prob = _rows_end(input, target, sample_weight, ignore_index,
+                                            allow_prob=True)
 
     acc, logp, t, z = _log_softmax(input, target, softcap, z_loss)
     cw = cw_b = None
@@ -359,7 +363,8 @@ def focal_loss(
     z_loss, softcap = check_z_loss(z_loss), check_softcap(softcap)
     check_same_device(input=input, target=target, alpha=alpha, sample_weight=sample_weight)
     alpha = check_focal_alpha(alpha, n_classes)
-    sample_weight, _ = _rows_end(input, target, sample_weight, ignore_index, allow_prob=False)
+    sample_weight, target, _ = _rows_end(input, target, sample_weight, ignore_index,
+                                         allow_prob=False)
 
     acc, logp, t, z = _log_softmax(input, target, softcap, z_loss)
     lp_y, safe, valid, out_of_range = _gather_targets(logp, t, ignore_index)
@@ -379,21 +384,21 @@ def focal_loss(
 # Element-wise losses
 
 
-def _elementwise_start(input, target, reduction) -> str:
+def _elementwise_start(input, target, reduction, complex=False) -> str:
     """The checks before a loss's scalar arguments."""
     reduction = check_reduction(reduction)
-    check_input(input, "input")
+    check_input(input, "input", complex=complex)
     check_tensor(target, "target")
     return reduction
 
 
-def _elementwise_end(input, target, sample_weight, broadcast=False, **weights):
+def _elementwise_end(input, target, sample_weight, broadcast=False, complex=False, **weights):
     """The checks after a loss's scalar arguments; returns sample_weight."""
     check_same_device(input=input, target=target, **weights, sample_weight=sample_weight)
     for name, weight in weights.items():
         check_elementwise_weight(weight, input, name=name, broadcast=broadcast)
     sample_weight = check_sample_weight(sample_weight, input)
-    check_elementwise_target(target, input)
+    check_elementwise_target(target, input, complex=complex)
     return sample_weight
 
 
@@ -485,14 +490,18 @@ def binary_cross_entropy_with_logits(
     return _reduce(loss, None, sample_weight, reduction).to(input.dtype)
 
 
-def _regression(formula, input, target, weight, sample_weight, reduction, mean_over_weight):
+def _regression(formula, input, target, weight, sample_weight, reduction, mean_over_weight,
+                complex=False):
     """The element-wise `formula` of d = input - target, times weight; PyTorch's
     "mean" of mse and l1 with a weight divides by its sum (mean_over_weight).
     As torch's, a target of another shape is broadcast with input, and an
     integer one read in input's dtype."""
-    input, target = broadcast_regression(input, target)
-    sample_weight = _elementwise_end(input, target, sample_weight, weight=weight)
-    acc = _acc_dtype(input.dtype)
+    input, target = broadcast_regression(input, target, complex=complex)
+    sample_weight = _elementwise_end(input, target, sample_weight, complex=complex, weight=weight)
+    acc, out = _acc_dtype(input.dtype), input.dtype
+    if input.is_complex() or target.is_complex():  # l1_loss: |x - t| is real
+        acc = torch.promote_types(torch.promote_types(input.dtype, target.dtype), torch.complex64)
+        out = torch.promote_types(input.dtype, target.dtype).to_real()
     loss = formula(input.to(acc) - target.to(acc))
     count = None
     if weight is not None:
@@ -500,7 +509,7 @@ def _regression(formula, input, target, weight, sample_weight, reduction, mean_o
         loss = loss * w
         if mean_over_weight:
             count = w.expand_as(loss)
-    return _reduce(loss, count, sample_weight, reduction).to(input.dtype)
+    return _reduce(loss, count, sample_weight, reduction).to(out)
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", weight: Optional[Tensor] = None,
@@ -538,8 +547,8 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", weight: Opti
         >>> l1_loss(x, torch.zeros(2, 2), weight=v, sample_weight=torch.tensor([3.0, 1.0]))
         tensor(2.)
     """
-    reduction = _elementwise_start(input, target, reduction)
-    return _regression(torch.abs, input, target, weight, sample_weight, reduction, True)
+    reduction = _elementwise_start(input, target, reduction, complex=True)
+    return _regression(torch.abs, input, target, weight, sample_weight, reduction, True, complex=True)
 
 
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,

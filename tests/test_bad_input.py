@@ -63,7 +63,7 @@ CASES = [
     ("cross_entropy", "target", lambda f: f(x_(), torch.tensor([0, 1, 2]))),
     ("cross_entropy", "target", lambda f: f(x_(), torch.tensor([[0], [1], [2], [0]]))),
     ("cross_entropy", "target", lambda f: f(torch.randn(N, C, 5), torch.zeros(N, 6, dtype=torch.long))),
-    ("cross_entropy", "target", lambda f: f(torch.randn(C), torch.tensor([1]))),
+    ("cross_entropy", "target", lambda f: f(torch.randn(C), torch.tensor([1, 2]))),
     ("cross_entropy", "target", lambda f: f(x_(), torch.tensor([0, 1, 3, 0]))),
     ("cross_entropy", "target", lambda f: f(x_(), torch.tensor([0, -1, 2, 0]))),
     ("cross_entropy", "target", lambda f: f(x_(), torch.tensor([0, 1, -100, 0]), ignore_index=1)),
@@ -134,12 +134,15 @@ CASES = [
     ("binary_cross_entropy_with_logits", "sample_weight", lambda f: f(x_(), e_(), sample_weight=torch.ones(N, C))),
     ("binary_cross_entropy_with_logits", "sample_weight",
      lambda f: f(x_(), e_(), sample_weight=torch.tensor([1.0, 1.0, float("inf"), 1.0]))),
-    # ---- mse / l1 / huber
+    # ---- mse / l1 / huber (l1 takes complex tensors, as torch's)
+    *[(name, "target", lambda f: f(x_(), torch.ones(N, C, dtype=torch.complex64)))
+      for name in ("mse_loss", "huber_loss")],
+    *[(name, "input", lambda f: f(torch.ones(N, C, dtype=torch.complex64), e_()))
+      for name in ("mse_loss", "huber_loss")],
     *[(name, arg, call) for name in ("mse_loss", "l1_loss", "huber_loss") for arg, call in [
         ("reduction", lambda f: f(x_(), e_(), reduction="elementwise_mean")),
         ("target", lambda f: f(x_(), torch.rand(N, C + 1))),
         ("target", lambda f: f(x_(), torch.rand(N + 1, C))),  # does not broadcast
-        ("target", lambda f: f(x_(), torch.ones(N, C, dtype=torch.complex64))),
         ("target", lambda f: f(x_(), e_().to(META))),
         ("input", lambda f: f(torch.ones(N, C, dtype=torch.long), e_())),
         ("weight", lambda f: f(x_(), e_(), weight=torch.rand(C))),

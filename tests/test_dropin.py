@@ -402,3 +402,47 @@ def test_deprecated_size_average_and_reduce_are_torchs(name, size_average, reduc
 def test_huber_loss_takes_no_deprecated_reduction_arguments():
     with pytest.raises(TypeError, match="size_average"):
         so.huber_loss(torch.randn(3), torch.randn(3), size_average=True)
+
+
+_X = torch.randn(4, 3)
+CLASS_TARGET_ERRORS = {
+    "unbatched input, 1-D target of 3": (torch.randn(10), torch.tensor([1, 0, 1])),
+    "2-D float target": (_X, torch.rand(4, 2)),
+    "2-D index target": (_X, torch.zeros(4, 2, dtype=torch.long)),
+    "batch sizes differ": (_X, torch.zeros(5, 2, dtype=torch.long)),
+    "0-d target of a batch": (_X, torch.tensor(1)),
+    "K-dim, target without d1": (torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long)),
+    "K-dim, float target": (torch.randn(4, 3, 5), torch.zeros(4, 5)),
+    "bool target": (_X, torch.zeros(4, dtype=torch.bool)),
+    "int probabilities": (_X, torch.zeros(4, 3, dtype=torch.long)),
+    "probabilities with ignore_index": (_X, torch.rand(4, 3), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CLASS_TARGET_ERRORS))
+@pytest.mark.parametrize("fn", [so.cross_entropy, so.focal_loss])
+def test_class_target_errors_are_torchs(fn, case):
+    """F.cross_entropy's error type, its message first (then ours, naming
+    the argument); focal_loss takes class indices as cross_entropy does."""
+    x, t, *ignore = CLASS_TARGET_ERRORS[case]
+    kw = {"ignore_index": ignore[0]} if ignore else {}
+    if fn is so.focal_loss and t.shape == x.shape:
+        pytest.skip("focal_loss takes no probabilities")
+    with pytest.raises(Exception) as theirs:
+        F.cross_entropy(x, t, **kw)
+    with pytest.raises(type(theirs.value)) as ours:
+        fn(x, t, **kw)
+    assert str(ours.value).startswith(str(theirs.value).rstrip(".")), (str(ours.value), str(theirs.value))
+    assert "target" in str(ours.value) or "ignore_index" in str(ours.value)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_unbatched_input_takes_a_target_of_one_as_torch(reduction):
+    x, t = torch.randn(5, requires_grad=True), torch.tensor([3])
+    got, want = so.cross_entropy(x, t, reduction=reduction), F.cross_entropy(x, t, reduction=reduction)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want)
+    # torch's own backward of this form fails ("size mismatch"): its 0-d form's.
+    want = F.cross_entropy(x, t.reshape(()), reduction=reduction)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+    torch.testing.assert_close(so.reference.cross_entropy(x, t, reduction=reduction), want)
