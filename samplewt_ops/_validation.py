@@ -115,10 +115,14 @@ def _shape(t: Tensor) -> tuple:
 # Tensors: types, shapes, devices (always run, never synchronise)
 
 
-def check_reduction(reduction) -> str:
+def check_reduction(reduction, op: str = "") -> str:
     """Return ``reduction`` if it is "none", "mean" or "sum"; else ValueError
-    (torch's words first)."""
+    in the words of ``op``'s counterpart: torchvision's for
+    sigmoid_focal_loss, torch's for the others."""
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        if op == "sigmoid_focal_loss":
+            raise ValueError(f"Invalid Value for arg 'reduction': '{reduction}'; supported "
+                             f"reduction modes: 'none', 'mean', 'sum'")
         raise ValueError(
             f"{reduction} is not a valid value for reduction: it must be one of 'none', "
             f"'mean' or 'sum', got {reduction!r}"
@@ -604,7 +608,7 @@ class LossCall(NamedTuple):
 def check_loss_args(spec, input, target, sample_weight, reduction, args: dict, *,
                     check_values: bool = True) -> LossCall:
     """Every check of one call of the loss ``spec``, in the reference's order."""
-    reduction = check_reduction(reduction)
+    reduction = check_reduction(reduction, spec.name)
     rows = spec.family == "row"
     if rows:
         check_class_input(input)

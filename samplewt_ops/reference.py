@@ -384,9 +384,9 @@ def focal_loss(
 # Element-wise losses
 
 
-def _elementwise_start(input, target, reduction, complex=False) -> str:
+def _elementwise_start(input, target, reduction, complex=False, op="") -> str:
     """The checks before a loss's scalar arguments."""
-    reduction = check_reduction(reduction)
+    reduction = check_reduction(reduction, op)
     check_input(input, "input", complex=complex)
     check_tensor(target, "target")
     return reduction
@@ -432,7 +432,7 @@ def sigmoid_focal_loss(
         >>> sigmoid_focal_loss(x, t, reduction="sum")
         tensor(0.3434)
     """
-    reduction = _elementwise_start(input, target, reduction)
+    reduction = _elementwise_start(input, target, reduction, op="sigmoid_focal_loss")
     gamma = check_gamma(gamma)
     alpha = check_sigmoid_alpha(alpha)
     sample_weight = _elementwise_end(input, target, sample_weight)

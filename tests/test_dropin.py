@@ -446,3 +446,10 @@ def test_unbatched_input_takes_a_target_of_one_as_torch(reduction):
     want = F.cross_entropy(x, t.reshape(()), reduction=reduction)
     torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
     torch.testing.assert_close(so.reference.cross_entropy(x, t, reduction=reduction), want)
+
+
+@pytest.mark.parametrize("fn", [so.sigmoid_focal_loss, so.reference.sigmoid_focal_loss])
+def test_sigmoid_focal_bad_reduction_in_torchvisions_words(fn):
+    # torchvision's own test matches "Invalid" (torchvision.ops.sigmoid_focal_loss).
+    with pytest.raises(ValueError, match="Invalid Value for arg 'reduction'"):
+        fn(torch.randn(4, 3), torch.rand(4, 3), 0.25, 2, "xyz")
