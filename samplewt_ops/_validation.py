@@ -182,7 +182,8 @@ def check_same_device(**tensors) -> Optional[torch.device]:
             first_name, first_dev = name, t.device
         elif t.device != first_dev:
             raise RuntimeError(
-                f"expected all tensors on the same device, but {first_name} is on "
+                f"Expected all tensors to be on the same device, but found at least two "
+                f"devices, {first_dev} and {t.device}: {first_name} is on "
                 f"{first_dev} and {name} is on {t.device}"
             )
     return first_dev
