@@ -47,8 +47,13 @@ __all__ = list(SPECS)
 _REDUCTION = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _kernel(input) -> bool:
-    return isinstance(input, Tensor) and input.device.type in _loader.KERNEL_DEVICE_TYPES
+def _kernel(input, target) -> bool:
+    """Whether the compiled kernel can run this call: it has no complex
+    arithmetic, and under torch.func transforms only the reference's torch
+    ops have batching rules and forward derivatives."""
+    return (isinstance(input, Tensor) and input.device.type in _loader.KERNEL_DEVICE_TYPES
+            and not input.is_complex() and not (isinstance(target, Tensor) and target.is_complex())
+            and not transformed())
 
 
 def _needs_grad(input: Tensor) -> bool:
@@ -247,8 +252,7 @@ def _loss(spec, input, target, sample_weight, reduction, table, indices,
           inplace_grad: bool, **args) -> Tensor:
     """Checks one call of the loss of `spec`, then runs the compiled kernel of
     input's device, or the reference; with a table, through weights.driver."""
-    kernel = (_kernel(input) and not transformed() and not input.is_complex()
-              and not (isinstance(target, Tensor) and target.is_complex()))
+    kernel = _kernel(input, target)
     # Value checks (target range, sample_weight sign) run once: in the CPU
     # kernel's O(N) pre-pass, in the reference, or here for other kernels.
     call = check_loss_args(spec, input, target, sample_weight, reduction, args,
