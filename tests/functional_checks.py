@@ -96,5 +96,6 @@ def sample_weight(shape, dtype, kind):
     return w.to(dtype)
 
 
-# (N,C) with C = 5, 1, 2, 37 (not a multiple of 16), (N,C,d1,d2), unbatched (C,)
-SOFTMAX_SHAPES = [(8, 5), (6, 1), (6, 2), (5, 37), (3, 5, 4, 2), (9,)]
+# (N,C) with C = 5, 1, 2, 37 (not a multiple of 16, the row kernel), 32 (the narrow
+# kernel's widest, over a span of 64 rows), (N,C,d1,d2), unbatched (C,)
+SOFTMAX_SHAPES = [(8, 5), (6, 1), (6, 2), (5, 37), (70, 32), (3, 5, 4, 2), (9,)]

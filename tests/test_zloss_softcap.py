@@ -248,7 +248,7 @@ def test_table_matches_the_reference_path(monkeypatch, fn, policy):
         out = []
         with monkeypatch.context() as m:
             if not kernel:
-                m.setattr(functional, "_kernel", lambda input: False)
+                m.setattr(functional, "_kernel", lambda input, target: False)
             for step in range(3):
                 xs = (x * (1 + step)).requires_grad_()
                 kw = dict(sample_weight=sw, table=table, indices=idx[step], reduction="mean")

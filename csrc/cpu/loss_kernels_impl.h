@@ -38,8 +38,6 @@ inline int64_t grain_rows(int64_t cols) {
 // ---------------------------------------------------------------------------
 // Softmax rows: cross-entropy (index or probability targets) and focal loss.
 
-// Rows of at most this many vectors are held in registers (see pass 1).
-constexpr int64_t kRegVecs = 2;
 #if defined(__GNUC__)
 #define SWT_FLATTEN __attribute__((flatten))
 #else
@@ -76,6 +74,8 @@ SWT_HD void prefetch_ahead(const void* p) {
 #endif
 }
 
+#include "narrow_rows_impl.h"
+
 template <typename scalar_t>
 void row_kernel_typed(const RowArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -101,10 +101,8 @@ void row_kernel_typed(const RowArgs& a) {
     bool skip;       // ignored: done in full by the first part
     acc_t mx, xs_y;  // row max, shifted target logit
     acc_t s, bx, b;  // sum exp(x - m), and the linear sums
-    acc_t* parked;   // exp(x_c - m) of a long row, or null
-    V er[kRegVecs];  // exp(x_c - m) of a short row (in_regs)
+    acc_t* parked;   // exp(x_c - m) of the row, or null
   };
-  const bool in_regs = C <= kRegVecs * W;
   // Rows go several at a time: their log s and the two exps after it
   // are one vector call for the block, not three libm calls (and the spills
   // of every vector register around them) per row. Each lane is computed
@@ -162,15 +160,13 @@ void row_kernel_typed(const RowArgs& a) {
 
       // Pass 1: the row max m. Everything after works on x - m, which keeps
       // full precision where x itself is large (lse = m + log s would not).
-      // A short row (kRegVecs vectors or fewer) stays in registers: one load
-      // of its tail instead of three, and its exps are kept for pass 3.
-      V xr[kRegVecs];
+      // (Rows of kNarrowCols classes or fewer take narrow_row_kernel_typed.)
       V vmax(neg_inf);
       // A long row without gradient nor linear terms (a forward, or its
       // statistics): passes 1 and 2 as one, reading the row once. Each lane
       // keeps its running max and its sum of exp(x - max), rescaled when the
       // max grows (a few times a row, after its first vectors).
-      if (!in_regs && g == nullptr && !linear) {
+      if (g == nullptr && !linear) {
         // From the lowest finite value, not -inf: a lane that has seen only
         // -inf then adds exp(-inf) = 0, not exp(-inf + inf).
         vmax = V(std::numeric_limits<acc_t>::lowest());
@@ -206,14 +202,7 @@ void row_kernel_typed(const RowArgs& a) {
         rs.bx = rs.b = acc_t(0);
         return;
       }
-      if (in_regs) {
-        for (int64_t j = 0; j < C; j += W) {
-          const int64_t n = std::min(W, C - j);
-          V xv = vload(x + j, n);
-          xr[j / W] = xv;
-          vmax = M::max(vmax, n < W ? V::set(V(neg_inf), xv, n) : xv);
-        }
-      } else {
+      {
         // Four running maxima: one would make the pass wait on each max's
         // latency (a max is exact, so the order does not change it).
         V m1(neg_inf), m2(neg_inf), m3(neg_inf);
@@ -240,7 +229,7 @@ void row_kernel_typed(const RowArgs& a) {
       // gradient row where it has the accumulation type, even in place: x_c
       // is not read again; else in exp_row) so that pass 3 needs no second exp.
       acc_t* parked = nullptr;
-      if (g != nullptr && !in_regs) {
+      if (g != nullptr) {
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           parked = stream ? exp_row.data() + k * C : g;
         } else {
@@ -252,9 +241,8 @@ void row_kernel_typed(const RowArgs& a) {
       const V vmx(mx);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
-        const V xs = (in_regs ? xr[j / W] : vload(x + j, n)) - vmx;
+        const V xs = vload(x + j, n) - vmx;
         const V e = M::softmax_exp(xs);
-        if (in_regs) rs.er[j / W] = e;
         if (parked) e.store(parked + j, n);
         vs = vs + (n < W ? V::set(V(0), e, n) : e);
         if (linear) {
@@ -310,17 +298,11 @@ void row_kernel_typed(const RowArgs& a) {
       const acc_t a_y = (!prob && cw) ? a_smooth * cw[y] : a_smooth;
       const acc_t g_y = (A * p_y - a_y - a_target) * scale;
       const acc_t* parked = rs.parked;
-      V er[kRegVecs];
-      if (in_regs) {
-        for (int64_t v = 0; v < kRegVecs; ++v) er[v] = rs.er[v];
-      }
       V vsq(0), vl1(0);
       for (int64_t j = 0; j < C; j += W) {
         const int64_t n = std::min(W, C - j);
         if (lean) {
-          const V e = in_regs ? er[j / W]
-                      : parked ? V::loadu(parked + j, n)
-                               : M::softmax_exp(vload(x + j, n) - vmx);
+          const V e = parked ? V::loadu(parked + j, n) : M::softmax_exp(vload(x + j, n) - vmx);
           V u = e * vlean;
           if (!prob && y >= j && y < j + n) {
             u = V::blendv(u, V(g_y), V::arange(acc_t(0), acc_t(1)) == V(static_cast<acc_t>(y - j)));
@@ -329,9 +311,8 @@ void row_kernel_typed(const RowArgs& a) {
           continue;
         }
         const V av = grad_coef_at(j, n);
-        const V p = in_regs ? er[j / W] * vinv_s
-                    : parked ? V::loadu(parked + j, n) * vinv_s
-                             : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
+        const V p = parked ? V::loadu(parked + j, n) * vinv_s
+                           : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
         V u = softmax_grad_p<M>(p, vA, av);
         if (n < W) u = V::set(V(0), u, n);
         if (!prob && y >= j && y < j + n) {
@@ -358,7 +339,7 @@ void row_kernel_typed(const RowArgs& a) {
       }
     };
 
-    if (a.grad != nullptr && !in_regs && (stream || !std::is_same_v<scalar_t, acc_t>)) {
+    if (a.grad != nullptr && (stream || !std::is_same_v<scalar_t, acc_t>)) {
       exp_row.resize(block * C);
     }
     for (int64_t r0 = begin; r0 < end; r0 += block) {
@@ -608,7 +589,13 @@ void elem_kernel_typed(const ElemArgs& a) {
 namespace CPU_CAPABILITY {
 void row_loss_kernel(const RowArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "samplewt_row_loss",
-                                  [&] { row_kernel_typed<scalar_t>(a); });
+                                  [&] {
+                                    if (a.cols <= kNarrowCols) {
+                                      narrow_row_kernel_typed<scalar_t>(a);
+                                    } else {
+                                      row_kernel_typed<scalar_t>(a);
+                                    }
+                                  });
 }
 
 void elem_loss_kernel(const ElemArgs& a) {

@@ -195,7 +195,7 @@ def test_fused_equals_the_reference_path(monkeypatch, policy_name, name, reducti
     for table, out, kernel in ((a, fused, True), (b, ref, False)):
         with monkeypatch.context() as m:
             if not kernel:
-                m.setattr(functional, "_kernel", lambda input: False)
+                m.setattr(functional, "_kernel", lambda input, target: False)
             for k, (idx, x, t) in enumerate(batches):
                 xk = x.clone().requires_grad_(True)
                 kw = dict(sample_weight=sw if k % 2 else None, table=table,
@@ -223,7 +223,7 @@ def test_spatial_cross_entropy_positions(monkeypatch, policy_name):
         table = AdaptiveWeights(S, POLICIES[policy_name]())
         with monkeypatch.context() as m:
             if not kernel:
-                m.setattr(functional, "_kernel", lambda input: False)
+                m.setattr(functional, "_kernel", lambda input, target: False)
             for _ in range(3):
                 xk = x.clone().requires_grad_(True)
                 loss = _reference_loss("cross_entropy", xk, y, None, table, idx, "mean") if not kernel \
@@ -372,7 +372,7 @@ def test_ohem_keeps_the_reference_rows_with_ties_nan_and_ignored(monkeypatch, ke
         table = AdaptiveWeights(S, OHEM(keep_ratio=keep_ratio))
         with monkeypatch.context() as m:
             if not kernel:
-                m.setattr(functional, "_kernel", lambda input: False)
+                m.setattr(functional, "_kernel", lambda input, target: False)
             xk = x.clone().requires_grad_(True)
             kw = dict(sample_weight=None, table=table, indices=idx, reduction="none")
             loss = samplewt_ops.cross_entropy(xk, t, **kw) if kernel else \

@@ -1,0 +1,222 @@
+// Softmax rows of few classes (cross_entropy, focal_loss), one row per lane.
+// Included by loss_kernels_impl.h inside its ISA namespace.
+//
+// A row of the row kernel costs about 30 ns on top of its classes' arithmetic
+// (a horizontal max and sum, partial loads and stores, the scalar
+// coefficients): at C <= 32 that is most of it, and torch's own log_softmax
+// for C = 16 took 10 ns a row against our 30 (4096x16, one thread). Here W
+// rows go together, transposed into a block of the accumulation type, and
+// every pass is vector arithmetic across rows: no horizontal step. Each lane
+// sums its row's classes in order, so a row's result depends neither on its
+// block nor on the instruction set's vector width. The formulas are
+// samplewt_math.h's, as in row_kernel_typed.
+
+
+// Rows of at most this many classes take the narrow kernel (see above). The
+// same bound on every instruction set, so a row's path does not depend on W.
+constexpr int64_t kNarrowCols = 32;
+// A row's own cost in the narrow kernel, in classes' worth of work: the
+// parallel grain counts it, or 4096 rows of 2 classes would run on one thread.
+constexpr int64_t kNarrowRowCost = 8;
+// Blocks of W rows transposed at a time (see the kernel's buffers).
+constexpr int64_t kNarrowBlocks = 4;
+
+template <typename scalar_t>
+void narrow_row_kernel_typed(const RowArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vectorized<acc_t>;
+  using M = VecMath<acc_t>;
+  constexpr int64_t W = V::size();
+  const int64_t C = a.cols;
+  const auto* cw = static_cast<const acc_t*>(a.class_weight);
+  const auto* grad_scale = static_cast<const acc_t*>(a.grad_scale);
+  auto* row_loss = static_cast<acc_t*>(a.row_loss);
+  const bool prob = a.kind == kCrossEntropyProb;
+  const bool focal = a.kind == kFocal;
+  const acc_t eps = focal ? acc_t(0) : static_cast<acc_t>(a.label_smoothing);
+  const acc_t gamma = static_cast<acc_t>(a.gamma);
+  const acc_t z_loss = static_cast<acc_t>(a.z_loss);
+  const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
+  const acc_t sum_cw = static_cast<acc_t>(a.sum_class_weight);
+  const bool linear = prob || eps != acc_t(0);
+  // As in row_kernel_typed: every a_j is 0 for the focal loss and for index
+  // targets without label smoothing, and then, without statistics, the
+  // gradient is one product per element.
+  const bool zero_coef = focal || (!prob && eps == acc_t(0));
+  const bool lean = zero_coef && a.stats == nullptr;
+  const acc_t a_smooth = prob ? acc_t(0) : q_shift;
+  const int64_t grain = std::max<int64_t>(W, kGrainElems / (C + kNarrowRowCost));
+  // In locals: the buffers' stores could alias a's fields, which the
+  // transposing loop would then reload for every element.
+  const auto* input = static_cast<const scalar_t*>(a.input);
+  const auto* target_prob = static_cast<const scalar_t*>(a.target_prob);
+  auto* grad = static_cast<scalar_t*>(a.grad);
+  float* stats = a.stats;
+  const int64_t* target = a.target;
+  const int64_t ld_input = a.ld_input, ld_target = a.ld_target, ld_grad = a.ld_grad;
+  const int64_t ignore_index = a.ignore_index;
+  const RowLoss kind = a.kind;
+
+  at::parallel_for(0, a.rows, grain, [&](int64_t begin, int64_t end) {
+    // Class c of lane l of block k at k * kNarrowBlock + c * W + l: the
+    // logits, then exp(x - m), then the gradient. kNarrowBlocks blocks are
+    // transposed in before the first is read: a vector read right after the
+    // scalar stores that fill it waits for them to leave the store buffer
+    // (its vmaxps took 14% of the kernel at 4096x16).
+    constexpr int64_t kNarrowBlock = kNarrowCols * W;
+    alignas(64) acc_t xbuf[kNarrowBlocks * kNarrowBlock];
+    alignas(64) acc_t qbuf[kNarrowBlocks * kNarrowBlock];  // probability targets
+    alignas(64) acc_t ybuf[kNarrowBlocks * W];
+    alignas(64) acc_t l_mx[W], l_xs_y[W], l_w_y[W], l_bx[W], l_b[W];
+    alignas(64) acc_t l_log_s[W], l_inv_s[W], l_p_y[W], l_mod[W], l_fg[W];
+    alignas(64) acc_t l_A[W], l_at[W], l_scale[W], l_lean[W], l_gy[W], l_sq[W], l_l1[W];
+    bool skipbuf[kNarrowBlocks * W];
+    for (int64_t s0 = begin; s0 < end; s0 += kNarrowBlocks * W) {
+      const int64_t span = std::min(kNarrowBlocks * W, end - s0);
+      const int64_t span_blocks = (span + W - 1) / W;
+      for (int64_t i = 0; i < span_blocks * W; ++i) {
+        const int64_t k = i / W, l = i % W;
+        acc_t* xb = xbuf + k * kNarrowBlock;
+        acc_t* qb = qbuf + k * kNarrowBlock;
+        const bool live = i < span;
+        const int64_t y = (!prob && live) ? target[s0 + i] : -1;
+        skipbuf[i] = !live || (!prob && y == ignore_index);
+        // -1 matches no class: an ignored row's lane adds no target term.
+        ybuf[i] = skipbuf[i] ? acc_t(-1) : static_cast<acc_t>(y);
+        if (live) {
+          const scalar_t* x = input + (s0 + i) * ld_input;
+          for (int64_t c = 0; c < C; ++c) xb[c * W + l] = static_cast<acc_t>(x[c]);
+          if (prob) {
+            const scalar_t* q = target_prob + (s0 + i) * ld_target;
+            for (int64_t c = 0; c < C; ++c) qb[c * W + l] = static_cast<acc_t>(q[c]);
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) xb[c * W + l] = acc_t(0);
+          if (prob) {
+            for (int64_t c = 0; c < C; ++c) qb[c * W + l] = acc_t(0);
+          }
+        }
+      }
+      for (int64_t k = 0; k < span_blocks; ++k) {
+        const int64_t r0 = s0 + k * W;
+        const int64_t nb = std::min(W, end - r0);
+        acc_t* xb = xbuf + k * kNarrowBlock;
+        const acc_t* qb = qbuf + k * kNarrowBlock;
+        const acc_t* l_y = ybuf + k * W;
+        const bool* skip = skipbuf + k * W;
+        // Pass 1, the rows' max; pass 2, s = sum_c exp(x_c - m), the target's
+        // shifted logit and class weight, and the linear sums (row_kernel_typed).
+        V vmax = V::loadu(xb);
+        for (int64_t c = 1; c < C; ++c) vmax = M::max(vmax, V::loadu(xb + c * W));
+        const V vy = V::loadu(l_y);
+        V vs(0), vbx(0), vb(0), vxs_y(0), vw_y(1);
+        for (int64_t c = 0; c < C; ++c) {
+          const V xs = V::loadu(xb + c * W) - vmax;
+          const V e = M::softmax_exp(xs);
+          e.store(xb + c * W);
+          vs = vs + e;
+          if (linear) {
+            const V bv = linear_coef<M>(kind, cw != nullptr, cw ? V(cw[c]) : V(0),
+                                        prob ? V::loadu(qb + c * W) : V(0), V(q_scale), V(q_shift));
+            vbx = vbx + bv * xs;
+            vb = vb + bv;
+          }
+          if (!prob) {
+            const V is_y = vy == V(static_cast<acc_t>(c));
+            vxs_y = V::blendv(vxs_y, xs, is_y);
+            if (cw) vw_y = V::blendv(vw_y, V(cw[c]), is_y);
+          }
+        }
+        // An ignored or empty lane holds s = 1, as row_kernel_typed's block lanes do.
+        const V vlog = M::log(vs);
+        const V logp = vxs_y - vlog;
+        vmax.store(l_mx);
+        vxs_y.store(l_xs_y);
+        vw_y.store(l_w_y);
+        vbx.store(l_bx);
+        vb.store(l_b);
+        vlog.store(l_log_s);
+        M::exp(-vlog).store(l_inv_s);
+        M::exp(logp).store(l_p_y);
+        if (focal) {
+          const FocalTerms<M> ft = focal_terms<M>(logp, V(gamma));
+          ft.mod.store(l_mod);
+          ft.g.store(l_fg);
+        }
+        for (int64_t l = 0; l < W; ++l) {
+          l_A[l] = l_at[l] = l_scale[l] = l_lean[l] = l_gy[l] = acc_t(0);
+          if (skip[l]) {
+            if (l < nb) row_loss[r0 + l] = acc_t(0);
+            continue;
+          }
+          const FocalTerms<ScalarMath<acc_t>> ft{focal ? l_mod[l] : acc_t(0),
+                                                 focal ? l_fg[l] : acc_t(0)};
+          const RowCoef<acc_t> rc = row_coefficients<acc_t>(
+              static_cast<int>(kind), l_log_s[l], l_xs_y[l], l_w_y[l], eps, acc_t(C), sum_cw,
+              linear ? l_bx[l] : acc_t(0), linear ? l_b[l] : acc_t(0), gamma, z_loss,
+              l_mx[l] + l_log_s[l], focal ? &ft : nullptr);
+          row_loss[r0 + l] = rc.loss;
+          const acc_t scale = grad_scale ? grad_scale[r0 + l] : acc_t(1);
+          l_A[l] = rc.A;
+          l_at[l] = rc.a_target;
+          l_scale[l] = scale;
+          l_lean[l] = rc.A * l_inv_s[l] * scale;
+          const int64_t y = static_cast<int64_t>(l_y[l]);
+          const acc_t a_y = (!prob && cw) ? a_smooth * cw[y] : a_smooth;
+          l_gy[l] = prob ? acc_t(0) : (rc.A * l_p_y[l] - a_y - rc.a_target) * scale;
+        }
+        if (grad == nullptr && stats == nullptr) continue;
+
+        // Pass 3: u_j = A softmax_j - a_j (minus a_target at y), times grad_scale.
+        const V vA = V::loadu(l_A), vat = V::loadu(l_at), vscale = V::loadu(l_scale);
+        const V vinv_s = V::loadu(l_inv_s), vlean = V::loadu(l_lean), vgy = V::loadu(l_gy);
+        V vsq(0), vl1(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const V e = V::loadu(xb + c * W);
+          const V is_y = vy == V(static_cast<acc_t>(c));
+          V u;
+          if (lean) {
+            u = e * vlean;
+            if (!prob) u = V::blendv(u, vgy, is_y);
+          } else {
+            const V av = zero_coef ? V(0)
+                                   : grad_coef<M>(kind, cw != nullptr, cw ? V(cw[c]) : V(0),
+                                                  prob ? V::loadu(qb + c * W) : V(0), V(q_scale),
+                                                  V(q_shift));
+            const V p = e * vinv_s;
+            u = softmax_grad_p<M>(p, vA, av);
+            if (!prob) u = u - (vat & is_y);
+            vsq = vsq + u * u;
+            if (prob) vl1 = vl1 + (p - V::loadu(qb + c * W)).abs();
+            u = u * vscale;
+          }
+          u.store(xb + c * W);
+        }
+        vsq.store(l_sq);
+        vl1.store(l_l1);
+        for (int64_t l = 0; l < nb; ++l) {
+          const int64_t r = r0 + l;
+          if (grad) {
+            scalar_t* g = grad + r * ld_grad;
+            for (int64_t c = 0; c < C; ++c) {
+              g[c] = skip[l] ? scalar_t(0) : static_cast<scalar_t>(xb[c * W + l]);
+            }
+          }
+          if (stats) {
+            float* st = stats + 3 * r;
+            if (skip[l]) {
+              st[0] = st[1] = st[2] = 0.f;
+            } else {
+              st[0] = static_cast<float>(row_loss[r]);
+              st[1] = static_cast<float>(std::sqrt(l_sq[l]));
+              // GHM's g = 1 - p_y (row_kernel_typed); for probabilities,
+              // half the L1 distance.
+              st[2] = static_cast<float>(prob ? acc_t(0.5) * l_l1[l]
+                                              : ghm_g_softmax<acc_t>(l_p_y[l]));
+            }
+          }
+        }
+      }
+    }
+  });
+}
