@@ -202,25 +202,23 @@ void row_kernel_typed(const RowArgs& a) {
         rs.bx = rs.b = acc_t(0);
         return;
       }
-      {
-        // Four running maxima: one would make the pass wait on each max's
-        // latency (a max is exact, so the order does not change it).
-        V m1(neg_inf), m2(neg_inf), m3(neg_inf);
-        int64_t j = 0;
-        for (; j + 4 * W <= C; j += 4 * W) {
-          prefetch_ahead<4 * W * sizeof(scalar_t)>(x + j);
-          vmax = M::max(vmax, vload(x + j, W));
-          m1 = M::max(m1, vload(x + j + W, W));
-          m2 = M::max(m2, vload(x + j + 2 * W, W));
-          m3 = M::max(m3, vload(x + j + 3 * W, W));
-        }
-        for (; j < C; j += W) {
-          const int64_t n = std::min(W, C - j);
-          const V xv = vload(x + j, n);
-          vmax = M::max(vmax, n < W ? V::set(V(neg_inf), xv, n) : xv);
-        }
-        vmax = M::max(M::max(vmax, m1), M::max(m2, m3));
+      // Four running maxima: one would make the pass wait on each max's
+      // latency (a max is exact, so the order does not change it).
+      V m1(neg_inf), m2(neg_inf), m3(neg_inf);
+      int64_t j = 0;
+      for (; j + 4 * W <= C; j += 4 * W) {
+        prefetch_ahead<4 * W * sizeof(scalar_t)>(x + j);
+        vmax = M::max(vmax, vload(x + j, W));
+        m1 = M::max(m1, vload(x + j + W, W));
+        m2 = M::max(m2, vload(x + j + 2 * W, W));
+        m3 = M::max(m3, vload(x + j + 3 * W, W));
       }
+      for (; j < C; j += W) {
+        const int64_t n = std::min(W, C - j);
+        const V xv = vload(x + j, n);
+        vmax = M::max(vmax, n < W ? V::set(V(neg_inf), xv, n) : xv);
+      }
+      vmax = M::max(M::max(vmax, m1), M::max(m2, m3));
       const acc_t mx = hmax(vmax);
       rs.mx = mx;
       rs.xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;

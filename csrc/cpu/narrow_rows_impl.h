@@ -186,8 +186,10 @@ void narrow_row_kernel_typed(const RowArgs& a) {
             const V p = e * vinv_s;
             u = softmax_grad_p<M>(p, vA, av);
             if (!prob) u = u - (vat & is_y);
-            vsq = vsq + u * u;
-            if (prob) vl1 = vl1 + (p - V::loadu(qb + c * W)).abs();
+            if (stats) {
+              vsq = vsq + u * u;
+              if (prob) vl1 = vl1 + (p - V::loadu(qb + c * W)).abs();
+            }
             u = u * vscale;
           }
           u.store(xb + c * W);
