@@ -201,12 +201,25 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
         return None
     dtype = input.dtype
     grad_mode = torch.is_grad_enabled()
+    out_shape = None  # reduction "none" of (N, C, d1..dk): the per-row losses' shape
     if spec.rows:
-        if input.dim() != 2 or (target.dtype != torch.int64 and target.dtype != dtype):
+        if target.dtype != torch.int64 and target.dtype != dtype:
             return None
         if grad_mode and target.requires_grad:
             return None
-    elif target.dtype != dtype or input.dim() == 0:
+        if input.dim() != 2:
+            # (N, C, d1..dk) folded to rows here as _Rows does (per-sample
+            # weights, tables and in place take the checked path).
+            if input.dim() < 3 or sample_weight is not None or table is not None or inplace_grad:
+                return None
+            out_shape = (input.shape[0],) + tuple(input.shape[2:])
+            prob = target.dtype == dtype
+            if tuple(target.shape) != (tuple(input.shape) if prob else out_shape):
+                return None
+            c = input.shape[1]
+            input = input.movedim(1, -1).reshape(-1, c)
+            target = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
+    elif target.dtype != dtype:
         return None
     if sample_weight is not None and (type(sample_weight) is not Tensor or sample_weight.dtype != dtype
                                       or not sample_weight.is_cpu
@@ -239,7 +252,8 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
     op, names = _fast_op(spec.name + "_" if in_place else spec.name)
     try:
         if table is None:
-            return op(*[values[n] for n in names])[0]
+            loss = op(*[values[n] for n in names])[0]
+            return loss if out_shape is None or red != 0 else loss.reshape(out_shape)
         if (type(indices) is not Tensor or not indices.is_cpu or not table.ema.is_cpu
                 or not table.policy.supports(spec.name)):
             return None

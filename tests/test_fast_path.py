@@ -52,6 +52,55 @@ def test_fast_path_equals_checked_path(name, reduction, weighted):
     assert torch.equal(g_fast, g_checked)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if not s.rows])
+def test_zero_dim_takes_the_fast_path(name, reduction, weighted):
+    # A 0-d input is one sample of one element (torch takes it; so do we).
+    spec, x, t, sw, args = _call(name, n=1, c=1, weighted=weighted)
+    x = x.detach().reshape(()).requires_grad_()
+    t = t.reshape(())
+    args = {k: (v.reshape(()) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    sw = sw.reshape(1) if sw is not None else None
+    fast = fn_mod._fast_loss(spec, x, t, sw, reduction, dict(args))
+    assert fast is not None, "a plain 0-d call must take the fast path"
+    checked = fn_mod._loss(spec, x, t, sw, reduction, None, None, False, **args)
+    assert fast.shape == checked.shape == ()
+    assert torch.equal(fast, checked)
+    (g_fast,) = torch.autograd.grad(fast, x)
+    (g_checked,) = torch.autograd.grad(checked, x)
+    assert torch.equal(g_fast, g_checked)
+
+
+@pytest.mark.parametrize("prob", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.rows])
+def test_spatial_takes_the_fast_path(name, reduction, prob):
+    # (N, C, d1, d2): folded to rows in the fast path; the same loss and
+    # gradient as the checked path, and the loss shape (N, d1, d2) unreduced.
+    spec = SPECS[name]
+    if prob and not spec.prob_targets:
+        pytest.skip(f"{name} takes no probabilities")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 4, 2, generator=g).requires_grad_()
+    t = (torch.rand(3, 5, 4, 2, generator=g).softmax(1) if prob
+         else torch.randint(0, 5, (3, 4, 2), generator=g))
+    args = {k: v.default for k, v in inspect.signature(spec.reference).parameters.items()
+            if k not in ("input", "target", "sample_weight", "reduction")}
+    fast = fn_mod._fast_loss(spec, x, t, None, reduction, dict(args))
+    assert fast is not None, "a plain spatial call must take the fast path"
+    checked = fn_mod._loss(spec, x, t, None, reduction, None, None, False, **args)
+    assert fast.shape == checked.shape
+    assert torch.equal(fast, checked)
+    cot = torch.rand(fast.shape, generator=g)
+    (g_fast,) = torch.autograd.grad(fast, x, cot)
+    (g_checked,) = torch.autograd.grad(checked, x, cot)
+    assert torch.equal(g_fast, g_checked)
+    # A target of the right size but the wrong shape is the checked path's to reject.
+    assert fn_mod._fast_loss(spec, x, t.reshape(3, -1) if not prob else t.reshape(3, 5, 8),
+                             None, reduction, dict(args)) is None
+
+
 def test_public_function_takes_the_fast_path():
     x = torch.randn(4, 3, requires_grad=True)
     y = torch.tensor([0, 2, 1, 1])
