@@ -47,7 +47,7 @@ struct LossLayout {
   int policy = -1;            // the table's policy (0: no table)
   int target_grad_out = -1;   // output index of target_grad, or -1 (row ops)
   std::vector<int> weights;   // the other tensor arguments: never differentiated here
-  bool rows = false;          // (rows, C) input: grad_output of reduction none is per row
+  bool rows = false;          // row op: grad_output of reduction none is per row
 
   void bind(const c10::FunctionSchema& schema) {
     name = short_name(schema);
@@ -79,7 +79,7 @@ struct LossLayout {
 Tensor scaled(const Tensor& grad, const Tensor& grad_loss, bool rows) {
   if (grad_loss.dim() == 0) return is_one(grad_loss) ? grad : grad * grad_loss.to(grad.dtype());
   const Tensor g = grad_loss.to(grad.dtype());
-  return rows ? grad * g.unsqueeze(-1) : grad * g;
+  return rows ? grad * per_row_factor(g, grad) : grad * g;
 }
 
 class LossBackward final : public torch::autograd::Node {

@@ -14,6 +14,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace samplewt {
 
@@ -96,6 +97,15 @@ inline bool sole_reference(const at::Tensor& t) {
          (n == 2 && detail::python_holds_the_only_extra_ref(t.unsafeGetTensorImpl()->pyobj_slot(), 0));
 }
 
+// A row op's unreduced grad_output (one value per row) as a factor of its
+// (rows, C) or (N, C, d1..dk) gradient.
+inline at::Tensor per_row_factor(const at::Tensor& grad_loss, const at::Tensor& grad) {
+  if (grad.dim() <= 2) return grad_loss.unsqueeze(-1);
+  std::vector<int64_t> shape = grad.sizes().vec();
+  shape[1] = 1;
+  return grad_loss.reshape(shape);
+}
+
 // grad *= grad_loss in place: grad_loss 0-dim, or with rows one value per
 // row of grad. A plain CUDA grad is scaled by our kernel (ops_cuda.cu), which
 // reads grad_loss on the device and leaves grad alone when it is 1; ATen's
@@ -112,7 +122,7 @@ inline at::Tensor& scale_in_place(at::Tensor& grad, const at::Tensor& grad_loss,
     return grad;
   }
   const at::Tensor g = grad_loss.to(grad.scalar_type());
-  return rows ? grad.mul_(g.unsqueeze(-1)) : grad.mul_(g);
+  return rows ? grad.mul_(per_row_factor(g, grad)) : grad.mul_(g);
 }
 
 }  // namespace samplewt

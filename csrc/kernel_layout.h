@@ -15,7 +15,14 @@ namespace samplewt {
 struct RowLayout {
   RowLoss kind = kCrossEntropyIndex;
   int64_t rows = 0, cols = 0;
-  const void* input = nullptr;  // rows x cols, unit column stride
+  // Rows per sample of an (N, C, d1..dk) input, contiguous: row r is sample
+  // r / positions at position r % positions, and class c of it lies at
+  // (r / positions) * ld + r % positions + c * positions (input, grad and
+  // probability target alike). 1 for (rows, C) rows of unit column stride.
+  // Only the CPU's narrow kernel takes more than 1 (OpWrappers::row_pass
+  // folds the others' calls).
+  int64_t positions = 1;
+  const void* input = nullptr;  // rows x cols, unit column stride (see positions)
   int64_t ld_input = 0;
   void* grad = nullptr;         // rows x cols or null; may equal input (in place)
   int64_t ld_grad = 0;

@@ -72,9 +72,19 @@ inline Tensor sample_weight_acc(const optional<Tensor>& sample_weight, int64_t n
 // ---------------------------------------------------------------------------
 // Row (softmax) ops: cross_entropy, focal_loss and their `_` variants.
 
+// An index target's shape: input's without the class dimension (dim 1).
+inline std::vector<int64_t> row_target_shape(const Tensor& input) {
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape.erase(shape.begin() + 1);
+  return shape;
+}
+
 struct RowInputs {
+  // (N, C, d1..dk) input: N * d1 * .. * dk rows, d1 * .. * dk positions per
+  // sample (RowLayout::positions); (rows, C): positions 1.
+  int64_t rows = 0, positions = 1;
   bool prob = false;     // class-probability targets
-  Tensor target;         // int64 (rows), or input's dtype (rows, C); contiguous
+  Tensor target;         // int64 (rows) or (N, d1..dk), or input's dtype and shape; contiguous
   Tensor class_weight;   // accumulation type (C), contiguous; or undefined
   Tensor sample_weight;  // accumulation type (rows), contiguous; or undefined
 };
@@ -89,13 +99,18 @@ inline RowInputs prepare_row_inputs(bool focal, const Tensor& input, const Tenso
   check_device(input, target, "target");
   check_device(input, class_weight, focal ? "alpha" : "weight");
   check_device(input, sample_weight, "sample_weight");
-  TORCH_CHECK_VALUE(input.dim() == 2, "samplewt_ops: input must be 2-D (rows, classes), got ",
+  TORCH_CHECK_VALUE(input.dim() >= 2,
+                    "samplewt_ops: input must be (rows, classes) or (N, classes, d1, ..., dk), got ",
                     input.sizes());
-  const int64_t R = input.size(0), C = input.size(1);
+  const int64_t C = input.size(1);
+  RowInputs out;
+  const std::vector<int64_t> target_shape = row_target_shape(input);
+  for (size_t d = 1; d < target_shape.size(); ++d) out.positions *= target_shape[d];
+  out.rows = target_shape[0] * out.positions;
+  const int64_t R = out.rows;
   TORCH_CHECK_VALUE(C > 0 || R == 0, "samplewt_ops: input must have at least one class, got ",
                     input.sizes());
   const at::ScalarType acc = acc_type(input.scalar_type());
-  RowInputs out;
   out.prob = at::isFloatingType(target.scalar_type());
   TORCH_CHECK_TYPE(!(out.prob && focal),
                    "samplewt_ops: focal_loss target must hold class indices (int64), got ",
@@ -113,8 +128,9 @@ inline RowInputs prepare_row_inputs(bool focal, const Tensor& input, const Tenso
                      "samplewt_ops: target must hold class indices (int64) or class "
                      "probabilities (floating point), got ",
                      target.scalar_type());
-    TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == R,
-                      "samplewt_ops: target must have shape (", R, "), got ", target.sizes());
+    TORCH_CHECK_VALUE(target.sizes() == c10::IntArrayRef(target_shape),
+                      "samplewt_ops: target must have shape ", c10::IntArrayRef(target_shape),
+                      ", got ", target.sizes());
     out.target = target.to(at::kLong).contiguous();
   }
   TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
@@ -216,7 +232,9 @@ struct RowBuffers {
 template <class Alloc>
 RowBuffers row_buffers(const Tensor& input, bool inplace, bool compute_grad, Alloc&& alloc) {
   RowBuffers b;
-  b.x = input.stride(1) == 1 || input.size(1) <= 1 ? input : input.contiguous();
+  const bool as_is = input.dim() == 2 ? input.stride(1) == 1 || input.size(1) <= 1
+                                      : input.is_contiguous();
+  b.x = as_is ? input : input.contiguous();
   if (inplace) {
     b.grad = b.x;
   } else if (compute_grad) {
@@ -228,17 +246,20 @@ RowBuffers row_buffers(const Tensor& input, bool inplace, bool compute_grad, All
 inline void fill_row_layout(RowLayout& a, bool focal, const RowInputs& in, const RowBuffers& b,
                             float* stats, int64_t ignore_index, double label_smoothing,
                             double gamma, double z_loss) {
-  const int64_t R = b.x.size(0), C = b.x.size(1);
+  const int64_t R = in.rows, C = b.x.size(1), P = in.positions;
   a.kind = focal ? kFocal : (in.prob ? kCrossEntropyProb : kCrossEntropyIndex);
   a.rows = R;
   a.cols = C;
+  a.positions = P;
+  // (N, C, d1..dk): contiguous (row_buffers), a sample every C * P elements.
+  const bool spatial = b.x.dim() > 2;
   a.input = b.x.data_ptr();
-  a.ld_input = R > 1 ? b.x.stride(0) : C;
+  a.ld_input = spatial ? C * P : (R > 1 ? b.x.stride(0) : C);
   a.grad = b.grad.defined() ? b.grad.data_ptr() : nullptr;
-  a.ld_grad = b.grad.defined() ? (R > 1 ? b.grad.stride(0) : C) : 0;
+  a.ld_grad = b.grad.defined() ? (spatial ? C * P : (R > 1 ? b.grad.stride(0) : C)) : 0;
   a.target = in.prob ? nullptr : in.target.data_ptr<int64_t>();
   a.target_prob = in.prob ? in.target.data_ptr() : nullptr;
-  a.ld_target = C;
+  a.ld_target = C * P;
   a.class_weight = ptr_or_null(in.class_weight);
   a.stats = stats;
   a.ignore_index = ignore_index;

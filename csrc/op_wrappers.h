@@ -4,7 +4,10 @@
 //     static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall&);
 //     static ElemOut elem_loss(const ElemCall&);
 // (loss, grad, stats, and for element-wise ops target_grad; grad is the input
-// itself for in-place calls), the adaptive table's steps (table_step.h)
+// itself for in-place calls), whether its row kernels read (N, C, d1..dk)
+// input of `cols` classes as it is (RowLayout::positions; else row_pass folds it)
+//     static bool takes_positions(int64_t cols);
+// the adaptive table's steps (table_step.h)
 //     static void table_check_indices(const Table&);
 //     static Tensor table_valid(const Table&, const Tensor& target, int64_t ignore_index);
 //     static Tensor table_weights(const Table&, const Tensor& valid);  // history policies
@@ -15,6 +18,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <array>
@@ -231,6 +235,9 @@ struct OpWrappers {
   static Out3 row_pass(const RowCall& o) {
     TORCH_CHECK_VALUE(o.z_loss >= 0.0 && std::isfinite(o.z_loss),
                       "samplewt_ops: z_loss must be >= 0 and finite, got ", o.z_loss);
+    if (o.input.dim() > 2 && !Device::takes_positions(o.input.size(1)) && folds(o)) {
+      return folded_row_pass(o);
+    }
     if (!o.softcap.has_value()) return Device::row_loss(o);
     const double cap = *o.softcap;
     TORCH_CHECK_VALUE(cap > 0.0 && std::isfinite(cap),
@@ -259,9 +266,50 @@ struct OpWrappers {
     return out;
   }
 
+  // Whether an (N, C, d1..dk) call folds to rows: with a floating-point
+  // input and a target of the right shape (else the device's checks raise
+  // their error on the call as it is).
+  static bool folds(const RowCall& o) {
+    const bool prob = at::isFloatingType(o.target.scalar_type());
+    return at::isFloatingType(o.input.scalar_type()) &&
+           (prob ? o.target.sizes() == o.input.sizes()
+                 : o.target.sizes() == c10::IntArrayRef(checks::row_target_shape(o.input)));
+  }
+
+  // (N, C, d1..dk) for kernels that read (rows, C) rows only: the class
+  // dimension moved last (a copy), and the gradient moved back into a
+  // contiguous tensor of input's shape (in place: into input).
+  static Out3 folded_row_pass(const RowCall& o) {
+    const Tensor& x = o.input;
+    const int64_t C = x.size(1);
+    const int64_t R = c10::multiply_integers(checks::row_target_shape(x));
+    const bool prob = at::isFloatingType(o.target.scalar_type());
+    const Tensor rows = x.movedim(1, -1).reshape({R, C});
+    const Tensor target = prob ? o.target.movedim(1, -1).reshape({R, C}) : o.target.reshape({R});
+    Out3 out = row_pass({o.kind, rows, target, o.class_weight, o.sample_weight, o.ignore_index,
+                         o.label_smoothing, o.gamma, o.reduction, o.compute_grad,
+                         o.compute_stats, o.inplace, o.z_loss, o.softcap});
+    Tensor& grad = std::get<1>(out);
+    if (!o.compute_grad) return out;
+    std::vector<int64_t> moved = x.sizes().vec();  // (N, d1..dk, C)
+    moved.erase(moved.begin() + 1);
+    moved.push_back(C);
+    // In place, rows is a view of x where the fold moves nothing (every d_i
+    // = 1), and the device has written x already.
+    if (o.inplace && rows.is_alias_of(x)) {
+      grad = x;
+      return out;
+    }
+    const Tensor back = grad.reshape(moved).movedim(-1, 1);
+    grad = o.inplace ? x.copy_(back) : back.contiguous();
+    return out;
+  }
+
   // A row op's call, through its table when one is given (table_step.h).
   static Out3 row_with_table(const RowCall& o, const TableArgs& ta) {
     if (!ta.active()) return row_pass(o);
+    TORCH_CHECK_VALUE(o.input.dim() == 2, "samplewt_ops: with a table, input must be 2-D "
+                      "(rows, classes), got ", o.input.sizes());
     const Table t = check_table(ta, o.input, o.input.dim() == 2 ? o.input.size(0) : 0, true);
     Device::table_check_indices(t);
     const bool index_target = !at::isFloatingType(o.target.scalar_type());

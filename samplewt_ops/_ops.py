@@ -14,6 +14,8 @@ the checked path, which torch.compile traces, wraps them in InplaceGradLoss.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _loader
@@ -49,8 +51,14 @@ def _check_fake_args(spec: OpSpec, a: dict) -> int:
     torch._check_type(x.dtype.is_floating_point,
                       lambda: f"samplewt_ops: input must be floating point, got {x.dtype}")
     if spec.rows:
-        torch._check_value(x.dim() == 2, lambda: f"samplewt_ops: input must be 2-D, got {x.shape}")
-        rows, c = x.shape
+        # (rows, C), or (N, C, d1..dk): N * d1 * .. * dk rows (csrc/op_checks.h).
+        torch._check_value(x.dim() >= 2, lambda: f"samplewt_ops: input must be (rows, classes) or "
+                           f"(N, classes, d1, ..., dk), got {x.shape}")
+        torch._check_value(x.dim() == 2 or not a.get("policy"), lambda: f"samplewt_ops: with a table, "
+                           f"input must be 2-D (rows, classes), got {x.shape}")
+        c = x.shape[1]
+        index_shape = (x.shape[0],) + tuple(x.shape[2:])
+        rows = math.prod(index_shape)
         if t.dtype.is_floating_point:
             torch._check_type(spec.prob_targets,
                               lambda: f"samplewt_ops: {spec.name} target must hold class indices")
@@ -59,8 +67,8 @@ def _check_fake_args(spec: OpSpec, a: dict) -> int:
         else:
             torch._check_type(t.dtype in (torch.int64, torch.int32),
                               lambda: f"samplewt_ops: target must hold class indices, got {t.dtype}")
-            torch._check_value(t.shape == (rows,), lambda: f"samplewt_ops: target must have "
-                               f"shape ({rows},), got {t.shape}")
+            torch._check_value(tuple(t.shape) == index_shape, lambda: f"samplewt_ops: target must "
+                               f"have shape {index_shape}, got {t.shape}")
         for name in spec.tensors:
             w = a[name]
             torch._check_value(w is None or w.shape == (c,), lambda: f"samplewt_ops: {name} "
@@ -99,7 +107,7 @@ def _fake(spec: OpSpec, inplace: bool):
         x = a["input"]
         samples = _check_fake_args(spec, a)
         if a["reduction"] == 0:
-            loss = x.new_empty((x.shape[0],) if spec.rows else x.shape)
+            loss = x.new_empty((samples,) if spec.rows else x.shape)
         else:
             loss = x.new_empty(())
         stats = x.new_empty((samples, 3) if a["compute_stats"] else (0,), dtype=torch.float32)

@@ -82,9 +82,11 @@ class _Samples:
 
 
 class _Rows(_Samples):
-    """Row (softmax) ops: (N, C, d1..dk) and (C,) inputs folded to (rows, C)."""
+    """Row (softmax) ops: a (C,) input as one row; an (N, C, d1..dk) input
+    as it is (the op reads N * d1 * .. * dk rows in place), or with a table,
+    which takes (rows, C), folded to rows."""
 
-    def __init__(self, input: Tensor, target: Tensor, prob: bool):
+    def __init__(self, input: Tensor, target: Tensor, prob: bool, fold: bool = False):
         if not prob and target.dtype not in (torch.int64, torch.int32):
             target = target.long()  # the kernels read int64 or int32 indices
         self.n = 1 if input.dim() == 1 else input.shape[0]
@@ -95,13 +97,14 @@ class _Rows(_Samples):
         if input.dim() == 1:
             self.x = input.unsqueeze(0)
             self.t = target.unsqueeze(0) if prob else target.reshape(1)
-        elif input.dim() == 2:
+        elif input.dim() == 2 or not fold:
             self.x, self.t = input, target
         else:
             # The class dimension moves last so that each row is contiguous.
             self.x = input.movedim(1, -1).reshape(-1, c)
             self.t = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
-        self.positions = self.x.shape[0] // self.n if self.n else 1
+        rows = math.prod(self.out_shape) if input.dim() > 1 else 1
+        self.positions = rows // self.n if self.n else 1
 
     def expand(self, per_sample: Optional[Tensor]) -> Optional[Tensor]:
         """A per-sample (N,) vector as one value per row."""
@@ -121,7 +124,8 @@ class _Rows(_Samples):
 def _run_kernel(call, op_args: dict, sample_weight, reduction: str, want_stats: bool, inplace_grad: bool):
     """Calls the compiled op; returns (loss, per-sample stats or None)."""
     spec = call.spec
-    lay = _Rows(call.input, call.target, call.prob) if spec.rows else _Samples(call.input, call.target)
+    lay = (_Rows(call.input, call.target, call.prob, fold="indices" in op_args) if spec.rows
+           else _Samples(call.input, call.target))
     args = dict(op_args, target=lay.t, sample_weight=lay.expand(sample_weight),
                 reduction=_REDUCTION[reduction], compute_stats=want_stats)
     if inplace_grad and _needs_grad(lay.x):
@@ -208,17 +212,11 @@ def _fast_loss(spec, input, target, sample_weight, reduction, args: dict, table=
         if grad_mode and target.requires_grad:
             return None
         if input.dim() != 2:
-            # (N, C, d1..dk) folded to rows here as _Rows does (per-sample
-            # weights, tables and in place take the checked path).
+            # (N, C, d1..dk), which the op takes as it is (per-sample weights,
+            # which the op takes per row, tables and in place take the checked path).
             if input.dim() < 3 or sample_weight is not None or table is not None or inplace_grad:
                 return None
             out_shape = (input.shape[0],) + tuple(input.shape[2:])
-            prob = target.dtype == dtype
-            if tuple(target.shape) != (tuple(input.shape) if prob else out_shape):
-                return None
-            c = input.shape[1]
-            input = input.movedim(1, -1).reshape(-1, c)
-            target = target.movedim(1, -1).reshape(-1, c) if prob else target.reshape(-1)
     elif target.dtype != dtype:
         return None
     if sample_weight is not None and (type(sample_weight) is not Tensor or sample_weight.dtype != dtype

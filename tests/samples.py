@@ -154,6 +154,44 @@ def row_opcheck_samples(gen, dtypes, sizes, device="cpu", plain=True):
                                         z_loss=0.01, softcap=None)
 
 
+def spatial_row_opcheck_samples(gen, dtypes, device="cpu"):
+    """(op name, positional args) for opcheck of the row ops over (N, C,
+    d1..dk) input, which the ops take as N * d1 * .. * dk rows: classes the
+    CPU reads in place (C <= 32) and ones every device folds to rows, and a
+    fold that moves nothing (every d_i = 1)."""
+    for dtype in dtypes:
+        for shape in ((2, 5, 3, 4), (3, 7, 5), (2, 40, 3), (2, 40, 1)):
+            n, c, rest = shape[0], shape[1], shape[2:]
+            x = torch.randn(shape, generator=gen).to(dtype).to(device).requires_grad_()
+            y = torch.randint(0, c, (n,) + rest, generator=gen)
+            y.view(-1)[::4] = -100
+            y = y.to(device)
+            cw = torch.rand(c, generator=gen).to(device)
+            rows = y.numel()
+            sw = torch.rand(rows, generator=gen).to(device)
+            ce = dict(input=x, target=y, weight=cw, sample_weight=sw, ignore_index=-100, label_smoothing=0.1)
+            for red in (0, 1, 2):
+                yield "cross_entropy", op_args("cross_entropy", **ce, **tail(red, True, True))
+                yield "focal_loss", op_args("focal_loss", input=x, target=y, alpha=None, sample_weight=None,
+                                            gamma=2.0, ignore_index=-100, **tail(red, True, False))
+            q = torch.softmax(torch.randn(shape, generator=gen), 1).to(dtype).to(device)
+            yield "cross_entropy", op_args("cross_entropy", **dict(ce, target=q, sample_weight=None),
+                                           **tail(0, True, True))
+            yield "cross_entropy", op_args("cross_entropy", **ce, **tail(1, True, False), z_loss=0.01,
+                                           softcap=3.0)
+
+
+def spatial_inplace_opcheck_samples(gen, device="cpu"):
+    """(op name, positional args) for opcheck of the in-place row ops over
+    (N, C, d1..dk) input (see spatial_row_opcheck_samples)."""
+    for shape in ((2, 5, 3, 4), (2, 40, 3), (2, 40, 1)):
+        x = torch.randn(shape, generator=gen).to(device)
+        y = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen).to(device)
+        yield "cross_entropy_", op_args("cross_entropy_", **ce_kwargs(x, y), reduction=0, compute_stats=True)
+        yield "focal_loss_", op_args("focal_loss_", input=x.clone(), target=y, alpha=None, sample_weight=None,
+                                     gamma=2.0, ignore_index=-100, reduction=1, compute_stats=False)
+
+
 def elem_opcheck_samples(gen, dtypes, shapes, device="cpu"):
     """(op name, positional args) for opcheck of the element-wise ops."""
     for dtype in dtypes:

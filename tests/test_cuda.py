@@ -14,6 +14,7 @@ from samplewt_ops._ops import call
 from samples import assert_outputs_close as _assert_outputs_close
 from samples import ce_kwargs, elem_kwargs, elem_opcheck_samples, inplace_opcheck_samples, row_kwargs
 from samples import ROW_VARIANTS, row_opcheck_samples, strided_row_kwargs, tail, to_device
+from samples import spatial_inplace_opcheck_samples, spatial_row_opcheck_samples
 from samples import tol as _tol
 
 HAS_CUDA = torch.cuda.is_available() and _loader.has_kernel("cuda")
@@ -270,6 +271,7 @@ def test_elementwise_functions_match_reference(case, shape, dtype, reduction):
 def _cuda_opcheck_samples():
     yield from row_opcheck_samples(torch.Generator().manual_seed(0), (torch.float32, torch.bfloat16),
                                    ((5, 1), (9, 37), (3, 1300), (4, 20000)), device=DEV, plain=False)
+    yield from spatial_row_opcheck_samples(torch.Generator().manual_seed(3), (torch.float32,), device=DEV)
     yield from elem_opcheck_samples(torch.Generator().manual_seed(1), (torch.float32,),
                                     ((6, 5), (4, 3, 2), (7,), (2, 9000)), device=DEV)
 
@@ -284,6 +286,8 @@ def test_opcheck_inplace_ops_cuda():
     y = torch.randint(0, 11, (6,), device=DEV)
     sw = torch.rand(6, device=DEV)
     for name, args in inplace_opcheck_samples(x, y, sw):
+        torch.library.opcheck(getattr(OPS, name), args, test_utils=("test_schema", "test_faketensor"))
+    for name, args in spatial_inplace_opcheck_samples(torch.Generator().manual_seed(4), device=DEV):
         torch.library.opcheck(getattr(OPS, name), args, test_utils=("test_schema", "test_faketensor"))
 
 

@@ -12,6 +12,7 @@ import samplewt_ops
 from samplewt_ops import _loader, reference
 from samplewt_ops._ops import call
 from samples import ce_kwargs, elem_opcheck_samples, inplace_opcheck_samples, row_opcheck_samples, tail
+from samples import spatial_inplace_opcheck_samples, spatial_row_opcheck_samples
 
 pytestmark = pytest.mark.skipif(not _loader.has_kernel("cpu"), reason="no compiled CPU kernel")
 
@@ -23,6 +24,7 @@ def _opcheck_samples():
         return []  # (the op's argument order comes from its compiled schema)
     return [*row_opcheck_samples(torch.Generator().manual_seed(0), (torch.float32, torch.float64, torch.bfloat16),
                                  ((5, 1), (7, 2), (9, 37), (3, 130))),
+            *spatial_row_opcheck_samples(torch.Generator().manual_seed(3), (torch.float32, torch.bfloat16)),
             *elem_opcheck_samples(torch.Generator().manual_seed(1), (torch.float32, torch.float64),
                                   ((6, 5), (4, 3, 2), (7,)))]
 
@@ -35,6 +37,8 @@ def test_opcheck(name, args):
 def test_opcheck_inplace_ops():
     for name, args in inplace_opcheck_samples(torch.randn(6, 11), torch.randint(0, 11, (6,)),
                                               torch.rand(6)):
+        torch.library.opcheck(getattr(OPS, name), args, test_utils=("test_schema", "test_faketensor"))
+    for name, args in spatial_inplace_opcheck_samples(torch.Generator().manual_seed(4)):
         torch.library.opcheck(getattr(OPS, name), args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -278,6 +282,71 @@ def test_strided_rows_are_read_in_place(fn):
     torch.testing.assert_close(fn(xt, y), getattr(reference, fn.__name__)(xt, y))
 
 
+def _folded(x):
+    """(N, C, d1..dk) as (rows, C), and the way back for a gradient."""
+    c = x.shape[1]
+    moved = (x.shape[0],) + tuple(x.shape[2:]) + (c,)
+    return x.movedim(1, -1).reshape(-1, c), lambda g: g.reshape(moved).movedim(-1, 1)
+
+
+# Positions per sample that fill whole vectors (256), that leave blocks across
+# two samples (17, 5), and rows enough for every thread; C folded on the CPU too (40).
+@pytest.mark.parametrize("shape", [(8, 10, 16, 16), (4, 3, 17, 17), (3, 32, 5), (2, 40, 3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_spatial_rows_equal_their_folded_rows(isa, shape, dtype):
+    # The op reads (N, C, d1..dk) as N * d1 * .. * dk rows in place; each row
+    # is summed as the same row of the folded (rows, C) input is: bit-equal.
+    g = torch.Generator().manual_seed(shape[-1])
+    n, c = shape[0], shape[1]
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    y = torch.randint(0, c, (n,) + shape[2:], generator=g)
+    y.view(-1)[::7] = -100
+    q = torch.softmax(torch.randn(shape, generator=g), 1).to(dtype)
+    cw = torch.rand(c, generator=g) + 0.1
+    sw = torch.rand(y.numel(), generator=g)
+    x2, back = _folded(x)
+    for name, target, kw in (("cross_entropy", y, dict(weight=cw, sample_weight=sw, ignore_index=-100,
+                                                       label_smoothing=0.1)),
+                             ("cross_entropy", y, dict(weight=None, sample_weight=None, ignore_index=-100,
+                                                       label_smoothing=0.0)),
+                             ("cross_entropy", q, dict(weight=None, sample_weight=sw, ignore_index=-100,
+                                                       label_smoothing=0.2)),
+                             ("focal_loss", y, dict(alpha=cw, sample_weight=None, gamma=2.0, ignore_index=-100))):
+        t2 = _folded(target)[0] if target.is_floating_point() else target.reshape(-1)
+        for red in (0, 1, 2):
+            loss, grad, stats = call(name, input=x, target=target, **kw, **tail(red, True, True))
+            loss2, grad2, stats2 = call(name, input=x2, target=t2, **kw, **tail(red, True, True))
+            assert grad.shape == x.shape and grad.is_contiguous()
+            assert torch.equal(loss, loss2) and torch.equal(stats, stats2)
+            assert torch.equal(grad, back(grad2))
+        xi, xi2 = x.clone(), x2.clone()
+        loss, stats = call(name, inplace=True, input=xi, target=target, **kw, reduction=0, compute_stats=True)
+        loss2, _ = call(name, inplace=True, input=xi2, target=t2, **kw, reduction=0, compute_stats=True)
+        assert torch.equal(loss, loss2) and torch.equal(xi, back(xi2))
+
+
+def test_spatial_rows_of_a_strided_input():
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 5, 7).movedim(-1, 1)  # (3, 7, 6, 5), classes innermost: copied first
+    y = torch.randint(0, 7, (3, 6, 5))
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    for fn in (samplewt_ops.cross_entropy, samplewt_ops.focal_loss):
+        a = fn(xa, y, reduction="none")
+        b = getattr(reference, fn.__name__)(xb, y, reduction="none")
+        assert a.shape == (3, 6, 5)
+        torch.testing.assert_close(a, b)
+        a.sum().backward()
+        b.sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad)
+    # In place on a strided input: the gradient goes back into its own layout.
+    xi = x.clone().requires_grad_()
+    xc = x.clone().requires_grad_()
+    samplewt_ops.cross_entropy(xi * 1.0, y, inplace_grad=True).backward()
+    samplewt_ops.cross_entropy(xc, y).backward()
+    torch.testing.assert_close(xi.grad, xc.grad)
+
+
 def test_inplace_grad_on_strided_logits_matches_default():
     torch.manual_seed(0)
     for transpose in (False, True):
@@ -355,7 +424,7 @@ def test_cpp_check_messages_are_formatted_in_full():
     # -static-libstdc++, or a -B folder holding only libstdc++.a) they came out
     # truncated here and crashed on the GPU machines; setup.py links the shared one.
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"target must have shape \(2\), got \[5\]"):
+    with pytest.raises(ValueError, match=r"target must have shape \[2\], got \[5\]"):
         torch.ops.samplewt_ops.cross_entropy(x, torch.zeros(5, dtype=torch.long), None, None, -100,
                                              0.0, 1, True, False)
 

@@ -22,6 +22,7 @@ namespace cpu {
 struct RowArgs : RowLayout {
   c10::ScalarType dtype = c10::ScalarType::Float;
   const void* grad_scale = nullptr;  // acc (rows): factor on each row's gradient
+  bool grad_scale_uniform = false;   // grad_scale holds one value for every row
   void* row_loss = nullptr;          // acc (rows): out, loss without sample weight
   double sum_class_weight = 0.0;     // sum_c cw_c (cols when unweighted)
 };
@@ -85,6 +86,12 @@ inline int64_t elem_partial_sums(const ElemArgs& a) {
   const int64_t spb = elem_samples_per_sum(a);
   return (a.samples + spb - 1) / spb;
 }
+
+// Rows of at most this many classes take the narrow kernel
+// (narrow_rows_impl.h), the only one that reads RowLayout::positions > 1.
+// The same bound on every instruction set, so a row's path does not depend
+// on the vector width.
+constexpr int64_t kNarrowCols = 32;
 
 using RowKernelFn = void (*)(const RowArgs&);
 using ElemKernelFn = void (*)(const ElemArgs&);

@@ -74,6 +74,35 @@ SWT_HD void prefetch_ahead(const void* p) {
 #endif
 }
 
+// The scalars both softmax row kernels (narrow_row_kernel_typed,
+// row_kernel_typed) take from their RowArgs, in the accumulation type.
+template <typename acc_t>
+struct RowScalars {
+  const acc_t* cw;          // class weights (focal: alpha), or null
+  const acc_t* grad_scale;  // per row, one for all rows (scale_uniform), or null
+  bool scale_uniform;
+  acc_t* row_loss;
+  bool prob, focal;
+  acc_t eps, gamma, z_loss;
+  acc_t q_scale, q_shift;  // a probability target's (1 - eps) q_c + eps / C
+
+  explicit RowScalars(const RowArgs& a)
+      : cw(static_cast<const acc_t*>(a.class_weight)),
+        grad_scale(static_cast<const acc_t*>(a.grad_scale)),
+        scale_uniform(a.grad_scale_uniform),
+        row_loss(static_cast<acc_t*>(a.row_loss)),
+        prob(a.kind == kCrossEntropyProb),
+        focal(a.kind == kFocal),
+        eps(focal ? acc_t(0) : static_cast<acc_t>(a.label_smoothing)),
+        gamma(static_cast<acc_t>(a.gamma)),
+        z_loss(static_cast<acc_t>(a.z_loss)),
+        q_scale(acc_t(1) - eps),
+        q_shift(eps / static_cast<acc_t>(a.cols)) {}
+
+  // Row r's gradient factor.
+  acc_t scale(int64_t r) const { return grad_scale ? grad_scale[scale_uniform ? 0 : r] : acc_t(1); }
+};
+
 #include "narrow_rows_impl.h"
 
 template <typename scalar_t>
@@ -83,15 +112,7 @@ void row_kernel_typed(const RowArgs& a) {
   using M = VecMath<acc_t>;
   constexpr int64_t W = V::size();
   const int64_t C = a.cols;
-  const auto* cw = static_cast<const acc_t*>(a.class_weight);
-  const auto* grad_scale = static_cast<const acc_t*>(a.grad_scale);
-  auto* row_loss = static_cast<acc_t*>(a.row_loss);
-  const bool prob = a.kind == kCrossEntropyProb;
-  const bool focal = a.kind == kFocal;
-  const acc_t eps = focal ? acc_t(0) : static_cast<acc_t>(a.label_smoothing);
-  const acc_t gamma = static_cast<acc_t>(a.gamma);
-  const acc_t z_loss = static_cast<acc_t>(a.z_loss);
-  const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
+  const RowScalars<acc_t> sc(a);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
   // The row's state between its passes over the logits (pass 1 and 2) and
@@ -137,14 +158,14 @@ void row_kernel_typed(const RowArgs& a) {
       scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
       float* st = a.stats ? a.stats + 3 * r : nullptr;
       const scalar_t* q =
-          prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
+          sc.prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
       rs.r = r;
       rs.y = -1;
       rs.skip = false;
-      if (!prob) {
+      if (!sc.prob) {
         rs.y = a.target[r];
         if (rs.y == a.ignore_index) {
-          row_loss[r] = 0;
+          sc.row_loss[r] = 0;
           if (g) std::fill(g, g + C, scalar_t(0));
           if (st) st[0] = st[1] = st[2] = 0.f;
           rs.skip = true;
@@ -152,10 +173,10 @@ void row_kernel_typed(const RowArgs& a) {
         }
       }
       const int64_t y = rs.y;
-      const bool linear = prob || eps != acc_t(0);
+      const bool linear = sc.prob || sc.eps != acc_t(0);
       auto lin_coef = [&](int64_t j, int64_t n) -> V {
-        return linear_coef<M>(a.kind, cw != nullptr, cw ? V::loadu(cw + j, n) : V(0),
-                              prob ? vload(q + j, n) : V(0), V(q_scale), V(q_shift));
+        return linear_coef<M>(a.kind, sc.cw != nullptr, sc.cw ? V::loadu(sc.cw + j, n) : V(0),
+                              sc.prob ? vload(q + j, n) : V(0), V(sc.q_scale), V(sc.q_shift));
       };
 
       // Pass 1: the row max m. Everything after works on x - m, which keeps
@@ -196,7 +217,7 @@ void row_kernel_typed(const RowArgs& a) {
         }
         const acc_t mx = hmax(vmax);
         rs.mx = mx;
-        rs.xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
+        rs.xs_y = sc.prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
         rs.parked = nullptr;
         rs.s = hsum(vsum * M::softmax_exp(vmax - V(mx)));
         rs.bx = rs.b = acc_t(0);
@@ -221,7 +242,7 @@ void row_kernel_typed(const RowArgs& a) {
       vmax = M::max(M::max(vmax, m1), M::max(m2, m3));
       const acc_t mx = hmax(vmax);
       rs.mx = mx;
-      rs.xs_y = prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
+      rs.xs_y = sc.prob ? acc_t(0) : static_cast<acc_t>(x[y]) - mx;
       // Pass 2: s = sum_c exp(x_c - m), and the linear terms sum_c b_c (x_c - m),
       // sum_c b_c when the loss has them. exp(x_c - m) is parked (in the
       // gradient row where it has the accumulation type, even in place: x_c
@@ -256,36 +277,36 @@ void row_kernel_typed(const RowArgs& a) {
 
     // The loss and pass 3 of a row, given log s, exp(-log s) and p_y.
     auto second_part = [&](const RowState& rs, acc_t log_s, acc_t inv_s, acc_t p_y,
-                           const FocalTerms<ScalarMath<acc_t>>* focal) SWT_FLATTEN {
+                           const FocalTerms<ScalarMath<acc_t>>* focal_row) SWT_FLATTEN {
       const int64_t r = rs.r, y = rs.y;
       const scalar_t* x = static_cast<const scalar_t*>(a.input) + r * a.ld_input;
       scalar_t* g = a.grad ? static_cast<scalar_t*>(a.grad) + r * a.ld_grad : nullptr;
       float* st = a.stats ? a.stats + 3 * r : nullptr;
       const scalar_t* q =
-          prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
+          sc.prob ? static_cast<const scalar_t*>(a.target_prob) + r * a.ld_target : nullptr;
       // Every a_j is 0 for the focal loss and for index targets without label
       // smoothing (the target's own term is applied once, below): nothing to load.
-      const bool zero_coef = focal || (!prob && eps == acc_t(0));
+      const bool zero_coef = sc.focal || (!sc.prob && sc.eps == acc_t(0));
       auto grad_coef_at = [&](int64_t j, int64_t n) -> V {
         if (zero_coef) return V(0);
-        return grad_coef<M>(a.kind, cw != nullptr, cw ? V::loadu(cw + j, n) : V(0),
-                            prob ? vload(q + j, n) : V(0), V(q_scale), V(q_shift));
+        return grad_coef<M>(a.kind, sc.cw != nullptr, sc.cw ? V::loadu(sc.cw + j, n) : V(0),
+                            sc.prob ? vload(q + j, n) : V(0), V(sc.q_scale), V(sc.q_shift));
       };
-      const bool linear = prob || eps != acc_t(0);
+      const bool linear = sc.prob || sc.eps != acc_t(0);
 
       // The row's loss and gradient coefficients, from shifted logits.
-      const acc_t a_smooth = prob ? acc_t(0) : q_shift;
-      const acc_t w_y = (!prob && cw) ? cw[y] : acc_t(1);
+      const acc_t a_smooth = sc.prob ? acc_t(0) : sc.q_shift;
+      const acc_t w_y = (!sc.prob && sc.cw) ? sc.cw[y] : acc_t(1);
       const RowCoef<acc_t> rc = row_coefficients<acc_t>(
-          static_cast<int>(a.kind), log_s, rs.xs_y, w_y, eps, acc_t(C),
+          static_cast<int>(a.kind), log_s, rs.xs_y, w_y, sc.eps, acc_t(C),
           static_cast<acc_t>(a.sum_class_weight), linear ? rs.bx : acc_t(0),
-          linear ? rs.b : acc_t(0), gamma, z_loss, rs.mx + log_s, focal);
+          linear ? rs.b : acc_t(0), sc.gamma, sc.z_loss, rs.mx + log_s, focal_row);
       const acc_t loss = rc.loss, A = rc.A, a_target = rc.a_target;
-      row_loss[r] = loss;
+      sc.row_loss[r] = loss;
       if (!g && !st) return;
 
       // Pass 3: u_j = A softmax_j - a_j; the gradient is grad_scale * u.
-      const acc_t scale = grad_scale ? grad_scale[r] : acc_t(1);
+      const acc_t scale = sc.scale(r);
       const V vA(A), vlog_s(log_s), vscale(scale), vinv_s(inv_s), vmx(rs.mx);
       // Without statistics or per-class coefficients the gradient is one
       // product per element: exp(x_j - m) * (A / s * scale).
@@ -293,7 +314,7 @@ void row_kernel_typed(const RowArgs& a) {
       const V vlean(A * inv_s * scale);
       // The lean pass's element y, with the target's own coefficient, set in
       // its vector (a store after a streamed one would need a fence).
-      const acc_t a_y = (!prob && cw) ? a_smooth * cw[y] : a_smooth;
+      const acc_t a_y = (!sc.prob && sc.cw) ? a_smooth * sc.cw[y] : a_smooth;
       const acc_t g_y = (A * p_y - a_y - a_target) * scale;
       const acc_t* parked = rs.parked;
       V vsq(0), vl1(0);
@@ -302,7 +323,7 @@ void row_kernel_typed(const RowArgs& a) {
         if (lean) {
           const V e = parked ? V::loadu(parked + j, n) : M::softmax_exp(vload(x + j, n) - vmx);
           V u = e * vlean;
-          if (!prob && y >= j && y < j + n) {
+          if (!sc.prob && y >= j && y < j + n) {
             u = V::blendv(u, V(g_y), V::arange(acc_t(0), acc_t(1)) == V(static_cast<acc_t>(y - j)));
           }
           vstore_out(g + j, u, n, stream);
@@ -313,7 +334,7 @@ void row_kernel_typed(const RowArgs& a) {
                            : M::softmax_exp(vload(x + j, n) - vmx - vlog_s);
         V u = softmax_grad_p<M>(p, vA, av);
         if (n < W) u = V::set(V(0), u, n);
-        if (!prob && y >= j && y < j + n) {
+        if (!sc.prob && y >= j && y < j + n) {
           // The target's own coefficient, applied to element y's lane: a
           // correction of the sum of squares afterwards would cancel
           // catastrophically when p_y is near 1.
@@ -322,7 +343,7 @@ void row_kernel_typed(const RowArgs& a) {
         if (st) {
           vsq = vsq + u * u;
           // For probability targets |p_j - q_j| feeds the GHM magnitude.
-          if (prob) {
+          if (sc.prob) {
             V d = (p - vload(q + j, n)).abs();
             vl1 = vl1 + (n < W ? V::set(V(0), d, n) : d);
           }
@@ -333,7 +354,7 @@ void row_kernel_typed(const RowArgs& a) {
         st[0] = static_cast<float>(loss);
         st[1] = static_cast<float>(std::sqrt(hsum(vsq)));
         // GHM's g = 1 - p_y, from the p_y just computed (as the reference has it).
-        st[2] = static_cast<float>(prob ? acc_t(0.5) * hsum(vl1) : ghm_g_softmax<acc_t>(p_y));
+        st[2] = static_cast<float>(sc.prob ? acc_t(0.5) * hsum(vl1) : ghm_g_softmax<acc_t>(p_y));
       }
     };
 
@@ -348,7 +369,7 @@ void row_kernel_typed(const RowArgs& a) {
         if (rs.skip) continue;
         const acc_t log_s = std::log(rs.s);
         // p_y only feeds the lean pass's target element and the statistics.
-        const bool want_p_y = !prob && (a.stats || a.grad);
+        const bool want_p_y = !sc.prob && (a.stats || a.grad);
         second_part(rs, log_s, std::exp(-log_s), want_p_y ? std::exp(rs.xs_y - log_s) : acc_t(0),
                     nullptr);
         continue;
@@ -366,8 +387,8 @@ void row_kernel_typed(const RowArgs& a) {
         M::exp(-vlog).store(lane_inv_s + k);
         const V logp = V::loadu(lane_xs_y + k) - vlog;
         M::exp(logp).store(lane_p_y + k);
-        if (focal) {  // the focal terms too, lane by lane
-          const FocalTerms<M> ft = focal_terms<M>(logp, V(gamma));
+        if (sc.focal) {  // the focal terms too, lane by lane
+          const FocalTerms<M> ft = focal_terms<M>(logp, V(sc.gamma));
           ft.mod.store(lane_focal_mod + k);
           ft.g.store(lane_focal_g + k);
         }
@@ -375,9 +396,9 @@ void row_kernel_typed(const RowArgs& a) {
       for (int64_t k = 0; k < nb; ++k) {
         if (rows[k].skip) continue;
         FocalTerms<ScalarMath<acc_t>> ft{};
-        if (focal) ft = {lane_focal_mod[k], lane_focal_g[k]};
-        second_part(rows[k], lane_log_s[k], lane_inv_s[k], prob ? acc_t(0) : lane_p_y[k],
-                    focal ? &ft : nullptr);
+        if (sc.focal) ft = {lane_focal_mod[k], lane_focal_g[k]};
+        second_part(rows[k], lane_log_s[k], lane_inv_s[k], sc.prob ? acc_t(0) : lane_p_y[k],
+                    sc.focal ? &ft : nullptr);
       }
     }
     if (stream) stream_fence();

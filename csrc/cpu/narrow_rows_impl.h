@@ -12,9 +12,6 @@
 // samplewt_math.h's, as in row_kernel_typed.
 
 
-// Rows of at most this many classes take the narrow kernel (see above). The
-// same bound on every instruction set, so a row's path does not depend on W.
-constexpr int64_t kNarrowCols = 32;
 // A row's own cost in the narrow kernel, in classes' worth of work: the
 // parallel grain counts it, or 4096 rows of 2 classes would run on one thread.
 constexpr int64_t kNarrowRowCost = 8;
@@ -28,23 +25,15 @@ void narrow_row_kernel_typed(const RowArgs& a) {
   using M = VecMath<acc_t>;
   constexpr int64_t W = V::size();
   const int64_t C = a.cols;
-  const auto* cw = static_cast<const acc_t*>(a.class_weight);
-  const auto* grad_scale = static_cast<const acc_t*>(a.grad_scale);
-  auto* row_loss = static_cast<acc_t*>(a.row_loss);
-  const bool prob = a.kind == kCrossEntropyProb;
-  const bool focal = a.kind == kFocal;
-  const acc_t eps = focal ? acc_t(0) : static_cast<acc_t>(a.label_smoothing);
-  const acc_t gamma = static_cast<acc_t>(a.gamma);
-  const acc_t z_loss = static_cast<acc_t>(a.z_loss);
-  const acc_t q_scale = acc_t(1) - eps, q_shift = eps / acc_t(C);
+  const RowScalars<acc_t> sc(a);
   const acc_t sum_cw = static_cast<acc_t>(a.sum_class_weight);
-  const bool linear = prob || eps != acc_t(0);
+  const bool linear = sc.prob || sc.eps != acc_t(0);
   // As in row_kernel_typed: every a_j is 0 for the focal loss and for index
   // targets without label smoothing, and then, without statistics, the
   // gradient is one product per element.
-  const bool zero_coef = focal || (!prob && eps == acc_t(0));
+  const bool zero_coef = sc.focal || (!sc.prob && sc.eps == acc_t(0));
   const bool lean = zero_coef && a.stats == nullptr;
-  const acc_t a_smooth = prob ? acc_t(0) : q_shift;
+  const acc_t a_smooth = sc.prob ? acc_t(0) : sc.q_shift;
   const int64_t grain = std::max<int64_t>(W, kGrainElems / (C + kNarrowRowCost));
   // In locals: the buffers' stores could alias a's fields, which the
   // transposing loop would then reload for every element.
@@ -56,6 +45,12 @@ void narrow_row_kernel_typed(const RowArgs& a) {
   const int64_t ld_input = a.ld_input, ld_target = a.ld_target, ld_grad = a.ld_grad;
   const int64_t ignore_index = a.ignore_index;
   const RowLoss kind = a.kind;
+  // Row r's class c at row_at(r, ld) + c * cs (RowLayout::positions).
+  const int64_t P = a.positions, cs = P;
+  const auto row_at = [P](int64_t r, int64_t ld) { return P == 1 ? r * ld : (r / P) * ld + r % P; };
+  // Whether the W rows from r0 on lie side by side in one sample: then each
+  // class's W logits are one contiguous run, copied as a vector.
+  const auto side_by_side = [P](int64_t r0, int64_t nb) { return P > 1 && nb == W && r0 % P + W <= P; };
 
   at::parallel_for(0, a.rows, grain, [&](int64_t begin, int64_t end) {
     // Class c of lane l of block k at k * kNarrowBlock + c * W + l: the
@@ -75,25 +70,42 @@ void narrow_row_kernel_typed(const RowArgs& a) {
       const int64_t span = std::min(kNarrowBlocks * W, end - s0);
       const int64_t span_blocks = (span + W - 1) / W;
       for (int64_t i = 0; i < span_blocks * W; ++i) {
-        const int64_t k = i / W, l = i % W;
-        acc_t* xb = xbuf + k * kNarrowBlock;
-        acc_t* qb = qbuf + k * kNarrowBlock;
         const bool live = i < span;
-        const int64_t y = (!prob && live) ? target[s0 + i] : -1;
-        skipbuf[i] = !live || (!prob && y == ignore_index);
+        const int64_t y = (!sc.prob && live) ? target[s0 + i] : -1;
+        skipbuf[i] = !live || (!sc.prob && y == ignore_index);
         // -1 matches no class: an ignored row's lane adds no target term.
         ybuf[i] = skipbuf[i] ? acc_t(-1) : static_cast<acc_t>(y);
-        if (live) {
-          const scalar_t* x = input + (s0 + i) * ld_input;
-          for (int64_t c = 0; c < C; ++c) xb[c * W + l] = static_cast<acc_t>(x[c]);
-          if (prob) {
-            const scalar_t* q = target_prob + (s0 + i) * ld_target;
-            for (int64_t c = 0; c < C; ++c) qb[c * W + l] = static_cast<acc_t>(q[c]);
+      }
+      for (int64_t k = 0; k < span_blocks; ++k) {
+        acc_t* xb = xbuf + k * kNarrowBlock;
+        acc_t* qb = qbuf + k * kNarrowBlock;
+        const int64_t r0 = s0 + k * W, nb = std::min(W, end - r0);
+        if (side_by_side(r0, nb)) {
+          const scalar_t* x = input + row_at(r0, ld_input);
+          for (int64_t c = 0; c < C; ++c) {
+            for (int64_t l = 0; l < W; ++l) xb[c * W + l] = static_cast<acc_t>(x[c * cs + l]);
           }
-        } else {
-          for (int64_t c = 0; c < C; ++c) xb[c * W + l] = acc_t(0);
-          if (prob) {
-            for (int64_t c = 0; c < C; ++c) qb[c * W + l] = acc_t(0);
+          if (sc.prob) {
+            const scalar_t* q = target_prob + row_at(r0, ld_target);
+            for (int64_t c = 0; c < C; ++c) {
+              for (int64_t l = 0; l < W; ++l) qb[c * W + l] = static_cast<acc_t>(q[c * cs + l]);
+            }
+          }
+          continue;
+        }
+        for (int64_t l = 0; l < W; ++l) {
+          if (l < nb) {
+            const scalar_t* x = input + row_at(r0 + l, ld_input);
+            for (int64_t c = 0; c < C; ++c) xb[c * W + l] = static_cast<acc_t>(x[c * cs]);
+            if (sc.prob) {
+              const scalar_t* q = target_prob + row_at(r0 + l, ld_target);
+              for (int64_t c = 0; c < C; ++c) qb[c * W + l] = static_cast<acc_t>(q[c * cs]);
+            }
+          } else {
+            for (int64_t c = 0; c < C; ++c) xb[c * W + l] = acc_t(0);
+            if (sc.prob) {
+              for (int64_t c = 0; c < C; ++c) qb[c * W + l] = acc_t(0);
+            }
           }
         }
       }
@@ -116,15 +128,15 @@ void narrow_row_kernel_typed(const RowArgs& a) {
           e.store(xb + c * W);
           vs = vs + e;
           if (linear) {
-            const V bv = linear_coef<M>(kind, cw != nullptr, cw ? V(cw[c]) : V(0),
-                                        prob ? V::loadu(qb + c * W) : V(0), V(q_scale), V(q_shift));
+            const V bv = linear_coef<M>(kind, sc.cw != nullptr, sc.cw ? V(sc.cw[c]) : V(0),
+                                        sc.prob ? V::loadu(qb + c * W) : V(0), V(sc.q_scale), V(sc.q_shift));
             vbx = vbx + bv * xs;
             vb = vb + bv;
           }
-          if (!prob) {
+          if (!sc.prob) {
             const V is_y = vy == V(static_cast<acc_t>(c));
             vxs_y = V::blendv(vxs_y, xs, is_y);
-            if (cw) vw_y = V::blendv(vw_y, V(cw[c]), is_y);
+            if (sc.cw) vw_y = V::blendv(vw_y, V(sc.cw[c]), is_y);
           }
         }
         // An ignored or empty lane holds s = 1, as row_kernel_typed's block lanes do.
@@ -138,32 +150,32 @@ void narrow_row_kernel_typed(const RowArgs& a) {
         vlog.store(l_log_s);
         M::exp(-vlog).store(l_inv_s);
         M::exp(logp).store(l_p_y);
-        if (focal) {
-          const FocalTerms<M> ft = focal_terms<M>(logp, V(gamma));
+        if (sc.focal) {
+          const FocalTerms<M> ft = focal_terms<M>(logp, V(sc.gamma));
           ft.mod.store(l_mod);
           ft.g.store(l_fg);
         }
         for (int64_t l = 0; l < W; ++l) {
           l_A[l] = l_at[l] = l_scale[l] = l_lean[l] = l_gy[l] = acc_t(0);
           if (skip[l]) {
-            if (l < nb) row_loss[r0 + l] = acc_t(0);
+            if (l < nb) sc.row_loss[r0 + l] = acc_t(0);
             continue;
           }
-          const FocalTerms<ScalarMath<acc_t>> ft{focal ? l_mod[l] : acc_t(0),
-                                                 focal ? l_fg[l] : acc_t(0)};
+          const FocalTerms<ScalarMath<acc_t>> ft{sc.focal ? l_mod[l] : acc_t(0),
+                                                 sc.focal ? l_fg[l] : acc_t(0)};
           const RowCoef<acc_t> rc = row_coefficients<acc_t>(
-              static_cast<int>(kind), l_log_s[l], l_xs_y[l], l_w_y[l], eps, acc_t(C), sum_cw,
-              linear ? l_bx[l] : acc_t(0), linear ? l_b[l] : acc_t(0), gamma, z_loss,
-              l_mx[l] + l_log_s[l], focal ? &ft : nullptr);
-          row_loss[r0 + l] = rc.loss;
-          const acc_t scale = grad_scale ? grad_scale[r0 + l] : acc_t(1);
+              static_cast<int>(kind), l_log_s[l], l_xs_y[l], l_w_y[l], sc.eps, acc_t(C), sum_cw,
+              linear ? l_bx[l] : acc_t(0), linear ? l_b[l] : acc_t(0), sc.gamma, sc.z_loss,
+              l_mx[l] + l_log_s[l], sc.focal ? &ft : nullptr);
+          sc.row_loss[r0 + l] = rc.loss;
+          const acc_t scale = sc.scale(r0 + l);
           l_A[l] = rc.A;
           l_at[l] = rc.a_target;
           l_scale[l] = scale;
           l_lean[l] = rc.A * l_inv_s[l] * scale;
           const int64_t y = static_cast<int64_t>(l_y[l]);
-          const acc_t a_y = (!prob && cw) ? a_smooth * cw[y] : a_smooth;
-          l_gy[l] = prob ? acc_t(0) : (rc.A * l_p_y[l] - a_y - rc.a_target) * scale;
+          const acc_t a_y = (!sc.prob && sc.cw) ? a_smooth * sc.cw[y] : a_smooth;
+          l_gy[l] = sc.prob ? acc_t(0) : (rc.A * l_p_y[l] - a_y - rc.a_target) * scale;
         }
         if (grad == nullptr && stats == nullptr) continue;
 
@@ -177,18 +189,18 @@ void narrow_row_kernel_typed(const RowArgs& a) {
           V u;
           if (lean) {
             u = e * vlean;
-            if (!prob) u = V::blendv(u, vgy, is_y);
+            if (!sc.prob) u = V::blendv(u, vgy, is_y);
           } else {
             const V av = zero_coef ? V(0)
-                                   : grad_coef<M>(kind, cw != nullptr, cw ? V(cw[c]) : V(0),
-                                                  prob ? V::loadu(qb + c * W) : V(0), V(q_scale),
-                                                  V(q_shift));
+                                   : grad_coef<M>(kind, sc.cw != nullptr, sc.cw ? V(sc.cw[c]) : V(0),
+                                                  sc.prob ? V::loadu(qb + c * W) : V(0), V(sc.q_scale),
+                                                  V(sc.q_shift));
             const V p = e * vinv_s;
             u = softmax_grad_p<M>(p, vA, av);
-            if (!prob) u = u - (vat & is_y);
+            if (!sc.prob) u = u - (vat & is_y);
             if (stats) {
               vsq = vsq + u * u;
-              if (prob) vl1 = vl1 + (p - V::loadu(qb + c * W)).abs();
+              if (sc.prob) vl1 = vl1 + (p - V::loadu(qb + c * W)).abs();
             }
             u = u * vscale;
           }
@@ -196,12 +208,21 @@ void narrow_row_kernel_typed(const RowArgs& a) {
         }
         vsq.store(l_sq);
         vl1.store(l_l1);
+        const bool runs = grad && side_by_side(r0, nb);
+        if (runs) {
+          scalar_t* g = grad + row_at(r0, ld_grad);
+          for (int64_t c = 0; c < C; ++c) {
+            for (int64_t l = 0; l < W; ++l) {
+              g[c * cs + l] = skip[l] ? scalar_t(0) : static_cast<scalar_t>(xb[c * W + l]);
+            }
+          }
+        }
         for (int64_t l = 0; l < nb; ++l) {
           const int64_t r = r0 + l;
-          if (grad) {
-            scalar_t* g = grad + r * ld_grad;
+          if (grad && !runs) {
+            scalar_t* g = grad + row_at(r, ld_grad);
             for (int64_t c = 0; c < C; ++c) {
-              g[c] = skip[l] ? scalar_t(0) : static_cast<scalar_t>(xb[c * W + l]);
+              g[c * cs] = skip[l] ? scalar_t(0) : static_cast<scalar_t>(xb[c * W + l]);
             }
           }
           if (stats) {
@@ -209,11 +230,11 @@ void narrow_row_kernel_typed(const RowArgs& a) {
             if (skip[l]) {
               st[0] = st[1] = st[2] = 0.f;
             } else {
-              st[0] = static_cast<float>(row_loss[r]);
+              st[0] = static_cast<float>(sc.row_loss[r]);
               st[1] = static_cast<float>(std::sqrt(l_sq[l]));
               // GHM's g = 1 - p_y (row_kernel_typed); for probabilities,
               // half the L1 distance.
-              st[2] = static_cast<float>(prob ? acc_t(0.5) * l_l1[l]
+              st[2] = static_cast<float>(sc.prob ? acc_t(0.5) * l_l1[l]
                                               : ghm_g_softmax<acc_t>(l_p_y[l]));
             }
           }

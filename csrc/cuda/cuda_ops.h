@@ -76,7 +76,9 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
       focal, input, o.target, o.class_weight, o.sample_weight, o.ignore_index,
       o.label_smoothing, o.gamma, o.reduction, B::kDevice);
   const auto guard = B::guard(input);
-  const int64_t R = input.size(0), C = input.size(1);
+  TORCH_CHECK(in.positions == 1, "samplewt_ops: (N, C, d1..dk) input must be folded to (rows, C) "
+              "before the CUDA kernels (OpWrappers::row_pass)");
+  const int64_t R = in.rows, C = input.size(1);
   TORCH_CHECK_VALUE(C <= INT_MAX / 2, "samplewt_ops: the CUDA kernels take at most ",
                     INT_MAX / 2, " classes, got input of shape ", input.sizes());
 
@@ -172,6 +174,8 @@ bool scale_grad_(Tensor& grad, const Tensor& grad_loss, bool rows) {
 // The device of OpWrappers (op_wrappers.h) for a backend B.
 template <class B>
 struct Device : TableSteps<B> {
+  // (N, C, d1..dk) input: folded to (rows, C) by OpWrappers::row_pass.
+  static bool takes_positions(int64_t) { return false; }
   static std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
     return cuda::row_loss<B>(o);
   }
