@@ -8,8 +8,10 @@
 // - compute_stats=True also returns per-sample statistics (samples, 3) float32:
 //   the loss without sample weight, the L2 norm of its gradient, and the GHM
 //   gradient magnitude. They feed the adaptive weight tables.
-// - Row ops (cross_entropy, focal_loss) take input (rows, C) with unit column
-//   stride; the Python layer folds (N, C, d1..dk) and (C,) into that form.
+// - Row ops (cross_entropy, focal_loss) take input (rows, C), or (N, C,
+//   d1..dk) as N * d1 * .. * dk rows (target (N, d1..dk), sample_weight,
+//   stats and an unreduced loss per row); with a table, (rows, C) only. The
+//   Python layer folds (C,) into one row.
 // - compute_target_grad=True (element-wise ops) also returns d(loss)/d(target),
 //   scaled as `grad`; otherwise `target_grad` is empty.
 // - The `_` variants write the gradient into `input` itself (inplace_grad).
