@@ -282,7 +282,8 @@ struct OpWrappers {
   static Out3 folded_row_pass(const RowCall& o) {
     const Tensor& x = o.input;
     const int64_t C = x.size(1);
-    const int64_t R = c10::multiply_integers(checks::row_target_shape(x));
+    std::vector<int64_t> moved = checks::row_target_shape(x);  // (N, d1..dk)
+    const int64_t R = c10::multiply_integers(moved);
     const bool prob = at::isFloatingType(o.target.scalar_type());
     const Tensor rows = x.movedim(1, -1).reshape({R, C});
     const Tensor target = prob ? o.target.movedim(1, -1).reshape({R, C}) : o.target.reshape({R});
@@ -291,9 +292,7 @@ struct OpWrappers {
                          o.compute_stats, o.inplace, o.z_loss, o.softcap});
     Tensor& grad = std::get<1>(out);
     if (!o.compute_grad) return out;
-    std::vector<int64_t> moved = x.sizes().vec();  // (N, d1..dk, C)
-    moved.erase(moved.begin() + 1);
-    moved.push_back(C);
+    moved.push_back(C);  // (N, d1..dk, C)
     // In place, rows is a view of x where the fold moves nothing (every d_i
     // = 1), and the device has written x already.
     if (o.inplace && rows.is_alias_of(x)) {
@@ -310,7 +309,7 @@ struct OpWrappers {
     if (!ta.active()) return row_pass(o);
     TORCH_CHECK_VALUE(o.input.dim() == 2, "samplewt_ops: with a table, input must be 2-D "
                       "(rows, classes), got ", o.input.sizes());
-    const Table t = check_table(ta, o.input, o.input.dim() == 2 ? o.input.size(0) : 0, true);
+    const Table t = check_table(ta, o.input, o.input.size(0), true);
     Device::table_check_indices(t);
     const bool index_target = !at::isFloatingType(o.target.scalar_type());
     const Tensor valid = index_target ? Device::table_valid(t, o.target, o.ignore_index) : Tensor();

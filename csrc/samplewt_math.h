@@ -85,6 +85,7 @@ inline namespace SWT_ISA_NAMESPACE {
 template <typename T>
 struct ScalarMath {
   using V = T;
+  using Scalar = T;  // a value shared by every row (V's lanes, on the CPU)
   static SWT_HD V splat(double c) { return static_cast<T>(c); }
   static SWT_HD V exp(V x) { return std::exp(x); }
   static SWT_HD V exp_nonpos(V x) { return std::exp(x); }
@@ -390,15 +391,16 @@ struct CERow {
   T a_smooth;  // eps / C, multiplied by cw_c per class
 };
 
-template <typename T>
-SWT_HD CERow<T> ce_index_row(T lse, T x_y, T cw_y, T eps, T num_classes,
-                             T sum_cw, T sum_cw_x) {
-  CERow<T> r;
-  r.a_target = (T(1) - eps) * cw_y;
-  r.a_smooth = eps / num_classes;
+template <class M, typename V = typename M::V>
+SWT_HD CERow<V> ce_index_row(V lse, V x_y, V cw_y, typename M::Scalar eps, V num_classes,
+                             V sum_cw, V sum_cw_x) {
+  using S = typename M::Scalar;
+  CERow<V> r;
+  r.a_target = V(S(1) - eps) * cw_y;
+  r.a_smooth = V(eps) / num_classes;
   r.A = r.a_target + r.a_smooth * sum_cw;
   r.loss = r.a_target * (lse - x_y);
-  if (eps != T(0)) r.loss += r.a_smooth * (lse * sum_cw - sum_cw_x);
+  if (eps != S(0)) r.loss = r.loss + r.a_smooth * (lse * sum_cw - sum_cw_x);
   return r;
 }
 
@@ -469,32 +471,35 @@ struct RowCoef {
 //
 // z-loss (PaLM) adds z w_y lse^2 with the unshifted lse_abs, weighted like
 // the loss's own term; its gradient 2 z w_y lse softmax_j only adds to A.
-// focal: the focal row's terms when the caller has them (the CPU computes
-// them for a block of rows at once), else null.
-template <typename T>
-SWT_HD RowCoef<T> row_coefficients(int kind, T lse, T x_y, T w_y, T eps, T num_classes,
-                                   T sum_cw, T bx, T b, T gamma, T z_loss, T lse_abs,
-                                   const FocalTerms<ScalarMath<T>>* focal = nullptr) {
-  RowCoef<T> r;
+// focal: the focal row's terms when the caller has them, else null. Under
+// the CPU's SIMD policy each lane is a row (the narrow kernel); kind, eps
+// and z_loss are the same for every row.
+template <class M, typename V = typename M::V>
+SWT_HD RowCoef<V> row_coefficients(int kind, V lse, V x_y, V w_y, typename M::Scalar eps,
+                                   V num_classes, V sum_cw, V bx, V b, V gamma,
+                                   typename M::Scalar z_loss, V lse_abs,
+                                   const FocalTerms<M>* focal = nullptr) {
+  using S = typename M::Scalar;
+  RowCoef<V> r;
   if (kind == kCrossEntropyProb) {
     r.A = b;
     r.loss = lse * b - bx;
-    r.a_target = T(0);
+    r.a_target = V(S(0));
   } else if (kind == kFocal) {
-    const T logp = x_y - lse;
-    const FocalTerms<ScalarMath<T>> ft = focal ? *focal : focal_terms<ScalarMath<T>>(logp, gamma);
+    const V logp = x_y - lse;
+    const FocalTerms<M> ft = focal ? *focal : focal_terms<M>(logp, gamma);
     r.loss = -w_y * ft.mod * logp;  // w_y: the target's alpha
     r.A = r.a_target = w_y * ft.g;
   } else {
-    const CERow<T> cr = ce_index_row<T>(lse, x_y, w_y, eps, num_classes, sum_cw, bx);
+    const CERow<V> cr = ce_index_row<M>(lse, x_y, w_y, eps, num_classes, sum_cw, bx);
     r.loss = cr.loss;
     r.A = cr.A;
     r.a_target = cr.a_target;
   }
-  if (z_loss != T(0)) {
-    const T z = z_loss * w_y;
-    r.loss += z * lse_abs * lse_abs;
-    r.A += T(2) * z * lse_abs;
+  if (z_loss != S(0)) {
+    const V z = V(z_loss) * w_y;
+    r.loss = r.loss + z * lse_abs * lse_abs;
+    r.A = r.A + V(S(2)) * z * lse_abs;
   }
   return r;
 }

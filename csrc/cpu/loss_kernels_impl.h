@@ -297,7 +297,7 @@ void row_kernel_typed(const RowArgs& a) {
       // The row's loss and gradient coefficients, from shifted logits.
       const acc_t a_smooth = sc.prob ? acc_t(0) : sc.q_shift;
       const acc_t w_y = (!sc.prob && sc.cw) ? sc.cw[y] : acc_t(1);
-      const RowCoef<acc_t> rc = row_coefficients<acc_t>(
+      const RowCoef<acc_t> rc = row_coefficients<ScalarMath<acc_t>>(
           static_cast<int>(a.kind), log_s, rs.xs_y, w_y, sc.eps, acc_t(C),
           static_cast<acc_t>(a.sum_class_weight), linear ? rs.bx : acc_t(0),
           linear ? rs.b : acc_t(0), sc.gamma, sc.z_loss, rs.mx + log_s, focal_row);

@@ -62,9 +62,8 @@ void narrow_row_kernel_typed(const RowArgs& a) {
     alignas(64) acc_t xbuf[kNarrowBlocks * kNarrowBlock];
     alignas(64) acc_t qbuf[kNarrowBlocks * kNarrowBlock];  // probability targets
     alignas(64) acc_t ybuf[kNarrowBlocks * W];
-    alignas(64) acc_t l_mx[W], l_xs_y[W], l_w_y[W], l_bx[W], l_b[W];
-    alignas(64) acc_t l_log_s[W], l_inv_s[W], l_p_y[W], l_mod[W], l_fg[W];
-    alignas(64) acc_t l_A[W], l_at[W], l_scale[W], l_lean[W], l_gy[W], l_sq[W], l_l1[W];
+    alignas(64) acc_t livebuf[kNarrowBlocks * W];  // 1 for a row's lane, 0 for a skipped one
+    alignas(64) acc_t l_p_y[W], l_sq[W], l_l1[W];
     bool skipbuf[kNarrowBlocks * W];
     for (int64_t s0 = begin; s0 < end; s0 += kNarrowBlocks * W) {
       const int64_t span = std::min(kNarrowBlocks * W, end - s0);
@@ -75,6 +74,7 @@ void narrow_row_kernel_typed(const RowArgs& a) {
         skipbuf[i] = !live || (!sc.prob && y == ignore_index);
         // -1 matches no class: an ignored row's lane adds no target term.
         ybuf[i] = skipbuf[i] ? acc_t(-1) : static_cast<acc_t>(y);
+        livebuf[i] = skipbuf[i] ? acc_t(0) : acc_t(1);
       }
       for (int64_t k = 0; k < span_blocks; ++k) {
         acc_t* xb = xbuf + k * kNarrowBlock;
@@ -139,49 +139,31 @@ void narrow_row_kernel_typed(const RowArgs& a) {
             if (sc.cw) vw_y = V::blendv(vw_y, V(sc.cw[c]), is_y);
           }
         }
-        // An ignored or empty lane holds s = 1, as row_kernel_typed's block lanes do.
+        // An ignored or empty lane holds s = 1, as row_kernel_typed's block
+        // lanes do; its loss is stored as 0 and its gradient and statistics
+        // as 0 below, whatever its coefficients.
         const V vlog = M::log(vs);
         const V logp = vxs_y - vlog;
-        vmax.store(l_mx);
-        vxs_y.store(l_xs_y);
-        vw_y.store(l_w_y);
-        vbx.store(l_bx);
-        vb.store(l_b);
-        vlog.store(l_log_s);
-        M::exp(-vlog).store(l_inv_s);
-        M::exp(logp).store(l_p_y);
-        if (sc.focal) {
-          const FocalTerms<M> ft = focal_terms<M>(logp, V(sc.gamma));
-          ft.mod.store(l_mod);
-          ft.g.store(l_fg);
-        }
-        for (int64_t l = 0; l < W; ++l) {
-          l_A[l] = l_at[l] = l_scale[l] = l_lean[l] = l_gy[l] = acc_t(0);
-          if (skip[l]) {
-            if (l < nb) sc.row_loss[r0 + l] = acc_t(0);
-            continue;
-          }
-          const FocalTerms<ScalarMath<acc_t>> ft{sc.focal ? l_mod[l] : acc_t(0),
-                                                 sc.focal ? l_fg[l] : acc_t(0)};
-          const RowCoef<acc_t> rc = row_coefficients<acc_t>(
-              static_cast<int>(kind), l_log_s[l], l_xs_y[l], l_w_y[l], sc.eps, acc_t(C), sum_cw,
-              linear ? l_bx[l] : acc_t(0), linear ? l_b[l] : acc_t(0), sc.gamma, sc.z_loss,
-              l_mx[l] + l_log_s[l], sc.focal ? &ft : nullptr);
-          sc.row_loss[r0 + l] = rc.loss;
-          const acc_t scale = sc.scale(r0 + l);
-          l_A[l] = rc.A;
-          l_at[l] = rc.a_target;
-          l_scale[l] = scale;
-          l_lean[l] = rc.A * l_inv_s[l] * scale;
-          const int64_t y = static_cast<int64_t>(l_y[l]);
-          const acc_t a_y = (!sc.prob && sc.cw) ? a_smooth * sc.cw[y] : a_smooth;
-          l_gy[l] = sc.prob ? acc_t(0) : (rc.A * l_p_y[l] - a_y - rc.a_target) * scale;
-        }
+        FocalTerms<M> ft{V(0), V(0)};
+        if (sc.focal) ft = focal_terms<M>(logp, V(sc.gamma));
+        const RowCoef<V> rc = row_coefficients<M>(
+            static_cast<int>(kind), vlog, vxs_y, vw_y, sc.eps, V(acc_t(C)), V(sum_cw),
+            linear ? vbx : V(0), linear ? vb : V(0), V(sc.gamma), sc.z_loss, vmax + vlog,
+            sc.focal ? &ft : nullptr);
+        const V live = V::loadu(livebuf + k * W) != V(0);
+        (rc.loss & live).store(sc.row_loss + r0, nb);
         if (grad == nullptr && stats == nullptr) continue;
 
         // Pass 3: u_j = A softmax_j - a_j (minus a_target at y), times grad_scale.
-        const V vA = V::loadu(l_A), vat = V::loadu(l_at), vscale = V::loadu(l_scale);
-        const V vinv_s = V::loadu(l_inv_s), vlean = V::loadu(l_lean), vgy = V::loadu(l_gy);
+        const V vscale = !sc.grad_scale     ? V(1)
+                         : sc.scale_uniform ? V(sc.grad_scale[0])
+                                            : V::loadu(sc.grad_scale + r0, nb);
+        const V vinv_s = M::exp(-vlog), vp_y = M::exp(logp);
+        vp_y.store(l_p_y);
+        const V vA = rc.A, vat = rc.a_target;
+        const V vlean = vA * vinv_s * vscale;
+        const V va_y = (!sc.prob && sc.cw) ? V(a_smooth) * vw_y : V(a_smooth);
+        const V vgy = sc.prob ? V(0) : (vA * vp_y - va_y - vat) * vscale;
         V vsq(0), vl1(0);
         for (int64_t c = 0; c < C; ++c) {
           const V e = V::loadu(xb + c * W);

@@ -237,7 +237,6 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
         valid = R - ignored;
       }
       denom = static_cast<double>(valid);
-      gs[0] = scalar_t(1);
     } else {
       for (int64_t r = 0; r < R; ++r) {
         const double wr = w ? static_cast<double>(w[r]) : 1.0;
@@ -253,8 +252,8 @@ std::tuple<Tensor, Tensor, Tensor> row_loss(const RowCall& o) {
         denom += share;
         if (!uniform) gs[r] = static_cast<scalar_t>(wr);
       }
-      if (uniform) gs[0] = scalar_t(1);
     }
+    if (uniform) gs[0] = scalar_t(1);
     if (o.reduction == kMean) divide_scales_by(gs, uniform ? 1 : R, denom);
   });
 

@@ -145,6 +145,7 @@ inline Vectorized<float> log1p_unit_simd(const Vectorized<float>& e) {
 template <typename acc_t>
 struct VecMath {
   using V = Vectorized<acc_t>;
+  using Scalar = acc_t;
   static V splat(double c) { return V(static_cast<acc_t>(c)); }
   static V exp(V x) { return x.exp(); }
   static V exp_nonpos(V x) {

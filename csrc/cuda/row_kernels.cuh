@@ -239,10 +239,9 @@ __device__ __forceinline__ RowResult<A> row_result(const RowParams<A>& p, const 
   if (t.live) {
     const A w_y = (KIND != kCrossEntropyProb && p.cw) ? p.cw[t.y] : A(1);
     const A sum_cw = p.cw ? as : static_cast<A>(p.cols);
-    const RowCoef<A> rc = row_coefficients<A>(KIND, r.lse, x_y, w_y, p.eps,
-                                              static_cast<A>(p.cols), sum_cw,
-                                              p.linear ? ax : A(0), as, p.gamma, p.z_loss,
-                                              r.lse);
+    const RowCoef<A> rc = row_coefficients<ScalarMath<A>>(
+        KIND, r.lse, x_y, w_y, p.eps, static_cast<A>(p.cols), sum_cw, p.linear ? ax : A(0), as,
+        p.gamma, p.z_loss, r.lse);
     r.loss = rc.loss;
     r.A_ = rc.A;
     r.a_target = rc.a_target;
